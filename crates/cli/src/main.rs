@@ -1,0 +1,222 @@
+//! `mesh-notify`: send a notification through the configured provider chain, or check
+//! the configuration.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use mesh_notify::core::{
+    room_click_url, Address, AddressKind, ErrorClass, Kind, Notification, Priority, Recipient,
+    Room,
+};
+use mesh_notify::{Config, ConfigError};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser, Debug)]
+#[command(name = "mesh-notify", version, about = "mesh-notify: push notifications with fallback")]
+struct Cli {
+    /// Configuration file (TOML). Also MESH_NOTIFY_CONFIG.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Log filter, e.g. `info` or `mesh_notify=debug` (else LOG_LEVEL, else RUST_LOG, else info).
+    #[arg(long, global = true)]
+    log_level: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Send one notification through the configured chain and report what happened.
+    Send {
+        /// chat, call, file or system.
+        #[arg(long, default_value = "system")]
+        kind: String,
+        /// Title.
+        #[arg(long)]
+        title: String,
+        /// Body.
+        #[arg(long)]
+        message: String,
+        /// Priority 0-10 (default: the kind's).
+        #[arg(long)]
+        priority: Option<i64>,
+        /// Room id: sets the click URL mesh://room/{id}.
+        #[arg(long)]
+        room: Option<String>,
+        /// Send with this Gotify application token instead of the configured one.
+        #[arg(long, env = "MESH_NOTIFY_TO_GOTIFY_TOKEN", hide_env_values = true)]
+        to_gotify_token: Option<String>,
+        /// Print the outcome as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the effective providers and routes (secrets redacted); fail on bad config.
+    CheckConfig,
+}
+
+fn init_logging(level: Option<&str>) {
+    let filter = level
+        .map(str::to_owned)
+        .or_else(|| std::env::var("LOG_LEVEL").ok())
+        .map(EnvFilter::new)
+        .or_else(|| EnvFilter::try_from_default_env().ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_level.as_deref());
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(cli))
+}
+
+fn config_error(e: &ConfigError) -> ExitCode {
+    eprintln!("configuration error: {e}");
+    ExitCode::from(78) // EX_CONFIG
+}
+
+async fn run(cli: Cli) -> ExitCode {
+    let (config, figment) = match Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => return config_error(&e),
+    };
+    match cli.command {
+        Command::CheckConfig => check_config(&config, &figment),
+        Command::Send {
+            kind,
+            title,
+            message,
+            priority,
+            room,
+            to_gotify_token,
+            json,
+        } => {
+            let kind: Kind = match kind.parse() {
+                Ok(k) => k,
+                Err(e) => {
+                    eprintln!("error: --kind: {e}");
+                    return ExitCode::from(64);
+                }
+            };
+            let mut recipient = Recipient::new("cli", "mesh-notify CLI");
+            if let Some(token) = to_gotify_token {
+                recipient = recipient.with_address(Address::new(AddressKind::Gotify, token));
+            }
+            let mut n = Notification::new(kind, recipient, title, message);
+            n.format = if config.markdown {
+                mesh_notify::core::BodyFormat::Markdown
+            } else {
+                mesh_notify::core::BodyFormat::Plain
+            };
+            if let Some(p) = priority {
+                match Priority::new(p) {
+                    Ok(p) => n.priority = p,
+                    Err(e) => {
+                        eprintln!("error: --priority: {e}");
+                        return ExitCode::from(64);
+                    }
+                }
+            }
+            if let Some(room_id) = room {
+                n.click_url = Some(room_click_url(&room_id));
+                n.room = Some(Room::new(room_id.clone(), room_id));
+            }
+            if kind == Kind::Call {
+                n.expires_at = Some(n.created_at.plus(config.call_ttl));
+            }
+            let dispatcher = match config.build_dispatcher(&figment) {
+                Ok(d) => d,
+                Err(e) => return config_error(&e),
+            };
+            send(&dispatcher, n, json).await
+        }
+    }
+}
+
+async fn send(dispatcher: &mesh_notify::Dispatcher, n: Notification, json: bool) -> ExitCode {
+    let outcome = dispatcher.dispatch(n).await;
+    if json {
+        match serde_json::to_string_pretty(&outcome) {
+            Ok(s) => println!("{s}"),
+            Err(e) => eprintln!("error: cannot print the outcome: {e}"),
+        }
+    }
+    for a in &outcome.attempts {
+        if let (Some(class), Some(err)) = (a.error_class, &a.error) {
+            eprintln!("{} (try {}) failed [{class}]: {err}", a.provider, a.try_number);
+        }
+    }
+    for (p, why) in &outcome.skipped {
+        eprintln!("{p} skipped: {why}");
+    }
+    let misconfigured: Vec<&str> = outcome
+        .attempts
+        .iter()
+        .filter(|a| a.error_class == Some(ErrorClass::Misconfigured))
+        .map(|a| a.provider.as_str())
+        .collect();
+    match &outcome.delivered {
+        Some(receipt) => {
+            if !json {
+                println!(
+                    "delivered by {} (message id {}) in {:.1} ms{}",
+                    receipt.provider,
+                    receipt.message_id.as_deref().unwrap_or("-"),
+                    receipt.latency.as_secs_f64() * 1000.0,
+                    if outcome.used_fallback() { " after falling back" } else { "" }
+                );
+            }
+            if misconfigured.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!(
+                    "error: {} refused its configuration (e.g. the token was refused); fix it",
+                    misconfigured.join(", ")
+                );
+                ExitCode::from(2)
+            }
+        }
+        None if outcome.expired => {
+            eprintln!("not delivered: the notification expired");
+            ExitCode::FAILURE
+        }
+        None => {
+            eprintln!("not delivered: {}", outcome.failure_summary());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check_config(config: &Config, figment: &mesh_notify::Figment) -> ExitCode {
+    let dispatcher = match config.build_dispatcher(figment) {
+        Ok(d) => d,
+        Err(e) => return config_error(&e),
+    };
+    println!("profile: {:?}", config.profile);
+    println!("timeout: {:?}", config.timeout);
+    println!("language: {:?}", config.language);
+    println!("providers:");
+    for p in dispatcher.providers() {
+        println!("  {} enabled: {}", p.name(), p.describe());
+    }
+    for name in dispatcher.disabled() {
+        println!("  {name} disabled (not configured)");
+    }
+    println!("routes:");
+    for kind in Kind::ALL {
+        println!("  {kind}: {}", dispatcher.route(kind).join(" -> "));
+    }
+    ExitCode::SUCCESS
+}

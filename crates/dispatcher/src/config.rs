@@ -1,0 +1,542 @@
+//! Configuration: TOML file + environment, through figment.
+//!
+//! Sources, later ones winning:
+//! 1. built-in defaults (the same as `config/default.toml`);
+//! 2. the TOML file given with `--config` or `MESH_NOTIFY_CONFIG`;
+//! 3. the seed's plain variables `GOTIFY_URL` and `GOTIFY_TOKEN`;
+//! 4. `MESH_NOTIFY_*` variables, `__` separating levels
+//!    (`MESH_NOTIFY_PROVIDERS__GOTIFY__URL`).
+//!
+//! Unknown keys are errors; every error names the key and where it came from.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Toml};
+use figment::value::{Dict, Map, Tag, Value};
+use figment::{Figment, Metadata, Profile as FigmentProfile, Provider};
+use mesh_notify_core::{Composer, Kind, Language, Templates};
+use serde::Deserialize;
+
+use crate::{BuildError, Dispatcher, DispatcherBuilder, LogNotifier, RetryPolicy};
+
+/// Deployment profile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    /// Local work: plain http allowed.
+    #[default]
+    Development,
+    /// Production: provider URLs must be https unless a provider sets
+    /// `allow_insecure_http = true`.
+    Production,
+}
+
+/// Partial override of the built-in templates (`[templates]`).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct TemplatesOverride {
+    pub chat_title: Option<String>,
+    pub chat_body: Option<String>,
+    pub call_title: Option<String>,
+    pub call_body: Option<String>,
+    pub file_title: Option<String>,
+    pub file_body: Option<String>,
+}
+
+/// `[retry]`: inline retries of one provider before falling back.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// Tries per provider for transient failures (default 2).
+    pub attempts_per_provider: u32,
+    /// Delay before the first inline retry (default 200ms).
+    #[serde(with = "humantime_serde")]
+    pub initial_delay: Duration,
+    /// Longest `Retry-After` waited for inline (default 1s); longer means fall back.
+    #[serde(with = "humantime_serde")]
+    pub max_inline_wait: Duration,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        let p = RetryPolicy::default();
+        Self {
+            attempts_per_provider: p.attempts_per_provider,
+            initial_delay: p.initial_delay,
+            max_inline_wait: p.max_inline_wait,
+        }
+    }
+}
+
+/// `[providers.log]`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// Whether the built-in log provider is available to routes (default true).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
+}
+
+/// `[providers]`: each provider is optional; one that is absent is disabled.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ProvidersConfig {
+    /// `[providers.gotify]`.
+    #[cfg(feature = "gotify")]
+    #[serde(default)]
+    pub gotify: Option<mesh_notify_gotify::GotifyConfig>,
+    /// `[providers.log]`.
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// `[routes]`: ordered provider names per kind, primary first.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutesConfig {
+    /// Chat messages.
+    pub chat: Vec<String>,
+    /// Incoming calls.
+    pub call: Vec<String>,
+    /// Shared files.
+    pub file: Vec<String>,
+    /// System errors.
+    pub system: Vec<String>,
+}
+
+impl Default for RoutesConfig {
+    fn default() -> Self {
+        let r = || vec!["gotify".to_string(), "log".to_string()];
+        Self {
+            chat: r(),
+            call: r(),
+            file: r(),
+            system: r(),
+        }
+    }
+}
+
+impl RoutesConfig {
+    /// The route for a kind.
+    pub fn get(&self, kind: Kind) -> &[String] {
+        match kind {
+            Kind::Chat => &self.chat,
+            Kind::Call => &self.call,
+            Kind::File => &self.file,
+            Kind::System => &self.system,
+        }
+    }
+}
+
+/// The whole mesh-notify configuration.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `development` (default) or `production`.
+    #[serde(default)]
+    pub profile: Profile,
+    /// Default per-request timeout for every provider (default 5s).
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Built-in template language: `fr` (default) or `en`.
+    #[serde(default)]
+    pub language: Language,
+    /// Overrides of individual templates.
+    #[serde(default)]
+    pub templates: TemplatesOverride,
+    /// Chat bodies are cut to this many characters (default 100).
+    #[serde(default = "default_chat_chars")]
+    pub chat_body_max_chars: usize,
+    /// Send bodies as markdown (default false: text/plain).
+    #[serde(default)]
+    pub markdown: bool,
+    /// How long a call notification may still be delivered (default 60s).
+    #[serde(default = "default_call_ttl", with = "humantime_serde")]
+    pub call_ttl: Duration,
+    /// Inline retry policy.
+    #[serde(default)]
+    pub retry: RetryConfig,
+    /// Providers.
+    #[serde(default)]
+    pub providers: ProvidersConfig,
+    /// Routes per kind.
+    #[serde(default)]
+    pub routes: RoutesConfig,
+}
+
+fn default_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_chat_chars() -> usize {
+    100
+}
+fn default_call_ttl() -> Duration {
+    Duration::from_secs(60)
+}
+
+/// Names of every provider mesh-notify knows, configured or not.
+pub const KNOWN_PROVIDERS: &[&str] = &["gotify", "fcm", "apns", "smtp", "log"];
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// figment could not read or extract it (the message names key and source).
+    #[error("{0}")]
+    Figment(Box<figment::Error>),
+    /// The configuration file given does not exist or is unreadable.
+    #[error("cannot read configuration file `{path}`: {reason}")]
+    File {
+        /// The path given.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// A value is present but wrong.
+    #[error("invalid `{key}` (from {source_name}): {message}")]
+    Invalid {
+        /// The key, dotted (`providers.gotify.url`).
+        key: String,
+        /// Where it came from (file path or environment variable).
+        source_name: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// Routes do not match the providers.
+    #[error("{error} (from {source_name})")]
+    Routes {
+        /// The routing error.
+        error: BuildError,
+        /// Where the route came from.
+        source_name: String,
+    },
+}
+
+impl From<figment::Error> for ConfigError {
+    fn from(e: figment::Error) -> Self {
+        ConfigError::Figment(Box::new(e))
+    }
+}
+
+/// Environment variables taken verbatim as strings (no number parsing, so
+/// `GOTIFY_TOKEN=0123` stays `"0123"`), each mapped to a key path.
+struct PlainEnv {
+    vars: Vec<(String, String)>,
+    label: &'static str,
+}
+
+impl PlainEnv {
+    fn seed_variables() -> Self {
+        Self {
+            vars: vec![
+                ("GOTIFY_URL".into(), "providers.gotify.url".into()),
+                ("GOTIFY_TOKEN".into(), "providers.gotify.token".into()),
+            ],
+            label: "environment variable",
+        }
+    }
+
+    /// `MESH_NOTIFY_*` variables whose key ends in a secret-like name.
+    fn prefixed_secrets() -> Self {
+        let vars = std::env::vars()
+            .filter_map(|(name, _)| {
+                let rest = name.strip_prefix(PREFIX)?;
+                is_secret_key(rest).then(|| (name.clone(), rest.to_ascii_lowercase().replace("__", ".")))
+            })
+            .collect();
+        Self {
+            vars,
+            label: "environment variable",
+        }
+    }
+}
+
+const PREFIX: &str = "MESH_NOTIFY_";
+
+fn is_secret_key(env_key_without_prefix: &str) -> bool {
+    let last = env_key_without_prefix
+        .rsplit("__")
+        .next()
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    matches!(last.as_str(), "token" | "password" | "secret" | "key")
+}
+
+fn insert_path(dict: &mut Dict, path: &[&str], value: Value) {
+    match path {
+        [] => {}
+        [last] => {
+            dict.insert((*last).to_string(), value);
+        }
+        [first, rest @ ..] => {
+            let entry = dict
+                .entry((*first).to_string())
+                .or_insert_with(|| Value::Dict(Tag::Default, Dict::new()));
+            if !matches!(entry, Value::Dict(..)) {
+                *entry = Value::Dict(Tag::Default, Dict::new());
+            }
+            if let Value::Dict(_, inner) = entry {
+                insert_path(inner, rest, value);
+            }
+        }
+    }
+}
+
+impl Provider for PlainEnv {
+    fn metadata(&self) -> Metadata {
+        let vars = self.vars.clone();
+        Metadata::named(self.label).interpolater(move |_profile, keys| {
+            let key = keys.join(".");
+            vars.iter()
+                .find(|(_, k)| *k == key)
+                .map(|(v, _)| v.clone())
+                .unwrap_or(key)
+        })
+    }
+
+    fn data(&self) -> Result<Map<FigmentProfile, Dict>, figment::Error> {
+        let mut dict = Dict::new();
+        for (var, key) in &self.vars {
+            if let Ok(value) = std::env::var(var) {
+                if value.trim().is_empty() {
+                    continue;
+                }
+                let path: Vec<&str> = key.split('.').collect();
+                insert_path(&mut dict, &path, Value::from(value));
+            }
+        }
+        let mut map = Map::new();
+        map.insert(FigmentProfile::Default, dict);
+        Ok(map)
+    }
+}
+
+impl Config {
+    /// The figment with every source, for the file at `path` (or none).
+    pub fn figment(path: Option<&Path>) -> Result<Figment, ConfigError> {
+        let mut figment = Figment::new();
+        let env_path = std::env::var_os("MESH_NOTIFY_CONFIG").map(PathBuf::from);
+        if let Some(path) = path.map(Path::to_path_buf).or(env_path) {
+            // figment ignores a missing file silently; a file the user named must exist.
+            std::fs::metadata(&path).map_err(|e| ConfigError::File {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment = figment
+            .merge(PlainEnv::seed_variables())
+            .merge(
+                Env::prefixed(PREFIX)
+                    .ignore(&["config"])
+                    .filter(|k| !is_secret_key(k.as_str()))
+                    .split("__"),
+            )
+            .merge(PlainEnv::prefixed_secrets());
+        Ok(figment)
+    }
+
+    /// Loads and validates the configuration.
+    pub fn load(path: Option<&Path>) -> Result<(Self, Figment), ConfigError> {
+        let figment = Self::figment(path)?;
+        let config = Self::from_figment(&figment)?;
+        Ok((config, figment))
+    }
+
+    /// Extracts and validates from a figment.
+    pub fn from_figment(figment: &Figment) -> Result<Self, ConfigError> {
+        let config: Config = figment.extract()?;
+        config.validate(figment)?;
+        Ok(config)
+    }
+
+    fn source_of(figment: &Figment, key: &str) -> String {
+        match figment.find_metadata(key) {
+            Some(md) => match &md.source {
+                Some(src) => format!("{} {}", md.name, src),
+                None => {
+                    let keys: Vec<&str> = key.split('.').collect();
+                    format!("{} {}", md.name, md.interpolate(&FigmentProfile::Default, &keys))
+                }
+            },
+            None => "built-in defaults".into(),
+        }
+    }
+
+    fn validate(&self, figment: &Figment) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            key: key.to_string(),
+            source_name: Self::source_of(figment, key),
+            message,
+        };
+        if self.timeout.is_zero() {
+            return Err(invalid("timeout", "must be greater than zero".into()));
+        }
+        if self.chat_body_max_chars == 0 {
+            return Err(invalid("chat_body_max_chars", "must be at least 1".into()));
+        }
+        if self.retry.attempts_per_provider == 0 {
+            return Err(invalid("retry.attempts_per_provider", "must be at least 1".into()));
+        }
+        if let Err(e) = self.templates().validate() {
+            return Err(invalid(&format!("templates.{}", e.template), e.to_string()));
+        }
+        #[cfg(feature = "gotify")]
+        if let Some(g) = &self.providers.gotify {
+            if !g.url.trim().is_empty() {
+                check_url(self.profile, "providers.gotify", &g.url, g.allow_insecure_http)
+                    .map_err(|m| invalid("providers.gotify.url", m))?;
+            }
+        }
+        for kind in Kind::ALL {
+            for name in self.routes.get(kind) {
+                if !KNOWN_PROVIDERS.contains(&name.as_str()) {
+                    let key = format!("routes.{kind}");
+                    return Err(invalid(
+                        &key,
+                        format!(
+                            "unknown provider `{name}` (known: {})",
+                            KNOWN_PROVIDERS.join(", ")
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The effective templates (language + overrides).
+    pub fn templates(&self) -> Templates {
+        let mut t = Templates::for_language(self.language);
+        let o = &self.templates;
+        let set = |slot: &mut String, v: &Option<String>| {
+            if let Some(v) = v {
+                slot.clone_from(v);
+            }
+        };
+        set(&mut t.chat_title, &o.chat_title);
+        set(&mut t.chat_body, &o.chat_body);
+        set(&mut t.call_title, &o.call_title);
+        set(&mut t.call_body, &o.call_body);
+        set(&mut t.file_title, &o.file_title);
+        set(&mut t.file_body, &o.file_body);
+        t
+    }
+
+    /// A composer with the configured templates and limits.
+    pub fn composer(&self) -> Composer {
+        Composer {
+            templates: self.templates(),
+            chat_body_max_chars: self.chat_body_max_chars,
+            markdown: self.markdown,
+            call_ttl: self.call_ttl,
+        }
+    }
+
+    /// The inline retry policy.
+    pub fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            attempts_per_provider: self.retry.attempts_per_provider,
+            initial_delay: self.retry.initial_delay,
+            max_inline_wait: self.retry.max_inline_wait,
+            // A little above the provider timeout, so the provider's own timeout
+            // (with its clearer message) fires first.
+            send_timeout: self.timeout + Duration::from_millis(500),
+        }
+    }
+
+    /// A dispatcher builder with every configured provider and the routes. Providers
+    /// that are not configured are disabled with one warning each.
+    pub fn dispatcher_builder(&self, figment: &Figment) -> Result<DispatcherBuilder, ConfigError> {
+        let mut builder = Dispatcher::builder().policy(self.retry_policy());
+        let mut enabled: Vec<&str> = Vec::new();
+
+        #[cfg(feature = "gotify")]
+        match self.providers.gotify.as_ref().filter(|g| !g.url.trim().is_empty()) {
+            Some(g) => {
+                let notifier = g.build(self.timeout).map_err(|e| ConfigError::Invalid {
+                    key: "providers.gotify".into(),
+                    source_name: Self::source_of(figment, "providers.gotify.url"),
+                    message: e.to_string(),
+                })?;
+                tracing::info!("Gotify configured: {}", notifier.url());
+                tracing::info!("Gotify enabled: true");
+                if !notifier.has_default_token() {
+                    tracing::warn!(
+                        "Gotify has no default token: only recipients with their own Gotify token can be reached"
+                    );
+                }
+                builder = builder.notifier(Arc::new(notifier));
+                enabled.push("gotify");
+            }
+            None => {
+                tracing::warn!("Gotify not configured - notifications disabled");
+            }
+        }
+
+        if self.providers.log.enabled {
+            builder = builder.notifier(Arc::new(LogNotifier));
+            enabled.push("log");
+        }
+        for name in KNOWN_PROVIDERS {
+            if enabled.contains(name) {
+                continue;
+            }
+            builder = builder.disabled(*name);
+            let used = Kind::ALL.iter().any(|k| self.routes.get(*k).iter().any(|n| n == name));
+            if used && *name != "gotify" {
+                tracing::warn!("{name} not configured - skipped in routes");
+            }
+        }
+        for kind in Kind::ALL {
+            builder = builder.route(kind, self.routes.get(kind).iter().cloned());
+        }
+        Ok(builder)
+    }
+
+    /// Builds the dispatcher.
+    pub fn build_dispatcher(&self, figment: &Figment) -> Result<Dispatcher, ConfigError> {
+        self.dispatcher_builder(figment)?
+            .build()
+            .map_err(|error| ConfigError::Routes {
+                source_name: match &error {
+                    BuildError::UnknownProvider { kind, .. } => {
+                        Self::source_of(figment, &format!("routes.{kind}"))
+                    }
+                    _ => "configuration".into(),
+                },
+                error,
+            })
+    }
+}
+
+/// Checks a provider URL against the profile's transport rules.
+pub(crate) fn check_url(
+    profile: Profile,
+    provider: &str,
+    url: &str,
+    allow_insecure_http: bool,
+) -> Result<(), String> {
+    let parsed = url::Url::parse(url.trim()).map_err(|e| format!("`{url}` is not a URL: {e}"))?;
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" if profile == Profile::Development || allow_insecure_http => Ok(()),
+        "http" => Err(format!(
+            "plain http:// is refused in the production profile; use https:// or set `{provider}.allow_insecure_http = true`"
+        )),
+        other => Err(format!("scheme `{other}` is not supported (use https://)")),
+    }
+}

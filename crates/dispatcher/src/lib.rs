@@ -1,0 +1,40 @@
+//! # mesh-notify
+//!
+//! The dispatcher: it takes one abstract [`Notification`](mesh_notify_core::Notification)
+//! and tries the providers configured for its kind, primary first, then each
+//! fallback. Transient failures get a short bounded retry on the same provider;
+//! permanent, misconfigured and recipient-gone failures move on at once. Every
+//! attempt is recorded in the [`Outcome`].
+//!
+//! Configuration comes from TOML files and the environment through [figment]; see
+//! [`Config`] and `docs/configuration.md`.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use mesh_notify::{Dispatcher, LogNotifier};
+//! use mesh_notify_core::{Composer, Kind, Recipient, Room};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let dispatcher = Dispatcher::builder()
+//!     .notifier(Arc::new(LogNotifier::default()))
+//!     .disabled("gotify") // known, but not configured here
+//!     .route(Kind::Chat, ["gotify", "log"])
+//!     .build()
+//!     .unwrap();
+//! let n = Composer::default().chat("Alice", &Room::new("r1", "Test"), Recipient::new("bob", "Bob"), "Salut");
+//! let outcome = dispatcher.dispatch(n).await;
+//! assert_eq!(outcome.delivered.unwrap().provider, "log");
+//! # }
+//! ```
+
+mod config;
+mod dispatcher;
+mod log_provider;
+
+pub use config::{Config, ConfigError, Profile, ProvidersConfig, RetryConfig, RoutesConfig, TemplatesOverride};
+pub use dispatcher::{
+    Attempt, BuildError, DeadAddress, Dispatcher, DispatcherBuilder, Outcome, RetryPolicy,
+};
+pub use log_provider::LogNotifier;
+pub use figment::Figment;
+pub use mesh_notify_core as core;

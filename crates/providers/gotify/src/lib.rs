@@ -1,0 +1,403 @@
+//! # mesh-notify-gotify
+//!
+//! The [Gotify](https://gotify.net) provider for mesh-notify: `POST /message` with the
+//! application token in the `X-Gotify-Key` header (never in the URL, so it stays out
+//! of access logs), a JSON body with `title`, `message`, `priority` and `extras`
+//! (click URL for the web and Android clients, content type, notification id), and
+//! every answer classified into a [`NotifyError`].
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use mesh_notify_core::{Composer, Notifier, Recipient, Room, Secret};
+//! use mesh_notify_gotify::GotifyNotifier;
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let gotify = GotifyNotifier::new(
+//!     "https://gotify.example.com",
+//!     Some(Secret::new("AppToken")),
+//!     Duration::from_secs(5),
+//! )?;
+//! let n = Composer::default().chat("Alice", &Room::new("r1", "Test"), Recipient::new("bob", "Bob"), "Salut");
+//! let receipt = gotify.send(&n).await?;
+//! println!("delivered as Gotify message {:?}", receipt.message_id);
+//! # Ok(()) }
+//! ```
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use mesh_notify_core::{
+    parse_retry_after, AddressKind, Health, Notification, Notifier, NotifyError, Receipt, Secret,
+};
+use reqwest::StatusCode;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use url::Url;
+
+/// Default per-request timeout.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `[providers.gotify]` configuration.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GotifyConfig {
+    /// Base URL of the Gotify server, e.g. `https://push.example.com` (a path prefix
+    /// such as `https://example.com/gotify/` is kept).
+    pub url: String,
+    /// Default application token (used when the recipient has no Gotify token of
+    /// their own). Prefer `token_file` or the `GOTIFY_TOKEN` variable.
+    #[serde(default)]
+    pub token: Option<Secret>,
+    /// File holding the default application token (whitespace trimmed).
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// Per-request timeout (default: the global `timeout`, 5 s).
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    /// Allow `http://` in the production profile.
+    #[serde(default)]
+    pub allow_insecure_http: bool,
+}
+
+/// Why a Gotify provider could not be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GotifyConfigError {
+    /// The URL does not parse or is not http(s).
+    #[error("invalid Gotify url `{url}`: {reason}")]
+    InvalidUrl {
+        /// The URL as given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// `token_file` could not be read.
+    #[error("cannot read Gotify token_file `{path}`: {source}")]
+    TokenFile {
+        /// The path as given.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Both `token` and `token_file` were given.
+    #[error("give either `token` or `token_file` for Gotify, not both")]
+    BothTokenAndFile,
+    /// The HTTP client could not be built.
+    #[error("cannot build the HTTP client: {0}")]
+    Client(String),
+}
+
+impl GotifyConfig {
+    /// The default token, read from `token` or `token_file`.
+    pub fn resolve_token(&self) -> Result<Option<Secret>, GotifyConfigError> {
+        match (&self.token, &self.token_file) {
+            (Some(_), Some(_)) => Err(GotifyConfigError::BothTokenAndFile),
+            (Some(t), None) => Ok(Some(t.clone()).filter(|t| !t.is_empty())),
+            (None, Some(path)) => {
+                let raw = std::fs::read_to_string(path).map_err(|source| {
+                    GotifyConfigError::TokenFile {
+                        path: path.clone(),
+                        source,
+                    }
+                })?;
+                Ok(Some(Secret::new(raw.trim())).filter(|t| !t.is_empty()))
+            }
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// Builds the notifier (`default_timeout` applies when `timeout` is unset).
+    pub fn build(&self, default_timeout: Duration) -> Result<GotifyNotifier, GotifyConfigError> {
+        GotifyNotifier::new(
+            &self.url,
+            self.resolve_token()?,
+            self.timeout.unwrap_or(default_timeout),
+        )
+    }
+}
+
+/// Sends notifications to a Gotify server.
+pub struct GotifyNotifier {
+    client: reqwest::Client,
+    message_url: Url,
+    health_url: Url,
+    base_url: Url,
+    token: Option<Secret>,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for GotifyNotifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GotifyNotifier")
+            .field("url", &self.base_url.as_str())
+            .field("token", &self.token)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl GotifyNotifier {
+    /// A notifier for the server at `base_url`, with an optional default application
+    /// token (recipients' own Gotify tokens override it).
+    pub fn new(
+        base_url: &str,
+        token: Option<Secret>,
+        timeout: Duration,
+    ) -> Result<Self, GotifyConfigError> {
+        let invalid = |reason: String| GotifyConfigError::InvalidUrl {
+            url: base_url.to_string(),
+            reason,
+        };
+        let mut base = Url::parse(base_url.trim()).map_err(|e| invalid(e.to_string()))?;
+        if !matches!(base.scheme(), "http" | "https") {
+            return Err(invalid(format!(
+                "scheme `{}` is not http or https",
+                base.scheme()
+            )));
+        }
+        if base.cannot_be_a_base() || base.host_str().is_none() {
+            return Err(invalid("no host".into()));
+        }
+        if !base.username().is_empty() || base.password().is_some() {
+            return Err(invalid(
+                "credentials in the URL would be logged; use token or token_file".into(),
+            ));
+        }
+        if base.query().is_some() {
+            return Err(invalid(
+                "a query string in the URL is not allowed (tokens go in the X-Gotify-Key header)"
+                    .into(),
+            ));
+        }
+        if !base.path().ends_with('/') {
+            let path = format!("{}/", base.path());
+            base.set_path(&path);
+        }
+        let message_url = base.join("message").map_err(|e| invalid(e.to_string()))?;
+        let health_url = base.join("health").map_err(|e| invalid(e.to_string()))?;
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .user_agent(concat!("mesh-notify/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| GotifyConfigError::Client(e.to_string()))?;
+        Ok(Self {
+            client,
+            message_url,
+            health_url,
+            base_url: base,
+            token,
+            timeout,
+        })
+    }
+
+    /// The server's base URL.
+    pub fn url(&self) -> &str {
+        self.base_url.as_str()
+    }
+
+    /// Whether a default application token is set.
+    pub fn has_default_token(&self) -> bool {
+        self.token.is_some()
+    }
+
+    fn token_for<'a>(&'a self, n: &'a Notification) -> Option<(&'a Secret, bool)> {
+        match n.recipient.address(AddressKind::Gotify) {
+            Some(t) => Some((t, true)),
+            None => self.token.as_ref().map(|t| (t, false)),
+        }
+    }
+}
+
+/// The JSON body of `POST /message` for a notification.
+pub fn message_body(n: &Notification) -> Value {
+    // Gotify rejects an empty message; fall back to the title.
+    let message = if n.body.trim().is_empty() {
+        n.title.as_str()
+    } else {
+        n.body.as_str()
+    };
+    let mut extras = json!({
+        "client::display": { "contentType": n.format.content_type() },
+        "mesh::notification": {
+            "id": n.id.to_string(),
+            "kind": n.kind.as_str(),
+        },
+    });
+    if let Some(url) = &n.click_url {
+        extras["client::notification"] = json!({ "click": { "url": url } });
+        extras["android::action"] = json!({ "onReceive": { "intentUrl": url } });
+    }
+    if let Some(room) = &n.room {
+        extras["mesh::notification"]["room_id"] = json!(room.id);
+    }
+    json!({
+        "title": n.title,
+        "message": message,
+        "priority": n.priority.get(),
+        "extras": extras,
+    })
+}
+
+#[derive(Deserialize)]
+struct GotifyErrorBody {
+    #[serde(default)]
+    error: String,
+    #[serde(default, rename = "errorDescription")]
+    error_description: String,
+}
+
+/// Classifies a non-200 answer from `POST /message`.
+///
+/// 401/403 mean the token was refused: misconfigured when it is the provider's
+/// default token, recipient gone when it is the recipient's own token (their Gotify
+/// application was deleted). 400 and other 4xx are permanent; 408, 429 and 5xx are
+/// transient and honour `Retry-After`.
+pub fn classify_status(
+    status: StatusCode,
+    retry_after: Option<&str>,
+    body: &str,
+    recipient_token: bool,
+) -> NotifyError {
+    let detail = serde_json::from_str::<GotifyErrorBody>(body)
+        .ok()
+        .map(|b| {
+            if b.error_description.is_empty() {
+                b.error
+            } else {
+                b.error_description
+            }
+        })
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| body.chars().take(200).collect());
+    let what = format!("Gotify answered {status}: {detail}");
+    match status.as_u16() {
+        401 | 403 if recipient_token => NotifyError::gone(
+            AddressKind::Gotify,
+            format!("the recipient's Gotify token was refused ({what})"),
+        ),
+        401 | 403 => NotifyError::misconfigured(format!("the Gotify token was refused ({what})")),
+        408 | 425 | 429 | 500..=599 => NotifyError::Transient {
+            reason: what,
+            retry_after: retry_after.and_then(parse_retry_after),
+        },
+        _ => NotifyError::permanent(what),
+    }
+}
+
+fn classify_transport(err: &reqwest::Error, timeout: Duration) -> NotifyError {
+    if err.is_timeout() {
+        NotifyError::transient(format!("Gotify did not answer within {timeout:?}"))
+    } else if err.is_connect() {
+        NotifyError::transient(format!("cannot connect to Gotify: {}", source_chain(err)))
+    } else {
+        NotifyError::transient(format!("Gotify request failed: {}", source_chain(err)))
+    }
+}
+
+fn source_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        out.push_str(": ");
+        out.push_str(&e.to_string());
+        cur = e.source();
+    }
+    out
+}
+
+#[derive(Deserialize)]
+struct CreatedMessage {
+    id: i64,
+}
+
+#[async_trait]
+impl Notifier for GotifyNotifier {
+    fn name(&self) -> &str {
+        "gotify"
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "url={}, default token: {}, timeout={:?}",
+            self.base_url,
+            if self.token.is_some() { "set (redacted)" } else { "none" },
+            self.timeout
+        )
+    }
+
+    fn can_reach(&self, n: &Notification) -> bool {
+        self.token_for(n).is_some()
+    }
+
+    async fn send(&self, n: &Notification) -> Result<Receipt, NotifyError> {
+        let (token, recipient_token) = self.token_for(n).ok_or(NotifyError::Unreachable {
+            wanted: "Gotify application token",
+        })?;
+        let started = Instant::now();
+        let response = self
+            .client
+            .post(self.message_url.clone())
+            .header("X-Gotify-Key", token.expose())
+            .json(&message_body(n))
+            .send()
+            .await
+            .map_err(|e| classify_transport(&e, self.timeout))?;
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = response
+            .text()
+            .await
+            .map_err(|e| classify_transport(&e, self.timeout))?;
+        if status != StatusCode::OK {
+            return Err(classify_status(
+                status,
+                retry_after.as_deref(),
+                &body,
+                recipient_token,
+            ));
+        }
+        let message_id = match serde_json::from_str::<CreatedMessage>(&body) {
+            Ok(m) => Some(m.id.to_string()),
+            Err(e) => {
+                tracing::warn!(error = %e, "Gotify accepted the message but its answer had no id");
+                None
+            }
+        };
+        Ok(Receipt {
+            provider: self.name().to_string(),
+            message_id,
+            latency: started.elapsed(),
+        })
+    }
+
+    async fn health(&self) -> Health {
+        #[derive(Deserialize)]
+        struct GotifyHealth {
+            health: String,
+            database: String,
+        }
+        match self.client.get(self.health_url.clone()).send().await {
+            Err(e) => Health::Unhealthy(classify_transport(&e, self.timeout).to_string()),
+            Ok(resp) => {
+                let status = resp.status();
+                match resp.json::<GotifyHealth>().await {
+                    Ok(h) if status.is_success() && h.health == "green" && h.database == "green" => {
+                        Health::Healthy
+                    }
+                    Ok(h) => Health::Unhealthy(format!(
+                        "Gotify health {status}: health={}, database={}",
+                        h.health, h.database
+                    )),
+                    Err(e) => Health::Unhealthy(format!("Gotify health {status}: {e}")),
+                }
+            }
+        }
+    }
+}

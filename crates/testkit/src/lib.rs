@@ -1,0 +1,2 @@
+//! Loopback fakes of the providers mesh-notify talks to.
+pub mod gotify;
