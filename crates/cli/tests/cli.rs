@@ -1,0 +1,104 @@
+//! The `mesh-notify` binary end to end against the loopback fake Gotify.
+
+use std::process::{Command, Output};
+
+use mesh_notify_testkit::gotify::{FakeGotify, TokenSource};
+
+const TOKEN: &str = "AcliSecretTok77";
+
+async fn run(args: &[&str], envs: &[(&str, String)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mesh-notify"));
+    cmd.args(args)
+        .env_remove("GOTIFY_URL")
+        .env_remove("GOTIFY_TOKEN")
+        .env_remove("MESH_NOTIFY_CONFIG")
+        .env_remove("RUST_LOG")
+        .env("LOG_LEVEL", "info");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap()
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+const SEND: &[&str] = &["send", "--kind", "chat", "--title", "Test", "--message", "Bonjour", "--priority", "8", "--room", "r1"];
+
+#[tokio::test]
+async fn send_delivers_exactly_one_message_through_gotify() {
+    let fake = FakeGotify::start(&[(TOKEN, 4)]).await.unwrap();
+    let out = run(SEND, &[("GOTIFY_URL", fake.url()), ("GOTIFY_TOKEN", TOKEN.into())]).await;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("delivered by gotify (message id 1)"), "{stdout}");
+    assert!(stderr.contains("Gotify configured: "), "{stderr}");
+    assert!(!stdout.contains(TOKEN) && !stderr.contains(TOKEN));
+    let msgs = fake.messages();
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(msgs[0].token_source, TokenSource::Header);
+    assert_eq!(msgs[0].priority, Some(8));
+    assert_eq!(msgs[0].extras["client::notification"]["click"]["url"], "mesh://room/r1");
+}
+
+#[tokio::test]
+async fn a_wrong_token_fails_saying_so_without_printing_it() {
+    let fake = FakeGotify::start(&[(TOKEN, 4)]).await.unwrap();
+    let out = run(SEND, &[("GOTIFY_URL", fake.url()), ("GOTIFY_TOKEN", "WrongTokenXYZ".into())]).await;
+    let (stdout, stderr) = text(&out);
+    assert!(!out.status.success(), "{stdout}\n{stderr}");
+    assert!(stderr.contains("token was refused"), "{stderr}");
+    assert!(!stdout.contains("WrongTokenXYZ") && !stderr.contains("WrongTokenXYZ"));
+    assert!(fake.messages().is_empty());
+}
+
+#[tokio::test]
+async fn with_gotify_down_it_falls_back_to_the_log_and_says_so() {
+    let mut fake = FakeGotify::start(&[(TOKEN, 4)]).await.unwrap();
+    let url = fake.url();
+    fake.stop();
+    let out = run(SEND, &[("GOTIFY_URL", url), ("GOTIFY_TOKEN", TOKEN.into())]).await;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("delivered by log") && stdout.contains("after falling back"), "{stdout}");
+    assert!(stderr.contains("gotify (try 1) failed [transient]"), "{stderr}");
+}
+
+#[tokio::test]
+async fn with_nothing_configured_it_warns_and_uses_the_log() {
+    let out = run(SEND, &[]).await;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stderr.contains("Gotify not configured - notifications disabled"), "{stderr}");
+    assert!(stdout.contains("delivered by log"), "{stdout}");
+}
+
+#[tokio::test]
+async fn an_out_of_range_priority_is_refused() {
+    let out = run(&["send", "--title", "t", "--message", "m", "--priority", "11"], &[]).await;
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(stderr.contains("--priority") && stderr.contains("out of range"), "{stderr}");
+}
+
+#[tokio::test]
+async fn check_config_redacts_secrets_and_reports_bad_files() {
+    let out = run(&["check-config"], &[("GOTIFY_URL", "https://push.example.com".into()), ("GOTIFY_TOKEN", TOKEN.into())]).await;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("gotify enabled: url=https://push.example.com/"), "{stdout}");
+    assert!(stdout.contains("chat: gotify -> log"), "{stdout}");
+    assert!(!stdout.contains(TOKEN) && !stderr.contains(TOKEN));
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "timeout = \"soon\"\n").unwrap();
+    let out = run(&["check-config", "--config", bad.to_str().unwrap()], &[]).await;
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(78));
+    assert!(stderr.contains("timeout") && stderr.contains("bad.toml"), "{stderr}");
+}
