@@ -25,6 +25,7 @@ mod compose;
 mod error;
 mod notification;
 mod notifier;
+mod outbox;
 mod retry_after;
 mod secret;
 mod text;
@@ -36,6 +37,7 @@ pub use notification::{
     PriorityError, Recipient, Room, Timestamp,
 };
 pub use notifier::{Health, Notifier, Receipt};
+pub use outbox::{Claim, DeadEntry, Outbox, OutboxEntry, OutboxError, OutboxStats};
 pub use retry_after::parse_retry_after;
 pub use secret::Secret;
 pub use text::{room_click_url, sanitize_text, truncate_graphemes};

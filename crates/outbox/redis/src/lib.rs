@@ -1,0 +1,1 @@
+//! Redis Streams outbox for mesh-notify (work in progress).

@@ -1,0 +1,1 @@
+//! Embedded SQLite outbox for mesh-notify (work in progress).

@@ -1,0 +1,1 @@
+//! APNs (token auth, HTTP/2) provider for mesh-notify (work in progress).

@@ -1,0 +1,1 @@
+//! FCM HTTP v1 provider for mesh-notify (work in progress).

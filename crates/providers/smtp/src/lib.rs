@@ -1,0 +1,1 @@
+//! SMTP (email) provider for mesh-notify (work in progress).
