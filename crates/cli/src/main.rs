@@ -158,8 +158,8 @@ async fn send(dispatcher: &mesh_notify::Dispatcher, n: Notification, json: bool)
             eprintln!("{} (try {}) failed [{class}]: {err}", a.provider, a.try_number);
         }
     }
-    for (p, why) in &outcome.skipped {
-        eprintln!("{p} skipped: {why}");
+    for skip in &outcome.skipped {
+        eprintln!("{} skipped: {}", skip.provider, skip.reason);
     }
     let misconfigured: Vec<&str> = outcome
         .attempts

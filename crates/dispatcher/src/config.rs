@@ -19,7 +19,10 @@ use figment::{Figment, Metadata, Profile as FigmentProfile, Provider};
 use mesh_notify_core::{Composer, Kind, Language, Templates};
 use serde::Deserialize;
 
-use crate::{BuildError, Dispatcher, DispatcherBuilder, LogNotifier, RetryPolicy};
+use crate::{
+    BreakerConfig, BuildError, Dispatcher, DispatcherBuilder, LogNotifier, QueuePolicy,
+    RateLimitConfig, RetryPolicy,
+};
 
 /// Deployment profile.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -141,6 +144,145 @@ impl RoutesConfig {
     }
 }
 
+/// `[breaker]`: circuit breaker applied to every provider.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerSection {
+    /// Consecutive transient failures that open a provider's circuit (0 = off; default 5).
+    pub failure_threshold: u32,
+    /// How long an open circuit skips the provider before one probe (default 30s).
+    #[serde(with = "humantime_serde")]
+    pub cool_down: Duration,
+}
+
+impl Default for BreakerSection {
+    fn default() -> Self {
+        let b = BreakerConfig::default();
+        Self {
+            failure_threshold: b.failure_threshold,
+            cool_down: b.cool_down,
+        }
+    }
+}
+
+/// `[rate_limits.<provider>]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSection {
+    /// Sustained sends per second.
+    pub per_second: f64,
+    /// Burst size (default: one second's worth).
+    #[serde(default)]
+    pub burst: Option<u32>,
+}
+
+/// `[queue]`: retry timing, expiry and workers for queued notifications.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueSection {
+    /// First retry delay before jitter (default 1s).
+    #[serde(with = "humantime_serde")]
+    pub initial_backoff: Duration,
+    /// Largest retry delay (default 15m).
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+    /// Delivery workers per process (default 2).
+    pub workers: usize,
+    /// Entries one worker claims and delivers concurrently (default 32).
+    pub batch: usize,
+    /// Lease on a claimed entry before another worker may take it over (default 60s).
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    /// How often idle workers poll for due entries (default 250ms).
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Give up (dead-letter) after this age, per kind. Calls use `call_ttl`.
+    pub max_age: MaxAgeSection,
+}
+
+/// `[queue.max_age]`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MaxAgeSection {
+    /// Chat notifications (default 12h).
+    #[serde(with = "humantime_serde")]
+    pub chat: Duration,
+    /// File notifications (default 12h).
+    #[serde(with = "humantime_serde")]
+    pub file: Duration,
+    /// System notifications (default 24h).
+    #[serde(with = "humantime_serde")]
+    pub system: Duration,
+}
+
+impl Default for MaxAgeSection {
+    fn default() -> Self {
+        let q = QueuePolicy::default();
+        let get = |k| q.max_age.get(&k).copied().unwrap_or(Duration::from_secs(3600));
+        Self {
+            chat: get(Kind::Chat),
+            file: get(Kind::File),
+            system: get(Kind::System),
+        }
+    }
+}
+
+impl Default for QueueSection {
+    fn default() -> Self {
+        let q = QueuePolicy::default();
+        Self {
+            initial_backoff: q.initial_backoff,
+            max_backoff: q.max_backoff,
+            workers: q.workers,
+            batch: q.batch,
+            lease: q.lease,
+            poll_interval: q.poll_interval,
+            max_age: MaxAgeSection::default(),
+        }
+    }
+}
+
+/// Which durable store holds queued notifications.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutboxBackend {
+    /// Embedded SQLite file (default; nothing to install).
+    #[default]
+    Sqlite,
+    /// Redis Streams, shared by several instances.
+    Redis,
+    /// No durable queue: failed notifications are only logged.
+    None,
+}
+
+/// `[outbox]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboxSection {
+    /// `sqlite` (default), `redis` or `none`.
+    pub backend: OutboxBackend,
+    /// SQLite file (default `data/mesh-notify.sqlite3`).
+    pub path: PathBuf,
+    /// Redis URL, e.g. `redis://127.0.0.1:6379/0` (password via `redis_password`).
+    pub redis_url: Option<String>,
+    /// Redis password, kept out of the URL and the logs.
+    pub redis_password: Option<mesh_notify_core::Secret>,
+    /// Prefix of every Redis key (default `mesh-notify`).
+    pub redis_prefix: String,
+}
+
+impl Default for OutboxSection {
+    fn default() -> Self {
+        Self {
+            backend: OutboxBackend::Sqlite,
+            path: PathBuf::from("data/mesh-notify.sqlite3"),
+            redis_url: None,
+            redis_password: None,
+            redis_prefix: "mesh-notify".into(),
+        }
+    }
+}
+
 /// The whole mesh-notify configuration.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -175,6 +317,23 @@ pub struct Config {
     /// Routes per kind.
     #[serde(default)]
     pub routes: RoutesConfig,
+    /// Circuit breaker for every provider.
+    #[serde(default)]
+    pub breaker: BreakerSection,
+    /// Rate limits per provider name.
+    #[serde(default)]
+    pub rate_limits: std::collections::BTreeMap<String, RateLimitSection>,
+    /// Retry timing and workers for queued notifications.
+    #[serde(default)]
+    pub queue: QueueSection,
+    /// The durable outbox.
+    #[serde(default)]
+    pub outbox: OutboxSection,
+    /// The `[server]` table of an application that embeds mesh-notify (mesh-server).
+    /// Not interpreted here: the application extracts and checks it itself
+    /// (`figment.extract_inner("server")`).
+    #[serde(default)]
+    pub server: Option<figment::value::Dict>,
 }
 
 fn default_timeout() -> Duration {
@@ -401,6 +560,27 @@ impl Config {
                     .map_err(|m| invalid("providers.gotify.url", m))?;
             }
         }
+        for (name, rl) in &self.rate_limits {
+            let key = format!("rate_limits.{name}");
+            if !KNOWN_PROVIDERS.contains(&name.as_str()) {
+                return Err(invalid(&key, format!("unknown provider `{name}`")));
+            }
+            if !(rl.per_second.is_finite() && rl.per_second > 0.0) {
+                return Err(invalid(&format!("{key}.per_second"), "must be a positive number".into()));
+            }
+        }
+        if self.queue.workers == 0 || self.queue.batch == 0 {
+            return Err(invalid("queue", "workers and batch must be at least 1".into()));
+        }
+        if self.queue.initial_backoff.is_zero() || self.queue.max_backoff < self.queue.initial_backoff {
+            return Err(invalid(
+                "queue.max_backoff",
+                "initial_backoff must be > 0 and max_backoff >= initial_backoff".into(),
+            ));
+        }
+        if self.outbox.backend == OutboxBackend::Redis && self.outbox.redis_url.is_none() {
+            return Err(invalid("outbox.redis_url", "required when outbox.backend = \"redis\"".into()));
+        }
         for kind in Kind::ALL {
             for name in self.routes.get(kind) {
                 if !KNOWN_PROVIDERS.contains(&name.as_str()) {
@@ -458,10 +638,45 @@ impl Config {
         }
     }
 
+    /// The queue policy (`[queue]`, with calls expiring after `call_ttl`).
+    pub fn queue_policy(&self) -> QueuePolicy {
+        let q = &self.queue;
+        QueuePolicy {
+            initial_backoff: q.initial_backoff,
+            max_backoff: q.max_backoff,
+            max_age: std::collections::BTreeMap::from([
+                (Kind::Chat, q.max_age.chat),
+                (Kind::File, q.max_age.file),
+                (Kind::System, q.max_age.system),
+                (Kind::Call, self.call_ttl),
+            ]),
+            workers: q.workers,
+            batch: q.batch,
+            lease: q.lease,
+            poll_interval: q.poll_interval,
+        }
+    }
+
     /// A dispatcher builder with every configured provider and the routes. Providers
     /// that are not configured are disabled with one warning each.
     pub fn dispatcher_builder(&self, figment: &Figment) -> Result<DispatcherBuilder, ConfigError> {
-        let mut builder = Dispatcher::builder().policy(self.retry_policy());
+        let mut builder = Dispatcher::builder()
+            .policy(self.retry_policy())
+            .queue_policy(self.queue_policy())
+            .breaker(BreakerConfig {
+                failure_threshold: self.breaker.failure_threshold,
+                cool_down: self.breaker.cool_down,
+            });
+        for (name, rl) in &self.rate_limits {
+            let burst = rl.burst.unwrap_or_else(|| rl.per_second.ceil().clamp(1.0, f64::from(u32::MAX)) as u32);
+            builder = builder.rate_limit(
+                name.clone(),
+                RateLimitConfig {
+                    per_second: rl.per_second,
+                    burst,
+                },
+            );
+        }
         let mut enabled: Vec<&str> = Vec::new();
 
         #[cfg(feature = "gotify")]

@@ -6,10 +6,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mesh_notify_core::{
-    AddressKind, ErrorClass, Kind, Notification, NotificationId, Notifier, NotifyError, Receipt,
-    Timestamp,
+    AddressKind, ErrorClass, Kind, Notification, NotificationId, Notifier, NotifyError, Outbox,
+    Receipt, Timestamp,
 };
 use serde::Serialize;
+use tokio::sync::Notify;
+
+use crate::breaker::{BreakerConfig, BreakerState, CircuitBreaker};
+use crate::queue::QueuePolicy;
+use crate::ratelimit::{RateLimitConfig, RateLimiter};
 
 /// How the dispatcher retries a provider before moving on to the next one.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,6 +67,40 @@ mod duration_micros {
     }
 }
 
+/// Why a provider in the route was not tried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SkipReason {
+    /// Known but not configured in this process.
+    NotConfigured,
+    /// The recipient has no address this provider can use.
+    NoAddress,
+    /// Its circuit breaker is open after repeated transient failures.
+    CircuitOpen,
+    /// Its rate limit would have made us wait too long.
+    RateLimited,
+}
+
+impl fmt::Display for SkipReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SkipReason::NotConfigured => "not configured",
+            SkipReason::NoAddress => "no address for this recipient",
+            SkipReason::CircuitOpen => "circuit open",
+            SkipReason::RateLimited => "rate limited",
+        })
+    }
+}
+
+/// A provider that was not tried.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Skip {
+    /// Provider name.
+    pub provider: String,
+    /// Why.
+    pub reason: SkipReason,
+}
+
 /// What happened to one notification.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Outcome {
@@ -71,8 +110,8 @@ pub struct Outcome {
     pub kind: Kind,
     /// Every try, in order.
     pub attempts: Vec<Attempt>,
-    /// Providers in the route that were skipped, with why (not configured, no address).
-    pub skipped: Vec<(String, String)>,
+    /// Providers in the route that were skipped, with why.
+    pub skipped: Vec<Skip>,
     /// The receipt of the provider that delivered, if one did.
     pub delivered: Option<Receipt>,
     /// It expired before delivery and was not sent.
@@ -92,6 +131,27 @@ impl Outcome {
         self.attempts.iter().filter_map(|a| a.retry_after).max()
     }
 
+    /// Whether trying again later cannot help: every provider that was tried refused
+    /// permanently (or reported the address dead), and none was skipped for a
+    /// passing reason (circuit open, rate limited). Such notifications are
+    /// dead-lettered instead of retried.
+    pub fn is_hopeless(&self) -> bool {
+        if self.is_delivered() {
+            return false;
+        }
+        let passing_skip = self
+            .skipped
+            .iter()
+            .any(|s| matches!(s.reason, SkipReason::CircuitOpen | SkipReason::RateLimited));
+        let retryable_attempt = self.attempts.iter().any(|a| {
+            matches!(
+                a.error_class,
+                Some(ErrorClass::Transient) | Some(ErrorClass::Misconfigured)
+            )
+        });
+        !passing_skip && !retryable_attempt
+    }
+
     /// Whether delivery came from a provider other than the first one tried.
     pub fn used_fallback(&self) -> bool {
         match (&self.delivered, self.attempts.first()) {
@@ -106,7 +166,7 @@ impl Outcome {
             let skipped: Vec<String> = self
                 .skipped
                 .iter()
-                .map(|(p, why)| format!("{p}: {why}"))
+                .map(|s| format!("{}: {}", s.provider, s.reason))
                 .collect();
             return if skipped.is_empty() {
                 "no provider in the route".into()
@@ -129,6 +189,8 @@ pub struct DeadAddress {
     pub user_id: String,
     /// Which kind of address.
     pub kind: AddressKind,
+    /// The address the provider used (the recipient's first address of `kind`).
+    pub address: Option<mesh_notify_core::Secret>,
     /// Which provider reported it.
     pub provider: String,
     /// The provider's reason.
@@ -144,6 +206,11 @@ pub struct Dispatcher {
     routes: BTreeMap<Kind, Vec<String>>,
     policy: RetryPolicy,
     on_dead_address: Option<DeadAddressHook>,
+    breakers: HashMap<String, CircuitBreaker>,
+    limiters: HashMap<String, RateLimiter>,
+    outbox: Option<Arc<dyn Outbox>>,
+    queue: QueuePolicy,
+    pub(crate) wake: Notify,
 }
 
 impl fmt::Debug for Dispatcher {
@@ -155,6 +222,8 @@ impl fmt::Debug for Dispatcher {
             .field("disabled", &self.disabled)
             .field("routes", &self.routes)
             .field("policy", &self.policy)
+            .field("outbox", &self.outbox.as_ref().map(|o| o.backend()))
+            .field("queue", &self.queue)
             .finish()
     }
 }
@@ -189,6 +258,11 @@ pub struct DispatcherBuilder {
     routes: BTreeMap<Kind, Vec<String>>,
     policy: RetryPolicy,
     on_dead_address: Option<DeadAddressHook>,
+    breaker: BreakerConfig,
+    breaker_overrides: HashMap<String, BreakerConfig>,
+    rate_limits: HashMap<String, RateLimitConfig>,
+    outbox: Option<Arc<dyn Outbox>>,
+    queue: QueuePolicy,
 }
 
 impl DispatcherBuilder {
@@ -228,6 +302,37 @@ impl DispatcherBuilder {
         self
     }
 
+    /// Default circuit breaker settings for every provider.
+    pub fn breaker(mut self, config: BreakerConfig) -> Self {
+        self.breaker = config;
+        self
+    }
+
+    /// Circuit breaker settings for one provider.
+    pub fn provider_breaker(mut self, provider: impl Into<String>, config: BreakerConfig) -> Self {
+        self.breaker_overrides.insert(provider.into(), config);
+        self
+    }
+
+    /// A rate limit for one provider.
+    pub fn rate_limit(mut self, provider: impl Into<String>, config: RateLimitConfig) -> Self {
+        self.rate_limits.insert(provider.into(), config);
+        self
+    }
+
+    /// The durable outbox used by `submit`, by the workers, and by `dispatch` when
+    /// every provider fails.
+    pub fn outbox(mut self, outbox: Arc<dyn Outbox>) -> Self {
+        self.outbox = Some(outbox);
+        self
+    }
+
+    /// Retry timing, expiry and worker settings for queued notifications.
+    pub fn queue_policy(mut self, queue: QueuePolicy) -> Self {
+        self.queue = queue;
+        self
+    }
+
     /// Checks the routes and builds the dispatcher.
     pub fn build(self) -> Result<Dispatcher, BuildError> {
         if self.policy.attempts_per_provider == 0 {
@@ -263,12 +368,30 @@ impl DispatcherBuilder {
                 );
             }
         }
+        let breakers = providers
+            .keys()
+            .map(|name| {
+                let cfg = self.breaker_overrides.get(name).copied().unwrap_or(self.breaker);
+                (name.clone(), CircuitBreaker::new(cfg))
+            })
+            .collect();
+        let limiters = self
+            .rate_limits
+            .into_iter()
+            .filter(|(name, _)| providers.contains_key(name))
+            .map(|(name, cfg)| (name, RateLimiter::new(cfg)))
+            .collect();
         Ok(Dispatcher {
             providers,
             disabled: self.disabled,
             routes: self.routes,
             policy: self.policy,
             on_dead_address: self.on_dead_address,
+            breakers,
+            limiters,
+            outbox: self.outbox,
+            queue: self.queue,
+            wake: Notify::new(),
         })
     }
 }
@@ -301,9 +424,48 @@ impl Dispatcher {
         &self.policy
     }
 
+    /// The outbox, if one is configured.
+    pub fn outbox(&self) -> Option<&Arc<dyn Outbox>> {
+        self.outbox.as_ref()
+    }
+
+    /// Wakes an idle delivery worker: call after enqueuing into the outbox directly
+    /// (e.g. inside your own database transaction) so delivery starts at once.
+    pub fn notify_enqueued(&self) {
+        self.wake.notify_one();
+    }
+
+    /// The queue policy.
+    pub fn queue_policy(&self) -> &QueuePolicy {
+        &self.queue
+    }
+
+    /// The circuit state of a provider (`None` for unknown names).
+    pub fn breaker_state(&self, provider: &str) -> Option<BreakerState> {
+        self.breakers.get(provider).map(CircuitBreaker::state)
+    }
+
     /// Tries the route for `n.kind` now, primary first, and reports every attempt.
+    /// When nothing delivers and an outbox is configured, the notification is queued
+    /// for automatic retry (`outcome.queued`); nothing is lost.
     pub async fn dispatch(&self, n: Notification) -> Outcome {
-        self.try_route(&n).await
+        let mut outcome = self.try_route(&n).await;
+        if outcome.is_delivered() || outcome.expired {
+            return outcome;
+        }
+        if let Some(outbox) = &self.outbox {
+            let due = Timestamp::now().plus(self.queue.backoff(1, outcome.retry_after()));
+            match outbox.enqueue(&n, due).await {
+                Ok(_) => {
+                    outcome.queued = true;
+                    self.wake.notify_one();
+                }
+                Err(e) => {
+                    tracing::error!(id = %n.id, error = %e, "nothing delivered and the outbox refused the notification");
+                }
+            }
+        }
+        outcome
     }
 
     /// Tries the route once (all providers, with their inline retries).
@@ -318,17 +480,36 @@ impl Dispatcher {
             queued: false,
         };
         for name in self.route(n.kind) {
+            let skip = |reason| Skip {
+                provider: name.clone(),
+                reason,
+            };
             let Some(provider) = self.providers.get(name) else {
-                outcome.skipped.push((name.clone(), "not configured".into()));
+                outcome.skipped.push(skip(SkipReason::NotConfigured));
                 continue;
             };
             if !provider.can_reach(n) {
-                outcome
-                    .skipped
-                    .push((name.clone(), "no address for this recipient".into()));
+                outcome.skipped.push(skip(SkipReason::NoAddress));
                 continue;
             }
+            if let Some(breaker) = self.breakers.get(name) {
+                if !breaker.allow() {
+                    metrics::counter!("mesh_notify_skipped_total", "provider" => name.clone(), "reason" => "circuit_open").increment(1);
+                    outcome.skipped.push(skip(SkipReason::CircuitOpen));
+                    continue;
+                }
+            }
+            if let Some(limiter) = self.limiters.get(name) {
+                if !limiter.acquire_within(self.policy.max_inline_wait).await {
+                    metrics::counter!("mesh_notify_skipped_total", "provider" => name.clone(), "reason" => "rate_limited").increment(1);
+                    outcome.skipped.push(skip(SkipReason::RateLimited));
+                    continue;
+                }
+            }
             if let Some(receipt) = self.try_provider(provider.as_ref(), n, &mut outcome).await {
+                if outcome.attempts.first().is_some_and(|a| a.provider != receipt.provider) {
+                    metrics::counter!("mesh_notify_fallback_total", "kind" => n.kind.as_str(), "provider" => receipt.provider.clone()).increment(1);
+                }
                 outcome.delivered = Some(receipt);
                 return outcome;
             }
@@ -361,6 +542,27 @@ impl Dispatcher {
                 ))),
             };
             let latency = started.elapsed();
+            let name = provider.name().to_string();
+            metrics::histogram!("mesh_notify_send_seconds", "provider" => name.clone()).record(latency.as_secs_f64());
+            let breaker = self.breakers.get(&name);
+            match &result {
+                Ok(_) => {
+                    metrics::counter!("mesh_notify_sent_total", "provider" => name.clone()).increment(1);
+                    if let Some(b) = breaker {
+                        b.on_answer();
+                    }
+                }
+                Err(e) => {
+                    metrics::counter!("mesh_notify_failed_total", "provider" => name.clone(), "class" => e.class().as_str()).increment(1);
+                    if let Some(b) = breaker {
+                        if e.is_transient() {
+                            b.on_transient_failure();
+                        } else {
+                            b.on_answer();
+                        }
+                    }
+                }
+            }
             let err = match result {
                 Ok(receipt) => {
                     outcome.attempts.push(Attempt {
@@ -393,6 +595,9 @@ impl Dispatcher {
                     if wait > self.policy.max_inline_wait {
                         return None;
                     }
+                    if breaker.is_some_and(|b| b.state() != BreakerState::Closed) {
+                        return None;
+                    }
                     tokio::time::sleep(wait).await;
                     delay = delay.saturating_mul(2);
                 }
@@ -407,6 +612,7 @@ impl Dispatcher {
                         hook(DeadAddress {
                             user_id: n.recipient.user_id.clone(),
                             kind: *address,
+                            address: n.recipient.address(*address).cloned(),
                             provider: provider.name().to_string(),
                             reason: reason.clone(),
                         });

@@ -27,14 +27,24 @@
 //! # }
 //! ```
 
+mod breaker;
 mod config;
 mod dispatcher;
 mod log_provider;
+mod queue;
+mod ratelimit;
 
-pub use config::{Config, ConfigError, Profile, ProvidersConfig, RetryConfig, RoutesConfig, TemplatesOverride};
-pub use dispatcher::{
-    Attempt, BuildError, DeadAddress, Dispatcher, DispatcherBuilder, Outcome, RetryPolicy,
+pub use config::{
+    BreakerSection, Config, ConfigError, MaxAgeSection, OutboxBackend, OutboxSection, Profile,
+    ProvidersConfig, QueueSection, RateLimitSection, RetryConfig, RoutesConfig, TemplatesOverride,
 };
+pub use breaker::{BreakerConfig, BreakerState, CircuitBreaker};
+pub use dispatcher::{
+    Attempt, BuildError, DeadAddress, Dispatcher, DispatcherBuilder, Outcome, RetryPolicy, Skip,
+    SkipReason,
+};
+pub use queue::{QueuePolicy, Submitted, Workers};
+pub use ratelimit::{RateLimitConfig, RateLimiter};
 pub use log_provider::LogNotifier;
 pub use figment::Figment;
 pub use mesh_notify_core as core;

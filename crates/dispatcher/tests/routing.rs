@@ -3,7 +3,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mesh_notify::{Dispatcher, RetryPolicy};
+use mesh_notify::{Dispatcher, RetryPolicy, SkipReason};
 use mesh_notify_core::{
     AddressKind, Composer, ErrorClass, Health, Kind, Notification, Notifier, NotifyError, Receipt,
     Recipient, Room, Timestamp,
@@ -236,8 +236,9 @@ async fn unreachable_and_disabled_providers_are_skipped() {
         .unwrap();
     let outcome = d.dispatch(chat()).await;
     assert_eq!(outcome.delivered.as_ref().unwrap().provider, "fallback");
-    let skipped: Vec<&str> = outcome.skipped.iter().map(|(p, _)| p.as_str()).collect();
-    assert_eq!(skipped, ["gotify", "primary"]);
+    let skipped: Vec<(&str, SkipReason)> =
+        outcome.skipped.iter().map(|s| (s.provider.as_str(), s.reason)).collect();
+    assert_eq!(skipped, [("gotify", SkipReason::NotConfigured), ("primary", SkipReason::NoAddress)]);
 }
 
 #[tokio::test]
