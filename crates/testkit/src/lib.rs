@@ -1,2 +1,4 @@
 //! Loopback fakes of the providers mesh-notify talks to.
+pub mod apns;
+pub mod fcm;
 pub mod gotify;
