@@ -1,5 +1,10 @@
 //! Test helpers for users of mesh-notify (feature `test-util`).
 
+mod memory_outbox;
+pub mod outbox_conformance;
+
+pub use memory_outbox::MemoryOutbox;
+
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
