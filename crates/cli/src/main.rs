@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use mesh_notify::core::{
     room_click_url, Address, AddressKind, ErrorClass, Kind, Notification, Priority, Recipient,
-    Room,
+    Room, Timestamp,
 };
 use mesh_notify::{Config, ConfigError};
 use tracing_subscriber::EnvFilter;
@@ -53,6 +53,41 @@ enum Command {
     },
     /// Print the effective providers and routes (secrets redacted); fail on bad config.
     CheckConfig,
+    /// Inspect and manage the durable outbox of the configured backend.
+    Outbox {
+        #[command(subcommand)]
+        command: OutboxCommand,
+    },
+    /// Run delivery workers on the configured outbox until Ctrl-C / SIGTERM.
+    Run,
+}
+
+#[derive(Subcommand, Debug)]
+enum OutboxCommand {
+    /// Counts: pending, in flight, due, dead, oldest due age.
+    Stats,
+    /// Pending entries, soonest due first.
+    List {
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Dead letters, most recent first, with why they died.
+    Dead {
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Move dead letters back to the queue, due now.
+    Retry {
+        /// Notification ids to re-queue.
+        ids: Vec<String>,
+        /// Re-queue every dead letter.
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
+    },
+    /// Delete every dead letter.
+    PurgeDead,
 }
 
 fn init_logging(level: Option<&str>) {
@@ -94,6 +129,8 @@ async fn run(cli: Cli) -> ExitCode {
     };
     match cli.command {
         Command::CheckConfig => check_config(&config, &figment),
+        Command::Outbox { command } => outbox_command(&config, &figment, command).await,
+        Command::Run => run_workers(&config, &figment).await,
         Command::Send {
             kind,
             title,
@@ -136,7 +173,7 @@ async fn run(cli: Cli) -> ExitCode {
             if kind == Kind::Call {
                 n.expires_at = Some(n.created_at.plus(config.call_ttl));
             }
-            let dispatcher = match config.build_dispatcher(&figment) {
+            let dispatcher = match config.build_dispatcher(&figment).await {
                 Ok(d) => d,
                 Err(e) => return config_error(&e),
             };
@@ -188,6 +225,13 @@ async fn send(dispatcher: &mesh_notify::Dispatcher, n: Notification, json: bool)
                 ExitCode::from(2)
             }
         }
+        None if outcome.queued => {
+            eprintln!(
+                "not delivered now: {}\nqueued in the outbox; `mesh-notify run` (or mesh-server) delivers it when a provider recovers",
+                outcome.failure_summary()
+            );
+            ExitCode::FAILURE
+        }
         None if outcome.expired => {
             eprintln!("not delivered: the notification expired");
             ExitCode::FAILURE
@@ -200,7 +244,12 @@ async fn send(dispatcher: &mesh_notify::Dispatcher, n: Notification, json: bool)
 }
 
 fn check_config(config: &Config, figment: &mesh_notify::Figment) -> ExitCode {
-    let dispatcher = match config.build_dispatcher(figment) {
+    let dispatcher = match config.dispatcher_builder(figment).and_then(|b| {
+        b.build().map_err(|error| ConfigError::Routes {
+            error,
+            source_name: "configuration".into(),
+        })
+    }) {
         Ok(d) => d,
         Err(e) => return config_error(&e),
     };
@@ -218,5 +267,136 @@ fn check_config(config: &Config, figment: &mesh_notify::Figment) -> ExitCode {
     for kind in Kind::ALL {
         println!("  {kind}: {}", dispatcher.route(kind).join(" -> "));
     }
+    match config.outbox.backend {
+        mesh_notify::OutboxBackend::Sqlite => println!("outbox: sqlite {}", config.outbox.path.display()),
+        mesh_notify::OutboxBackend::Redis => println!(
+            "outbox: redis {} (prefix {})",
+            config.outbox.redis_url.as_deref().unwrap_or("-"),
+            config.outbox.redis_prefix
+        ),
+        mesh_notify::OutboxBackend::None => println!("outbox: none (undeliverable notifications are lost)"),
+    }
     ExitCode::SUCCESS
+}
+
+async fn outbox_command(config: &Config, figment: &mesh_notify::Figment, command: OutboxCommand) -> ExitCode {
+    let outbox = match config.open_outbox(figment).await {
+        Ok(Some(o)) => o,
+        Ok(None) => {
+            eprintln!("error: no outbox configured (outbox.backend = \"none\")");
+            return ExitCode::from(78);
+        }
+        Err(e) => return config_error(&e),
+    };
+    let result: Result<(), mesh_notify::core::OutboxError> = async {
+        match command {
+            OutboxCommand::Stats => {
+                let s = outbox.stats().await?;
+                println!("backend: {}", outbox.backend());
+                println!("pending: {}", s.pending);
+                println!("in_flight: {}", s.in_flight);
+                println!("due: {}", s.due);
+                println!("dead: {}", s.dead);
+                println!("oldest_due_age: {:.1}s", s.oldest_due_age_ms as f64 / 1000.0);
+            }
+            OutboxCommand::List { limit } => {
+                for e in outbox.pending(limit).await? {
+                    let n = &e.notification;
+                    println!(
+                        "{}  {:<6} to={:<12} attempts={} due_in={:.1}s  {}{}",
+                        n.id,
+                        n.kind,
+                        n.recipient.user_id,
+                        e.attempts,
+                        (e.due_at.as_millis() - Timestamp::now().as_millis()) as f64 / 1000.0,
+                        n.title,
+                        e.last_error.as_deref().map(|err| format!("  [last error: {err}]")).unwrap_or_default()
+                    );
+                }
+            }
+            OutboxCommand::Dead { limit } => {
+                for d in outbox.dead(limit).await? {
+                    let n = &d.entry.notification;
+                    println!("{}  {:<6} to={:<12} attempts={}  {}  [{}]", n.id, n.kind, n.recipient.user_id, d.entry.attempts, n.title, d.reason);
+                }
+            }
+            OutboxCommand::Retry { ids, all } => {
+                let ids: Vec<String> = if all {
+                    outbox.dead(usize::MAX).await?.into_iter().map(|d| d.entry.notification.id.to_string()).collect()
+                } else {
+                    ids
+                };
+                let bar = indicatif::ProgressBar::new(ids.len() as u64);
+                if ids.len() < 10 {
+                    bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+                }
+                let mut requeued = 0usize;
+                for raw in &ids {
+                    match raw.parse() {
+                        Ok(id) => {
+                            if outbox.requeue_dead(id).await? {
+                                requeued += 1;
+                            } else {
+                                bar.suspend(|| eprintln!("{raw}: no such dead letter"));
+                            }
+                        }
+                        Err(e) => bar.suspend(|| eprintln!("{raw}: not a notification id ({e})")),
+                    }
+                    bar.inc(1);
+                }
+                bar.finish_and_clear();
+                println!("re-queued {requeued} of {}", ids.len());
+            }
+            OutboxCommand::PurgeDead => {
+                println!("purged {} dead letters", outbox.purge_dead().await?);
+            }
+        }
+        Ok(())
+    }
+    .await;
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_workers(config: &Config, figment: &mesh_notify::Figment) -> ExitCode {
+    let dispatcher = match config.build_dispatcher(figment).await {
+        Ok(d) => std::sync::Arc::new(d),
+        Err(e) => return config_error(&e),
+    };
+    if dispatcher.outbox().is_none() {
+        eprintln!("error: no outbox configured: nothing to deliver");
+        return ExitCode::from(78);
+    }
+    let workers = dispatcher.start_workers();
+    tracing::info!("delivery workers running; Ctrl-C to stop");
+    shutdown_signal().await;
+    tracing::info!("stopping delivery workers");
+    workers.shutdown().await;
+    ExitCode::SUCCESS
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

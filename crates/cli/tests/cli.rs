@@ -6,7 +6,19 @@ use mesh_notify_testkit::gotify::{FakeGotify, TokenSource};
 
 const TOKEN: &str = "AcliSecretTok77";
 
+/// Each test gets its own outbox file, so tests never share queued state.
+fn outbox_env(dir: &tempfile::TempDir) -> (&'static str, String) {
+    ("MESH_NOTIFY_OUTBOX__PATH", dir.path().join("outbox.sqlite3").display().to_string())
+}
+
 async fn run(args: &[&str], envs: &[(&str, String)]) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    let mut all = vec![outbox_env(&dir)];
+    all.extend(envs.iter().cloned());
+    run_in(args, &all).await
+}
+
+fn command(args: &[&str], envs: &[(&str, String)]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_mesh-notify"));
     cmd.args(args)
         .env_remove("GOTIFY_URL")
@@ -17,6 +29,11 @@ async fn run(args: &[&str], envs: &[(&str, String)]) -> Output {
     for (k, v) in envs {
         cmd.env(k, v);
     }
+    cmd
+}
+
+async fn run_in(args: &[&str], envs: &[(&str, String)]) -> Output {
+    let mut cmd = command(args, envs);
     tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap()
 }
 
@@ -101,4 +118,44 @@ async fn check_config_redacts_secrets_and_reports_bad_files() {
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(78));
     assert!(stderr.contains("timeout") && stderr.contains("bad.toml"), "{stderr}");
+}
+
+#[tokio::test]
+async fn when_everything_is_down_send_queues_and_run_delivers_later() {
+    let mut fake = FakeGotify::start(&[(TOKEN, 4)]).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let env = vec![
+        outbox_env(&dir),
+        ("GOTIFY_URL", fake.url()),
+        ("GOTIFY_TOKEN", TOKEN.to_string()),
+        ("MESH_NOTIFY_ROUTES__CHAT", "[\"gotify\"]".to_string()),
+        ("MESH_NOTIFY_QUEUE__INITIAL_BACKOFF", "50ms".to_string()),
+        ("MESH_NOTIFY_QUEUE__POLL_INTERVAL", "50ms".to_string()),
+    ];
+    fake.stop();
+    let out = run_in(SEND, &env).await;
+    let (stdout, stderr) = text(&out);
+    assert!(!out.status.success(), "{stdout}\n{stderr}");
+    assert!(stderr.contains("queued in the outbox"), "{stderr}");
+
+    let out = run_in(&["outbox", "stats"], &env).await;
+    let (stdout, _) = text(&out);
+    assert!(stdout.contains("pending: 1"), "{stdout}");
+    let out = run_in(&["outbox", "list"], &env).await;
+    let (stdout, _) = text(&out);
+    assert!(stdout.contains("chat") && stdout.contains("Test"), "{stdout}");
+
+    fake.restart().await.unwrap();
+    let mut child = command(&["run"], &env).spawn().unwrap();
+    let start = std::time::Instant::now();
+    while fake.messages().is_empty() {
+        assert!(start.elapsed() < std::time::Duration::from_secs(15), "run never delivered");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(fake.messages().len(), 1);
+    assert_eq!(fake.messages()[0].message, "Bonjour");
+    let out = run_in(&["outbox", "stats"], &env).await;
+    assert!(text(&out).0.contains("pending: 0"), "{}", text(&out).0);
 }

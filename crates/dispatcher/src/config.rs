@@ -722,9 +722,56 @@ impl Config {
         Ok(builder)
     }
 
-    /// Builds the dispatcher.
-    pub fn build_dispatcher(&self, figment: &Figment) -> Result<Dispatcher, ConfigError> {
-        self.dispatcher_builder(figment)?
+    /// Opens the configured outbox (`[outbox]`); `None` for `backend = "none"`.
+    /// A file or server that cannot be used is an error naming it.
+    pub async fn open_outbox(
+        &self,
+        figment: &Figment,
+    ) -> Result<Option<Arc<dyn mesh_notify_core::Outbox>>, ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            key: key.to_string(),
+            source_name: Self::source_of(figment, key),
+            message,
+        };
+        match self.outbox.backend {
+            OutboxBackend::None => {
+                tracing::warn!("outbox disabled (outbox.backend = \"none\"): undeliverable notifications are lost");
+                Ok(None)
+            }
+            #[cfg(feature = "sqlite")]
+            OutboxBackend::Sqlite => {
+                let path = self.outbox.path.clone();
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir).map_err(|e| {
+                        invalid("outbox.path", format!("cannot create directory `{}`: {e}", dir.display()))
+                    })?;
+                }
+                let outbox = tokio::task::spawn_blocking(move || mesh_notify_outbox_sqlite::SqliteOutbox::open(path))
+                    .await
+                    .map_err(|e| invalid("outbox.path", e.to_string()))?
+                    .map_err(|e| invalid("outbox.path", e.to_string()))?;
+                tracing::info!("outbox: sqlite {}", outbox.path().display());
+                Ok(Some(Arc::new(outbox)))
+            }
+            #[cfg(not(feature = "sqlite"))]
+            OutboxBackend::Sqlite => Err(invalid(
+                "outbox.backend",
+                "this build has no `sqlite` feature".into(),
+            )),
+            OutboxBackend::Redis => Err(invalid(
+                "outbox.backend",
+                "this build has no `redis` feature".into(),
+            )),
+        }
+    }
+
+    /// Builds the dispatcher, with the configured outbox.
+    pub async fn build_dispatcher(&self, figment: &Figment) -> Result<Dispatcher, ConfigError> {
+        let mut builder = self.dispatcher_builder(figment)?;
+        if let Some(outbox) = self.open_outbox(figment).await? {
+            builder = builder.outbox(outbox);
+        }
+        builder
             .build()
             .map_err(|error| ConfigError::Routes {
                 source_name: match &error {

@@ -18,7 +18,7 @@ fn defaults_work_without_file_or_environment() {
         assert_eq!(config.language, Language::Fr);
         assert!(config.providers.gotify.is_none());
         assert_eq!(config.routes.get(Kind::Chat), ["gotify", "log"]);
-        let d = config.build_dispatcher(&figment).unwrap();
+        let d = config.dispatcher_builder(&figment).unwrap().build().unwrap();
         let names: Vec<String> = d.providers().iter().map(|p| p.name().to_string()).collect();
         assert_eq!(names, ["log"]);
         assert!(d.disabled().any(|n| n == "gotify"));
@@ -31,7 +31,7 @@ fn the_repository_default_file_loads() {
     Jail::expect_with(|_jail| {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/default.toml");
         let (config, figment) = load(Some(path)).unwrap();
-        config.build_dispatcher(&figment).unwrap();
+        config.dispatcher_builder(&figment).unwrap().build().unwrap();
         Ok(())
     });
 }
@@ -46,7 +46,7 @@ fn seed_variables_configure_gotify_and_numeric_tokens_stay_strings() {
         assert_eq!(g.url, "http://127.0.0.1:9");
         assert_eq!(g.token.as_ref().unwrap().expose(), "012345");
         assert!(!format!("{config:?}").contains("012345"), "Debug must redact the token");
-        let d = config.build_dispatcher(&figment).unwrap();
+        let d = config.dispatcher_builder(&figment).unwrap().build().unwrap();
         assert!(d.providers().iter().any(|p| p.name() == "gotify"));
         Ok(())
     });
@@ -166,9 +166,36 @@ fn an_unreadable_token_file_names_the_path() {
             "[providers.gotify]\nurl = \"https://x\"\ntoken_file = \"/nonexistent/gotify.token\"\n",
         )?;
         let (config, figment) = load(Some("f.toml")).unwrap();
-        let err = config.build_dispatcher(&figment).unwrap_err().to_string();
+        let err = config.dispatcher_builder(&figment).map(|_| ()).unwrap_err().to_string();
         assert!(err.contains("/nonexistent/gotify.token"), "{err}");
         assert!(err.contains("providers.gotify"), "{err}");
+        Ok(())
+    });
+}
+
+#[test]
+fn an_unusable_outbox_file_is_a_start_up_error_naming_it() {
+    Jail::expect_with(|jail| {
+        jail.create_file("not-a-db.sqlite3", "this is not an SQLite database, just text....")?;
+        jail.create_file("o.toml", "[outbox]\nbackend = \"sqlite\"\npath = \"not-a-db.sqlite3\"\n")?;
+        let (config, figment) = load(Some("o.toml")).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let err = match rt.block_on(config.open_outbox(&figment)) {
+            Ok(_) => panic!("a text file must not open as an outbox"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains("outbox.path") && err.contains("not-a-db.sqlite3"), "{err}");
+        assert!(err.contains("o.toml"), "{err}");
+        Ok(())
+    });
+}
+
+#[test]
+fn redis_backend_requires_a_url() {
+    Jail::expect_with(|jail| {
+        jail.create_file("o.toml", "[outbox]\nbackend = \"redis\"\n")?;
+        let err = load(Some("o.toml")).unwrap_err().to_string();
+        assert!(err.contains("outbox.redis_url"), "{err}");
         Ok(())
     });
 }
