@@ -1,0 +1,577 @@
+//! The JSON HTTP API.
+
+use crate::rusqlite;
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::rusqlite::{params, OptionalExtension};
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use futures_util::future::join_all;
+use mesh_notify_core::Health;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::auth::{self, AuthUser};
+use crate::error::AppError;
+use crate::state::AppState;
+use crate::store::{self, now_ms, RoomInfo, User};
+
+/// The router of the whole server (API, health, metrics, WebSocket).
+pub(crate) fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/api/register", post(register))
+        .route("/api/login", post(login))
+        .route("/api/logout", post(logout))
+        .route("/api/me", get(me))
+        .route("/api/rooms", post(create_room).get(list_rooms))
+        .route("/api/rooms/{id}/invite", post(invite))
+        .route("/api/rooms/{id}/messages", get(history))
+        .route("/api/me/addresses", post(add_address).get(list_addresses))
+        .route("/api/me/addresses/{id}", delete(delete_address))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics_text))
+        .route("/ws", get(crate::ws::upgrade))
+        .fallback(|| async {
+            AppError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+        })
+        .with_state(state)
+}
+
+/// `Json<T>` whose rejections are JSON errors naming the field.
+pub(crate) struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = AppError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(ApiJson(v)),
+            Err(JsonRejection::JsonDataError(e)) => {
+                Err(AppError::from_serde(&serde_source(&e.body_text())))
+            }
+            Err(JsonRejection::MissingJsonContentType(_)) => Err(AppError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "invalid_request",
+                "expected `Content-Type: application/json`",
+            )),
+            Err(e) => Err(AppError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+                e.body_text(),
+            )),
+        }
+    }
+}
+
+/// axum prefixes serde's message with its own text; keep serde's part.
+fn serde_source(text: &str) -> String {
+    text.rsplit_once(": ")
+        .map(|(_, s)| s.to_string())
+        .unwrap_or_else(|| text.to_string())
+}
+
+fn parse_id(raw: &str, field: &str) -> Result<i64, AppError> {
+    raw.parse::<i64>()
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or_else(|| AppError::invalid(field, format!("`{field}` must be a positive integer")))
+}
+
+fn check_len(field: &str, value: &str, min: usize, max: usize) -> Result<(), AppError> {
+    let n = value.chars().count();
+    if n < min || n > max {
+        return Err(AppError::invalid(
+            field,
+            format!("`{field}` must be {min} to {max} characters"),
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(AppError::invalid(
+            field,
+            format!("`{field}` must not contain control characters"),
+        ));
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegisterRequest {
+    username: String,
+    password: String,
+    #[serde(default)]
+    display_name: Option<String>,
+}
+
+async fn register(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<RegisterRequest>,
+) -> Result<Response, AppError> {
+    let username = req.username.trim().to_string();
+    check_len("username", &username, 3, 32)?;
+    if !username
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    {
+        return Err(AppError::invalid(
+            "username",
+            "`username` may only contain letters, digits, `_`, `-` and `.`",
+        ));
+    }
+    if req.password.len() < 8 || req.password.len() > 1024 {
+        return Err(AppError::invalid(
+            "password",
+            "`password` must be 8 to 1024 bytes",
+        ));
+    }
+    let display_name = req
+        .display_name
+        .map(|d| d.trim().to_string())
+        .unwrap_or_else(|| username.clone());
+    check_len("display_name", &display_name, 1, 64)?;
+    let user = state
+        .store
+        .call(move |conn| {
+            if store::user_by_name(conn, &username)?.is_some() {
+                return Err(AppError::new(StatusCode::CONFLICT, "username_taken", "this username is taken").field("username"));
+            }
+            let hash = auth::hash_password(&req.password)?;
+            conn.execute(
+                "INSERT INTO users (username, display_name, password_hash, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![username, display_name, hash, now_ms()],
+            )?;
+            Ok(User {
+                id: conn.last_insert_rowid(),
+                username,
+                display_name,
+            })
+        })
+        .await?;
+    tracing::info!(user = user.id, username = %user.username, "user registered");
+    Ok((StatusCode::CREATED, Json(json!({ "user": user }))).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoginRequest {
+    username: String,
+    password: String,
+}
+
+async fn login(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<LoginRequest>,
+) -> Result<Json<Value>, AppError> {
+    let ttl_ms = i64::try_from(state.config.session_ttl.as_millis()).unwrap_or(i64::MAX);
+    let (user, token, expires_at) = state
+        .store
+        .call(move |conn| {
+            let refused = || {
+                AppError::new(StatusCode::UNAUTHORIZED, "invalid_credentials", "unknown username or wrong password")
+            };
+            let Some((user, phc)) = store::user_by_name(conn, req.username.trim())? else {
+                return Err(refused());
+            };
+            if !auth::verify_password(&req.password, &phc) {
+                return Err(refused());
+            }
+            let token = auth::new_token()?;
+            let now = now_ms();
+            let expires_at = now.saturating_add(ttl_ms);
+            conn.execute(
+                "INSERT INTO sessions (token_hash, user_id, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
+                params![auth::token_hash(&token), user.id, now, expires_at],
+            )?;
+            conn.execute("DELETE FROM sessions WHERE expires_at <= ?1", [now])?;
+            Ok((user, token, expires_at))
+        })
+        .await?;
+    tracing::info!(user = user.id, "logged in");
+    Ok(Json(
+        json!({ "token": token, "user": user, "expires_at": expires_at }),
+    ))
+}
+
+async fn logout(State(state): State<AppState>, req: Request) -> Result<StatusCode, AppError> {
+    let (parts, _) = req.into_parts();
+    let Some(token) = auth::request_token(&parts.headers, &parts.uri, false) else {
+        return Err(AppError::unauthorized());
+    };
+    let hash = auth::token_hash(&token);
+    let removed = state
+        .store
+        .call(move |conn| Ok(conn.execute("DELETE FROM sessions WHERE token_hash = ?1", [hash])?))
+        .await?;
+    if removed == 0 {
+        return Err(AppError::unauthorized());
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn me(AuthUser(user): AuthUser) -> Json<Value> {
+    Json(json!({ "user": user }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateRoomRequest {
+    name: String,
+}
+
+async fn create_room(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    ApiJson(req): ApiJson<CreateRoomRequest>,
+) -> Result<Response, AppError> {
+    let name = req.name.trim().to_string();
+    check_len("name", &name, 1, 100)?;
+    let room = state
+        .store
+        .call(move |conn| {
+            let tx = conn.transaction()?;
+            let now = now_ms();
+            tx.execute(
+                "INSERT INTO rooms (name, created_by, created_at) VALUES (?1, ?2, ?3)",
+                params![name, user.id, now],
+            )?;
+            let id = tx.last_insert_rowid();
+            tx.execute(
+                "INSERT INTO members (room_id, user_id, joined_at) VALUES (?1, ?2, ?3)",
+                params![id, user.id, now],
+            )?;
+            tx.commit()?;
+            Ok(RoomInfo { id, name })
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(json!({ "room": room }))).into_response())
+}
+
+async fn list_rooms(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+) -> Result<Json<Value>, AppError> {
+    let rooms = state
+        .store
+        .call(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT r.id, r.name FROM rooms r JOIN members m ON m.room_id = r.id WHERE m.user_id = ?1 ORDER BY r.id",
+            )?;
+            let rooms = stmt
+                .query_map([user.id], |r| Ok(RoomInfo { id: r.get(0)?, name: r.get(1)? }))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let mut out = Vec::with_capacity(rooms.len());
+            for room in rooms {
+                let mut members = store::other_members(conn, room.id, 0)?;
+                members.sort_by_key(|u| u.id);
+                out.push(json!({ "id": room.id, "name": room.name, "members": members }));
+            }
+            Ok(out)
+        })
+        .await?;
+    Ok(Json(json!({ "rooms": rooms })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InviteRequest {
+    username: String,
+}
+
+async fn invite(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(raw_id): Path<String>,
+    ApiJson(req): ApiJson<InviteRequest>,
+) -> Result<Json<Value>, AppError> {
+    let room_id = parse_id(&raw_id, "room_id")?;
+    let (room, invitee) = state
+        .store
+        .call(move |conn| {
+            let room = store::room_for_member(conn, room_id, user.id)?;
+            let Some((invitee, _)) = store::user_by_name(conn, req.username.trim())? else {
+                return Err(
+                    AppError::new(StatusCode::NOT_FOUND, "unknown_user", "no such user")
+                        .field("username"),
+                );
+            };
+            conn.execute(
+                "INSERT OR IGNORE INTO members (room_id, user_id, joined_at) VALUES (?1, ?2, ?3)",
+                params![room_id, invitee.id, now_ms()],
+            )?;
+            Ok((room, invitee))
+        })
+        .await?;
+    let event = json!({"type": "room.invited", "room": room, "by": user.id});
+    state
+        .presence
+        .send_user(invitee.id, &event.to_string().into());
+    Ok(Json(json!({ "room": room, "user": invitee })))
+}
+
+async fn history(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(raw_id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, AppError> {
+    let room_id = parse_id(&raw_id, "room_id")?;
+    let before = match query.get("before") {
+        Some(b) => parse_id(b, "before")?,
+        None => i64::MAX,
+    };
+    let max = state.config.history_page_max;
+    let limit = match query.get("limit") {
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|l| (1..=max).contains(l))
+            .ok_or_else(|| AppError::invalid("limit", format!("`limit` must be 1 to {max}")))?,
+        None => max.min(50),
+    };
+    let messages = state
+        .store
+        .call(move |conn| {
+            store::room_for_member(conn, room_id, user.id)?;
+            let sql = format!(
+                "SELECT {} FROM messages m JOIN users u ON u.id = m.user_id
+                 WHERE m.room_id = ?1 AND m.id < ?2 ORDER BY m.id DESC LIMIT ?3",
+                store::MESSAGE_COLUMNS
+            );
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let rows = stmt.query_map(
+                params![room_id, before, i64::try_from(limit).unwrap_or(100)],
+                store::message_from_row,
+            )?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await?;
+    let next_before = (messages.len() == limit)
+        .then(|| messages.last().map(|m| m.id))
+        .flatten();
+    Ok(Json(
+        json!({ "messages": messages, "next_before": next_before }),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddressRequest {
+    kind: String,
+    value: String,
+}
+
+/// At most this many addresses per user.
+const MAX_ADDRESSES: i64 = 20;
+
+fn preview(value: &str) -> String {
+    let prefix: String = value.chars().take(4).collect();
+    format!("{prefix}…")
+}
+
+async fn add_address(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    ApiJson(req): ApiJson<AddressRequest>,
+) -> Result<Response, AppError> {
+    let kind = store::parse_address_kind(&req.kind).ok_or_else(|| {
+        AppError::invalid(
+            "kind",
+            "`kind` must be one of gotify, fcm, apns, apns_voip, email",
+        )
+    })?;
+    let value = req.value.trim().to_string();
+    if value.is_empty()
+        || value.len() > 4096
+        || value.chars().any(|c| c.is_control() || c.is_whitespace())
+    {
+        return Err(AppError::invalid(
+            "value",
+            "`value` must be 1 to 4096 bytes without spaces or control characters",
+        ));
+    }
+    if kind == mesh_notify_core::AddressKind::Email {
+        match value.split_once('@') {
+            Some((local, domain))
+                if !local.is_empty() && domain.contains('.') && !domain.contains('@') => {}
+            _ => {
+                return Err(AppError::invalid(
+                    "value",
+                    "`value` is not an email address",
+                ))
+            }
+        }
+    }
+    let shown = preview(&value);
+    let id = state
+        .store
+        .call(move |conn| {
+            let count: i64 = conn.query_row(
+                "SELECT COUNT(*) FROM addresses WHERE user_id = ?1",
+                [user.id],
+                |r| r.get(0),
+            )?;
+            let existing: Option<i64> = conn
+                .query_row(
+                    "SELECT id FROM addresses WHERE user_id = ?1 AND kind = ?2 AND value = ?3",
+                    params![user.id, kind.as_str(), value],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if let Some(id) = existing {
+                return Ok(id);
+            }
+            if count >= MAX_ADDRESSES {
+                return Err(AppError::new(
+                    StatusCode::CONFLICT,
+                    "too_many_addresses",
+                    format!("at most {MAX_ADDRESSES} addresses per user"),
+                ));
+            }
+            conn.execute(
+                "INSERT INTO addresses (user_id, kind, value, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![user.id, kind.as_str(), value, now_ms()],
+            )?;
+            Ok(conn.last_insert_rowid())
+        })
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "address": { "id": id, "kind": kind, "value": shown } })),
+    )
+        .into_response())
+}
+
+async fn list_addresses(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+) -> Result<Json<Value>, AppError> {
+    let list = state
+        .store
+        .call(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, kind, value, created_at FROM addresses WHERE user_id = ?1 ORDER BY id",
+            )?;
+            let rows = stmt.query_map([user.id], |r| {
+                let value: String = r.get(2)?;
+                Ok(json!({
+                    "id": r.get::<_, i64>(0)?,
+                    "kind": r.get::<_, String>(1)?,
+                    "value": preview(&value),
+                    "created_at": r.get::<_, i64>(3)?,
+                }))
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await?;
+    Ok(Json(json!({ "addresses": list })))
+}
+
+async fn delete_address(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(raw_id): Path<String>,
+) -> Result<StatusCode, AppError> {
+    let id = parse_id(&raw_id, "id")?;
+    let removed = state
+        .store
+        .call(move |conn| {
+            Ok(conn.execute(
+                "DELETE FROM addresses WHERE id = ?1 AND user_id = ?2",
+                params![id, user.id],
+            )?)
+        })
+        .await?;
+    if removed == 0 {
+        return Err(
+            AppError::new(StatusCode::NOT_FOUND, "not_found", "no such address").field("id"),
+        );
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn health_json(h: &Health) -> Value {
+    match h {
+        Health::Healthy => json!({"status": "healthy"}),
+        Health::Degraded(d) => json!({"status": "degraded", "detail": d}),
+        Health::Unhealthy(d) => json!({"status": "unhealthy", "detail": d}),
+    }
+}
+
+/// Server, providers and outbox health. 200 while the server and its outbox work,
+/// even when providers are down (notifications then wait in the outbox).
+async fn health(State(state): State<AppState>) -> Response {
+    const CHECK: Duration = Duration::from_secs(3);
+    let providers = state.dispatcher.providers();
+    let checks = providers.iter().map(|p| async move {
+        let h = tokio::time::timeout(CHECK, p.health())
+            .await
+            .unwrap_or_else(|_| Health::Unhealthy(format!("no answer within {CHECK:?}")));
+        json!({"name": p.name(), "describe": p.describe(), "health": health_json(&h)})
+    });
+    let providers = join_all(checks).await;
+    let (outbox, outbox_ok) = match state.dispatcher.outbox() {
+        Some(o) => {
+            let h = tokio::time::timeout(CHECK, o.health())
+                .await
+                .unwrap_or_else(|_| Health::Unhealthy(format!("no answer within {CHECK:?}")));
+            let stats = match o.stats().await {
+                Ok(s) => json!(s),
+                Err(e) => json!({"error": e.to_string()}),
+            };
+            let ok = h.is_usable();
+            (
+                json!({"backend": o.backend(), "health": health_json(&h), "stats": stats}),
+                ok,
+            )
+        }
+        None => (json!({"backend": "none"}), true),
+    };
+    let db = state
+        .store
+        .call(|conn| Ok(conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?))
+        .await
+        .is_ok();
+    let ok = db && outbox_ok;
+    let body = json!({
+        "status": if ok { "ok" } else { "unhealthy" },
+        "database": if db { "ok" } else { "unavailable" },
+        "connections": state.presence.connections(),
+        "providers": providers,
+        "disabled_providers": state.dispatcher.disabled().collect::<Vec<_>>(),
+        "outbox": outbox,
+    });
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+async fn metrics_text(State(state): State<AppState>) -> Response {
+    match &state.metrics {
+        Some(handle) => {
+            handle.run_upkeep();
+            (
+                [(
+                    axum::http::header::CONTENT_TYPE,
+                    "text/plain; version=0.0.4",
+                )],
+                handle.render(),
+            )
+                .into_response()
+        }
+        None => AppError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "metrics_unavailable",
+            "another metrics recorder is installed in this process",
+        )
+        .into_response(),
+    }
+}

@@ -1,0 +1,145 @@
+//! Passwords (argon2id) and opaque session tokens (random, stored as SHA-256).
+//! Neither a password nor a token is ever logged.
+
+use argon2::password_hash::phc::PasswordHash;
+use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+use argon2::Argon2;
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use sha2::{Digest, Sha256};
+
+use crate::error::AppError;
+use crate::state::AppState;
+use crate::store::{self, User};
+
+/// Hashes a password with argon2id and a random salt (PHC string). Blocking: call it
+/// from the blocking pool.
+pub(crate) fn hash_password(password: &str) -> Result<String, AppError> {
+    Argon2::default()
+        .hash_password(password.as_bytes())
+        .map(|h| h.to_string())
+        .map_err(|e| AppError::internal(format!("password hashing failed: {e}")))
+}
+
+/// Checks a password against a stored PHC string. Blocking.
+pub(crate) fn verify_password(password: &str, phc: &str) -> bool {
+    match PasswordHash::new(phc) {
+        Ok(parsed) => Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// A new session token: 32 random bytes, hex.
+pub(crate) fn new_token() -> Result<String, AppError> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| AppError::internal(format!("no randomness: {e}")))?;
+    Ok(hex(&bytes))
+}
+
+/// What the database keeps of a token.
+pub(crate) fn token_hash(token: &str) -> String {
+    hex(&Sha256::digest(token.as_bytes()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    s
+}
+
+/// The bearer token of a request: `Authorization: Bearer ...`, else `?token=...`
+/// when `allow_query` (WebSocket upgrades from browsers cannot set headers).
+pub(crate) fn request_token(
+    headers: &axum::http::HeaderMap,
+    uri: &axum::http::Uri,
+    allow_query: bool,
+) -> Option<String> {
+    if let Some(value) = headers.get(axum::http::header::AUTHORIZATION) {
+        let value = value.to_str().ok()?;
+        let (scheme, token) = value.split_once(' ')?;
+        return scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| token.trim().to_string())
+            .filter(|t| !t.is_empty());
+    }
+    if allow_query {
+        let query = uri.query()?;
+        for pair in query.split('&') {
+            if let Some(("token", v)) = pair.split_once('=') {
+                if !v.is_empty() {
+                    return Some(v.to_string());
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Looks a token up; `unauthorized` when unknown or expired.
+pub(crate) async fn authenticate(
+    state: &AppState,
+    token: Option<String>,
+) -> Result<User, AppError> {
+    let Some(token) = token else {
+        return Err(AppError::unauthorized());
+    };
+    let hash = token_hash(&token);
+    state
+        .store
+        .call(move |conn| {
+            store::session_user(conn, &hash, store::now_ms())?.ok_or_else(AppError::unauthorized)
+        })
+        .await
+}
+
+/// The logged-in user of an HTTP API request.
+pub(crate) struct AuthUser(pub User);
+
+impl FromRequestParts<AppState> for AuthUser {
+    type Rejection = AppError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        authenticate(state, request_token(&parts.headers, &parts.uri, false))
+            .await
+            .map(AuthUser)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_round_trip_and_hashes_are_salted() {
+        let a = hash_password("correct horse").unwrap();
+        let b = hash_password("correct horse").unwrap();
+        assert_ne!(a, b);
+        assert!(a.starts_with("$argon2id$"));
+        assert!(verify_password("correct horse", &a));
+        assert!(!verify_password("wrong horse", &a));
+        assert!(!verify_password("x", "not a hash"));
+    }
+
+    #[test]
+    fn tokens_are_random_and_stored_hashed() {
+        let t = new_token().unwrap();
+        assert_eq!(t.len(), 64);
+        assert_ne!(t, new_token().unwrap());
+        let h = token_hash(&t);
+        assert_eq!(h.len(), 64);
+        assert_ne!(h, t);
+        assert_eq!(
+            token_hash("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+}

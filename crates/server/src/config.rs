@@ -1,0 +1,160 @@
+//! The `[server]` table of the shared mesh-notify configuration.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use figment::Figment;
+use serde::Deserialize;
+
+use crate::ServerError;
+
+/// `[server]`: the chat server's own settings. Every key is optional.
+///
+/// ```toml
+/// [server]
+/// bind = "127.0.0.1:8080"
+/// data_dir = "data"
+/// max_frame_bytes = 65536
+/// messages_per_second = 10.0
+/// message_burst = 20
+/// session_ttl = "30days"
+/// history_page_max = 100
+/// ```
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    /// Address to listen on (default `127.0.0.1:8080`).
+    pub bind: SocketAddr,
+    /// Directory holding `mesh.sqlite3` (default `data`, created if missing).
+    pub data_dir: PathBuf,
+    /// Largest WebSocket message accepted, in bytes (default 64 KiB); larger ones
+    /// close the connection with code 1009.
+    pub max_frame_bytes: usize,
+    /// Sustained client events per second and connection (default 10).
+    pub messages_per_second: f64,
+    /// Events a connection may send in a burst above the sustained rate (default 20).
+    pub message_burst: u32,
+    /// How long a login session stays valid (default 30 days).
+    #[serde(with = "humantime_serde")]
+    pub session_ttl: Duration,
+    /// Largest page of room history (default 100).
+    pub history_page_max: usize,
+    /// Longest chat message, in characters (default 4000).
+    pub max_message_chars: usize,
+    /// Queued chat/file notifications remembered for cancellation when the recipient
+    /// comes back into the room; older records are pruned (default 24h).
+    #[serde(with = "humantime_serde")]
+    pub pending_retention: Duration,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("data"),
+            max_frame_bytes: 64 * 1024,
+            messages_per_second: 10.0,
+            message_burst: 20,
+            session_ttl: Duration::from_secs(30 * 24 * 3600),
+            history_page_max: 100,
+            max_message_chars: 4000,
+            pending_retention: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+impl ServerSection {
+    /// Extracts `[server]` from the figment (defaults when absent) and checks it.
+    /// Errors name the key and where it came from.
+    pub fn from_figment(figment: &Figment) -> Result<Self, ServerError> {
+        let section: ServerSection = if figment.find_value("server").is_ok() {
+            figment
+                .extract_inner("server")
+                .map_err(|e| ServerError::Config(mesh_notify::ConfigError::from(e)))?
+        } else {
+            ServerSection::default()
+        };
+        section.validate(figment)?;
+        Ok(section)
+    }
+
+    fn validate(&self, figment: &Figment) -> Result<(), ServerError> {
+        let invalid = |key: &str, message: &str| {
+            let source = figment
+                .find_metadata(&format!("server.{key}"))
+                .map(|md| match &md.source {
+                    Some(src) => format!("{} {src}", md.name),
+                    None => md.name.to_string(),
+                })
+                .unwrap_or_else(|| "built-in defaults".into());
+            ServerError::Invalid {
+                key: format!("server.{key}"),
+                source_name: source,
+                message: message.into(),
+            }
+        };
+        if self.max_frame_bytes < 1024 {
+            return Err(invalid("max_frame_bytes", "must be at least 1024"));
+        }
+        if !(self.messages_per_second.is_finite() && self.messages_per_second > 0.0) {
+            return Err(invalid("messages_per_second", "must be a positive number"));
+        }
+        if self.message_burst == 0 {
+            return Err(invalid("message_burst", "must be at least 1"));
+        }
+        if self.session_ttl.is_zero() {
+            return Err(invalid("session_ttl", "must be greater than zero"));
+        }
+        if self.history_page_max == 0 {
+            return Err(invalid("history_page_max", "must be at least 1"));
+        }
+        if self.max_message_chars == 0 {
+            return Err(invalid("max_message_chars", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// The SQLite file: `{data_dir}/mesh.sqlite3`.
+    pub fn database_path(&self) -> PathBuf {
+        self.data_dir.join("mesh.sqlite3")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::providers::{Format, Toml};
+
+    #[test]
+    fn missing_table_gives_defaults() {
+        let f = Figment::from(Toml::string("timeout = \"5s\""));
+        assert_eq!(
+            ServerSection::from_figment(&f).unwrap(),
+            ServerSection::default()
+        );
+    }
+
+    #[test]
+    fn keys_are_read_and_unknown_keys_are_named() {
+        let f = Figment::from(Toml::string(
+            "[server]\nbind = \"127.0.0.1:0\"\nmax_frame_bytes = 2048\nsession_ttl = \"1h\"",
+        ));
+        let s = ServerSection::from_figment(&f).unwrap();
+        assert_eq!(s.max_frame_bytes, 2048);
+        assert_eq!(s.session_ttl, Duration::from_secs(3600));
+        let f = Figment::from(Toml::string("[server]\nbnd = \"x\""));
+        let err = ServerSection::from_figment(&f).unwrap_err().to_string();
+        assert!(err.contains("bnd"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let f = Figment::from(Toml::string("[server]\nmax_frame_bytes = 10"));
+        let err = ServerSection::from_figment(&f).unwrap_err().to_string();
+        assert!(err.contains("server.max_frame_bytes"), "{err}");
+        let f = Figment::from(Toml::string("[server]\nbind = \"not an address\""));
+        let err = ServerSection::from_figment(&f).unwrap_err().to_string();
+        assert!(err.contains("bind"), "{err}");
+    }
+}

@@ -1,0 +1,305 @@
+//! # mesh-server
+//!
+//! The Mesh chat server: accounts, rooms, invitations, presence and WebSocket events
+//! (chat, WebRTC call signalling, file shares). A room member who is *absent* (not in
+//! the room with any connection) gets a push notification through the
+//! [`mesh_notify`] dispatcher; a member who is present gets the event live and no
+//! push. The sender is never notified.
+//!
+//! Storage is one SQLite file, `{server.data_dir}/mesh.sqlite3`, holding the chat
+//! data *and* the notification outbox: a chat message and its notifications commit
+//! in one transaction, and the delivery workers send them afterwards, so the
+//! WebSocket handler never waits on a provider.
+//!
+//! ```no_run
+//! use mesh_notify::Config;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let (config, figment) = Config::load(Some("config/default.toml".as_ref()))?;
+//! let server = mesh_server::start(config, &figment, None).await?;
+//! println!("listening on http://{}", server.addr());
+//! server.shutdown().await?;
+//! # Ok(()) }
+//! ```
+
+mod api;
+mod auth;
+mod config;
+mod error;
+mod notify;
+mod outbox;
+mod presence;
+mod state;
+mod store;
+mod ws;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use mesh_notify::{Config, DeadAddress, Dispatcher, Figment, OutboxBackend};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+pub use config::ServerSection;
+pub use error::{AppError, ServerError};
+pub(crate) use mesh_notify_outbox_sqlite::rusqlite;
+pub use store::Store;
+
+use presence::Presence;
+use state::{AppState, NotifyPath, Shared};
+
+/// The process-wide Prometheus recorder (installed once; `None` if another
+/// recorder was installed first).
+fn prometheus() -> Option<PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            match metrics::set_global_recorder(recorder) {
+                Ok(()) => Some(handle),
+                Err(_) => {
+                    tracing::warn!("a metrics recorder is already installed: /metrics is disabled");
+                    None
+                }
+            }
+        })
+        .clone()
+}
+
+/// A running server. Stop it with [`ServerHandle::shutdown`].
+pub struct ServerHandle {
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<Result<(), ServerError>>,
+    dispatcher: Arc<Dispatcher>,
+    store: Store,
+}
+
+impl std::fmt::Debug for ServerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerHandle")
+            .field("addr", &self.addr)
+            .finish()
+    }
+}
+
+impl ServerHandle {
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The dispatcher (providers, outbox) the server uses.
+    pub fn dispatcher(&self) -> &Arc<Dispatcher> {
+        &self.dispatcher
+    }
+
+    /// The chat database.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Closes every WebSocket (1001), stops accepting requests, waits for the HTTP
+    /// connections and then for the delivery workers to finish their batch.
+    pub async fn shutdown(self) -> Result<(), ServerError> {
+        let _ = self.stop.send(true);
+        self.wait().await
+    }
+
+    /// Waits until the server stops (after [`ServerHandle::shutdown`] or an error).
+    pub async fn wait(self) -> Result<(), ServerError> {
+        match self.task.await {
+            Ok(r) => r,
+            Err(e) => Err(ServerError::Serve(std::io::Error::other(e.to_string()))),
+        }
+    }
+
+    /// A sender that stops the server when `true` is sent (for signal handlers).
+    pub fn stopper(&self) -> watch::Sender<bool> {
+        self.stop.clone()
+    }
+}
+
+/// Starts the server: opens the database in `server.data_dir`, builds the
+/// dispatcher from `config`, starts the delivery workers and serves on `listener`
+/// (or binds `server.bind`).
+pub async fn start(
+    config: Config,
+    figment: &Figment,
+    listener: Option<TcpListener>,
+) -> Result<ServerHandle, ServerError> {
+    let section = ServerSection::from_figment(figment)?;
+    std::fs::create_dir_all(&section.data_dir).map_err(|e| ServerError::Storage {
+        path: section.data_dir.clone(),
+        reason: e.to_string(),
+    })?;
+    let db_path = section.database_path();
+    let storage_err = |reason: String| ServerError::Storage {
+        path: db_path.clone(),
+        reason,
+    };
+    let path = db_path.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open(&path))
+        .await
+        .map_err(|e| storage_err(e.to_string()))?
+        .map_err(|e| storage_err(e.to_string()))?;
+
+    let (outbox, notify_path) = match config.outbox.backend {
+        OutboxBackend::Sqlite => {
+            store
+                .call_sync(|c| outbox::install_schema(c))
+                .map_err(|e| storage_err(format!("outbox schema: {e}")))?;
+            let path = db_path.clone();
+            let outbox = tokio::task::spawn_blocking(move || outbox::open(&path))
+                .await
+                .map_err(|e| storage_err(e.to_string()))?
+                .map_err(|e| storage_err(format!("outbox: {e}")))?;
+            tracing::info!(path = %db_path.display(), "outbox: sqlite, in the chat database (same transaction as messages; outbox.path is not used by mesh-server)");
+            (Some(outbox), NotifyPath::SameTransaction)
+        }
+        OutboxBackend::None => {
+            tracing::warn!("outbox.backend = \"none\": notifications are not durable");
+            (None, NotifyPath::Submit)
+        }
+        OutboxBackend::Redis => return Err(ServerError::Outbox(
+            "\"redis\" is not supported by mesh-server yet; use \"sqlite\" (default) or \"none\""
+                .into(),
+        )),
+    };
+
+    let (dead_tx, dead_rx) = mpsc::unbounded_channel::<DeadAddress>();
+    let mut builder = config
+        .dispatcher_builder(figment)?
+        .on_dead_address(move |d| {
+            let _ = dead_tx.send(d);
+        });
+    if let Some(o) = outbox {
+        builder = builder.outbox(o);
+    }
+    let dispatcher = Arc::new(builder.build()?);
+    let enabled: Vec<String> = dispatcher
+        .providers()
+        .iter()
+        .map(|p| p.describe())
+        .collect();
+    tracing::info!(
+        "providers enabled: {}",
+        if enabled.is_empty() {
+            "none".to_string()
+        } else {
+            enabled.join(", ")
+        }
+    );
+    let workers = dispatcher.start_workers();
+
+    let listener = match listener {
+        Some(l) => l,
+        None => TcpListener::bind(section.bind)
+            .await
+            .map_err(|source| ServerError::Bind {
+                addr: section.bind.to_string(),
+                source,
+            })?,
+    };
+    let addr = listener.local_addr().map_err(ServerError::Serve)?;
+    let (stop, stop_rx) = watch::channel(false);
+    let state = AppState(Arc::new(Shared {
+        composer: Arc::new(config.composer()),
+        config: section,
+        store: store.clone(),
+        presence: Presence::default(),
+        dispatcher: Arc::clone(&dispatcher),
+        notify_path,
+        shutdown: stop_rx.clone(),
+        metrics: prometheus(),
+    }));
+    tokio::spawn(dead_address_loop(store.clone(), dead_rx, stop_rx.clone()));
+    tokio::spawn(prune_loop(state.clone(), stop_rx.clone()));
+    let app = api::router(state);
+    tracing::info!(
+        "mesh-server listening on http://{addr} (database {})",
+        db_path.display()
+    );
+    let mut stop_serve = stop_rx;
+    let task = tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop_serve.wait_for(|s| *s).await;
+            })
+            .await;
+        workers.shutdown().await;
+        tracing::info!("mesh-server stopped");
+        served.map_err(ServerError::Serve)
+    });
+    Ok(ServerHandle {
+        addr,
+        stop,
+        task,
+        dispatcher,
+        store,
+    })
+}
+
+/// Deletes the addresses providers report dead (APNs 410, FCM UNREGISTERED, ...).
+async fn dead_address_loop(
+    store: Store,
+    mut rx: mpsc::UnboundedReceiver<DeadAddress>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let dead = tokio::select! {
+            d = rx.recv() => match d { Some(d) => d, None => break },
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        let Some(address) = dead.address else {
+            continue;
+        };
+        let Ok(user_id) = dead.user_id.parse::<i64>() else {
+            continue;
+        };
+        let kind = dead.kind;
+        let result = store
+            .call(move |c| {
+                Ok(c.execute(
+                    "DELETE FROM addresses WHERE user_id = ?1 AND kind = ?2 AND value = ?3",
+                    rusqlite::params![user_id, kind.as_str(), address.expose()],
+                )?)
+            })
+            .await;
+        match result {
+            Ok(n) => {
+                tracing::info!(user = user_id, kind = %kind, provider = %dead.provider, removed = n, "dead address deleted")
+            }
+            Err(e) => {
+                tracing::warn!(user = user_id, error = %e.message, "could not delete a dead address")
+            }
+        }
+    }
+}
+
+/// Prunes old records of queued notifications, hourly.
+async fn prune_loop(state: AppState, mut stop: watch::Receiver<bool>) {
+    let retention = i64::try_from(state.config.pending_retention.as_millis()).unwrap_or(i64::MAX);
+    loop {
+        let cutoff = store::now_ms().saturating_sub(retention);
+        match state
+            .store
+            .call(move |c| Ok(store::prune_pending(c, cutoff)?))
+            .await
+        {
+            Ok(n) if n > 0 => {
+                tracing::debug!(pruned = n, "old pending-notification records pruned")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e.message, "pruning pending notifications failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+            _ = stop.wait_for(|s| *s) => break,
+        }
+    }
+}

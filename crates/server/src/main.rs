@@ -1,0 +1,96 @@
+//! `mesh-server`: the Mesh chat server. `mesh-server --config config/default.toml`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use mesh_notify::Config;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "mesh-server",
+    version,
+    about = "Mesh chat server with push notifications for absent members"
+)]
+struct Cli {
+    /// Configuration file (TOML). Also MESH_NOTIFY_CONFIG. Without one, the built-in
+    /// defaults (same as config/default.toml) apply.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Log filter, e.g. `info` or `mesh_server=debug` (else LOG_LEVEL, else RUST_LOG, else info).
+    #[arg(long)]
+    log_level: Option<String>,
+}
+
+fn init_logging(level: Option<&str>) {
+    let filter = level
+        .map(str::to_owned)
+        .or_else(|| std::env::var("LOG_LEVEL").ok())
+        .map(EnvFilter::new)
+        .or_else(|| EnvFilter::try_from_default_env().ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+    let (config, figment) = Config::load(cli.config.as_deref())?;
+    let server = mesh_server::start(config, &figment, None).await?;
+    let stopper = server.stopper();
+    tokio::spawn(async move {
+        stop_signal().await;
+        tracing::info!("stop signal received: shutting down");
+        let _ = stopper.send(true);
+    });
+    server.wait().await?;
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_level.as_deref());
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

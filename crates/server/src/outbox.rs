@@ -1,0 +1,33 @@
+//! The glue to the SQLite outbox crate (one place to adapt if its API moves).
+
+use crate::rusqlite;
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::rusqlite::Transaction;
+use mesh_notify_core::{Notification, Outbox, Timestamp};
+
+use crate::error::AppError;
+
+/// Creates the outbox tables in the chat database.
+pub(crate) fn install_schema(conn: &rusqlite::Connection) -> Result<(), String> {
+    mesh_notify_outbox_sqlite::install_schema(conn).map_err(|e| e.to_string())
+}
+
+/// Opens the outbox on the chat database file.
+pub(crate) fn open(path: &Path) -> Result<Arc<dyn Outbox>, String> {
+    mesh_notify_outbox_sqlite::SqliteOutbox::open(path)
+        .map(|o| Arc::new(o) as Arc<dyn Outbox>)
+        .map_err(|e| e.to_string())
+}
+
+/// Enqueues inside the caller's transaction (durable when it commits).
+pub(crate) fn enqueue_in_tx(
+    tx: &Transaction<'_>,
+    n: &Notification,
+    due_at: Timestamp,
+) -> Result<(), AppError> {
+    mesh_notify_outbox_sqlite::enqueue_in_tx(tx, n, due_at)
+        .map(|_| ())
+        .map_err(|e| AppError::internal(format!("outbox: {e}")))
+}

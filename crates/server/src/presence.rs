@@ -1,0 +1,226 @@
+//! Who is connected and who is in which room, in memory (one process).
+//!
+//! A user may have several connections (tabs, phone). A user is *in a room* while
+//! any of their connections has joined it; *absent* means not in the room
+//! (connected elsewhere or offline).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use axum::extract::ws::Utf8Bytes;
+use tokio::sync::mpsc;
+
+/// One WebSocket connection.
+pub(crate) type ConnId = u64;
+
+struct Conn {
+    user_id: i64,
+    tx: mpsc::Sender<Utf8Bytes>,
+    rooms: HashSet<i64>,
+}
+
+#[derive(Default)]
+struct Inner {
+    conns: HashMap<ConnId, Conn>,
+    by_user: HashMap<i64, HashSet<ConnId>>,
+    by_room: HashMap<i64, HashSet<ConnId>>,
+}
+
+impl Inner {
+    fn user_in_room(&self, user_id: i64, room_id: i64) -> bool {
+        self.by_user.get(&user_id).is_some_and(|ids| {
+            ids.iter().any(|id| {
+                self.conns
+                    .get(id)
+                    .is_some_and(|c| c.rooms.contains(&room_id))
+            })
+        })
+    }
+
+    fn send(&self, id: ConnId, msg: &Utf8Bytes) -> bool {
+        let Some(conn) = self.conns.get(&id) else {
+            return false;
+        };
+        match conn.tx.try_send(msg.clone()) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                metrics::counter!("mesh_server_ws_dropped_total").increment(1);
+                tracing::warn!(
+                    conn = id,
+                    user = conn.user_id,
+                    "slow connection: event dropped"
+                );
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+}
+
+/// The presence registry.
+#[derive(Default)]
+pub(crate) struct Presence {
+    inner: Mutex<Inner>,
+    next: AtomicU64,
+}
+
+impl Presence {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Adds a connection of `user_id`; events for it go to `tx`.
+    pub(crate) fn register(&self, user_id: i64, tx: mpsc::Sender<Utf8Bytes>) -> ConnId {
+        let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut inner = self.lock();
+        inner.conns.insert(
+            id,
+            Conn {
+                user_id,
+                tx,
+                rooms: HashSet::new(),
+            },
+        );
+        inner.by_user.entry(user_id).or_default().insert(id);
+        metrics::gauge!("mesh_server_ws_connections").set(inner.conns.len() as f64);
+        id
+    }
+
+    /// Removes a connection; returns the rooms its user is no longer in.
+    pub(crate) fn unregister(&self, id: ConnId) -> Vec<i64> {
+        let mut inner = self.lock();
+        let Some(conn) = inner.conns.remove(&id) else {
+            return Vec::new();
+        };
+        if let Some(ids) = inner.by_user.get_mut(&conn.user_id) {
+            ids.remove(&id);
+            if ids.is_empty() {
+                inner.by_user.remove(&conn.user_id);
+            }
+        }
+        let mut left = Vec::new();
+        for room in conn.rooms {
+            if let Some(ids) = inner.by_room.get_mut(&room) {
+                ids.remove(&id);
+                if ids.is_empty() {
+                    inner.by_room.remove(&room);
+                }
+            }
+            if !inner.user_in_room(conn.user_id, room) {
+                left.push(room);
+            }
+        }
+        metrics::gauge!("mesh_server_ws_connections").set(inner.conns.len() as f64);
+        left
+    }
+
+    /// The connection joins a room; `true` when its user was not in the room before.
+    pub(crate) fn join(&self, id: ConnId, room_id: i64) -> bool {
+        let mut inner = self.lock();
+        let Some(user_id) = inner.conns.get(&id).map(|c| c.user_id) else {
+            return false;
+        };
+        let newly = !inner.user_in_room(user_id, room_id);
+        if let Some(conn) = inner.conns.get_mut(&id) {
+            conn.rooms.insert(room_id);
+        }
+        inner.by_room.entry(room_id).or_default().insert(id);
+        newly
+    }
+
+    /// The connection leaves a room; `true` when its user is no longer in it.
+    pub(crate) fn leave(&self, id: ConnId, room_id: i64) -> bool {
+        let mut inner = self.lock();
+        let Some(conn) = inner.conns.get_mut(&id) else {
+            return false;
+        };
+        if !conn.rooms.remove(&room_id) {
+            return false;
+        }
+        let user_id = conn.user_id;
+        if let Some(ids) = inner.by_room.get_mut(&room_id) {
+            ids.remove(&id);
+            if ids.is_empty() {
+                inner.by_room.remove(&room_id);
+            }
+        }
+        !inner.user_in_room(user_id, room_id)
+    }
+
+    /// Whether this connection has joined the room.
+    pub(crate) fn has_joined(&self, id: ConnId, room_id: i64) -> bool {
+        self.lock()
+            .conns
+            .get(&id)
+            .is_some_and(|c| c.rooms.contains(&room_id))
+    }
+
+    /// Users with at least one connection in the room.
+    pub(crate) fn users_in_room(&self, room_id: i64) -> HashSet<i64> {
+        let inner = self.lock();
+        inner
+            .by_room
+            .get(&room_id)
+            .map(|ids| {
+                ids.iter()
+                    .filter_map(|id| inner.conns.get(id).map(|c| c.user_id))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Whether the user has any connection.
+    #[cfg(test)]
+    pub(crate) fn is_connected(&self, user_id: i64) -> bool {
+        self.lock().by_user.contains_key(&user_id)
+    }
+
+    /// Sends to every connection in the room; returns how many got it.
+    pub(crate) fn send_room(&self, room_id: i64, msg: &Utf8Bytes) -> usize {
+        let inner = self.lock();
+        let Some(ids) = inner.by_room.get(&room_id) else {
+            return 0;
+        };
+        ids.iter().filter(|id| inner.send(**id, msg)).count()
+    }
+
+    /// Sends to every connection of the user; returns how many got it.
+    pub(crate) fn send_user(&self, user_id: i64, msg: &Utf8Bytes) -> usize {
+        let inner = self.lock();
+        let Some(ids) = inner.by_user.get(&user_id) else {
+            return 0;
+        };
+        ids.iter().filter(|id| inner.send(**id, msg)).count()
+    }
+
+    /// Open connections.
+    pub(crate) fn connections(&self) -> usize {
+        self.lock().conns.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_user_is_in_the_room_while_any_connection_is() {
+        let p = Presence::default();
+        let (tx, mut rx) = mpsc::channel(8);
+        let tab = p.register(1, tx.clone());
+        let phone = p.register(1, tx);
+        assert!(p.join(tab, 10));
+        assert!(!p.join(phone, 10), "already present through the tab");
+        assert!(!p.leave(tab, 10), "still present through the phone");
+        assert!(p.users_in_room(10).contains(&1));
+        assert_eq!(p.send_room(10, &Utf8Bytes::from_static("x")), 1);
+        assert_eq!(rx.try_recv().unwrap().as_str(), "x");
+        assert_eq!(p.unregister(phone), vec![10]);
+        assert!(p.users_in_room(10).is_empty());
+        assert!(p.is_connected(1));
+        p.unregister(tab);
+        assert!(!p.is_connected(1));
+        assert_eq!(p.connections(), 0);
+    }
+}

@@ -1,0 +1,46 @@
+//! Shared server state.
+
+use std::ops::Deref;
+use std::sync::Arc;
+
+use mesh_notify::Dispatcher;
+use mesh_notify_core::Composer;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::sync::watch;
+
+use crate::config::ServerSection;
+use crate::presence::Presence;
+use crate::store::Store;
+
+/// How notifications reach the outbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NotifyPath {
+    /// The SQLite outbox lives in the chat database: notifications are written in
+    /// the same transaction as the message, then a worker is woken.
+    SameTransaction,
+    /// Another outbox (or none): the message is written first, then each
+    /// notification goes through `Dispatcher::submit`.
+    Submit,
+}
+
+pub(crate) struct Shared {
+    pub config: ServerSection,
+    pub store: Store,
+    pub presence: Presence,
+    pub dispatcher: Arc<Dispatcher>,
+    pub composer: Arc<Composer>,
+    pub notify_path: NotifyPath,
+    pub shutdown: watch::Receiver<bool>,
+    pub metrics: Option<PrometheusHandle>,
+}
+
+/// Cheap-to-clone handle on [`Shared`].
+#[derive(Clone)]
+pub(crate) struct AppState(pub Arc<Shared>);
+
+impl Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}

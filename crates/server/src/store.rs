@@ -1,0 +1,375 @@
+//! The embedded SQLite store: users, sessions, rooms, members, messages, notification
+//! addresses and the record of queued notifications (for cancellation). The outbox's
+//! own tables live in the same file, so a chat message and its notifications commit
+//! in one transaction.
+//!
+//! Every function here is blocking; callers go through [`Store::call`], which runs
+//! them on tokio's blocking pool.
+
+use crate::rusqlite;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use crate::rusqlite::{params, Connection, OptionalExtension};
+use mesh_notify_core::{Address, AddressKind, Recipient, Secret};
+use serde::Serialize;
+
+use crate::error::AppError;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS users (
+    id INTEGER PRIMARY KEY,
+    username TEXT NOT NULL UNIQUE COLLATE NOCASE,
+    display_name TEXT NOT NULL,
+    password_hash TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sessions (
+    token_hash TEXT PRIMARY KEY,
+    user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sessions_by_expiry ON sessions(expires_at);
+CREATE TABLE IF NOT EXISTS rooms (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    created_by INTEGER NOT NULL REFERENCES users(id),
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS members (
+    room_id INTEGER NOT NULL REFERENCES rooms(id) ON DELETE CASCADE,
+    user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    joined_at INTEGER NOT NULL,
+    PRIMARY KEY (room_id, user_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS members_by_user ON members(user_id);
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY,
+    room_id INTEGER NOT NULL REFERENCES rooms(id) ON DELETE CASCADE,
+    user_id INTEGER NOT NULL REFERENCES users(id),
+    kind TEXT NOT NULL,
+    body TEXT NOT NULL,
+    meta TEXT,
+    client_id TEXT,
+    created_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS messages_by_room ON messages(room_id, id);
+CREATE TABLE IF NOT EXISTS addresses (
+    id INTEGER PRIMARY KEY,
+    user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    kind TEXT NOT NULL,
+    value TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    UNIQUE (user_id, kind, value)
+);
+CREATE TABLE IF NOT EXISTS pending_notifications (
+    notification_id TEXT PRIMARY KEY,
+    user_id INTEGER NOT NULL,
+    room_id INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS pending_by_user_room ON pending_notifications(user_id, room_id);
+CREATE INDEX IF NOT EXISTS pending_by_age ON pending_notifications(created_at);
+";
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> i64 {
+    mesh_notify_core::Timestamp::now().as_millis()
+}
+
+/// A handle on the database (cheap to clone). One connection, used from the blocking
+/// pool; SQLite serialises writers anyway and every transaction here is short.
+#[derive(Clone)]
+pub struct Store {
+    conn: Arc<Mutex<Connection>>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the database and installs the server's schema.
+    pub fn open(path: &Path) -> Result<Self, String> {
+        Self::open_inner(path).map_err(|e| e.to_string())
+    }
+
+    fn open_inner(path: &Path) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        let conn = Connection::open(path)?;
+        // WAL, synchronous=FULL and a busy timeout, like the outbox's own connection:
+        // a committed chat message and its queued notifications survive a crash.
+        mesh_notify_outbox_sqlite::configure_connection(
+            &conn,
+            mesh_notify_outbox_sqlite::DEFAULT_BUSY_TIMEOUT,
+        )?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` with the connection on the blocking pool.
+    pub(crate) async fn call<R, F>(&self, f: F) -> Result<R, AppError>
+    where
+        F: FnOnce(&mut Connection) -> Result<R, AppError> + Send + 'static,
+        R: Send + 'static,
+    {
+        let conn = Arc::clone(&self.conn);
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn.lock().unwrap_or_else(PoisonError::into_inner);
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| AppError::internal(format!("database task failed: {e}")))?
+    }
+
+    /// Runs `f` with the connection on the current thread (start-up only).
+    pub(crate) fn call_sync<R>(&self, f: impl FnOnce(&mut Connection) -> R) -> R {
+        let mut guard = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
+        f(&mut guard)
+    }
+}
+
+/// A user as the API shows it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct User {
+    /// Numeric id.
+    pub id: i64,
+    /// Login name (unique, case-insensitive).
+    pub username: String,
+    /// Name shown to others and in notifications.
+    pub display_name: String,
+}
+
+/// A room as the API shows it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct RoomInfo {
+    /// Numeric id (also in `mesh://room/{id}`).
+    pub id: i64,
+    /// Display name.
+    pub name: String,
+}
+
+/// A stored message (chat or file share).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct StoredMessage {
+    /// Numeric id, increasing.
+    pub id: i64,
+    /// Room.
+    pub room_id: i64,
+    /// Author.
+    pub user_id: i64,
+    /// Author's username.
+    pub username: String,
+    /// Author's display name.
+    pub display_name: String,
+    /// `chat` or `file`.
+    pub kind: String,
+    /// Text (chat) or file name (file).
+    pub text: String,
+    /// File metadata for `file` messages.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<serde_json::Value>,
+    /// The sender's own id for the message, echoed back.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// Milliseconds since the epoch.
+    pub created_at: i64,
+}
+
+pub(crate) fn user_by_name(
+    conn: &Connection,
+    username: &str,
+) -> rusqlite::Result<Option<(User, String)>> {
+    conn.query_row(
+        "SELECT id, username, display_name, password_hash FROM users WHERE username = ?1",
+        [username],
+        |r| {
+            Ok((
+                User {
+                    id: r.get(0)?,
+                    username: r.get(1)?,
+                    display_name: r.get(2)?,
+                },
+                r.get(3)?,
+            ))
+        },
+    )
+    .optional()
+}
+
+pub(crate) fn user_by_id(conn: &Connection, id: i64) -> rusqlite::Result<Option<User>> {
+    conn.query_row(
+        "SELECT id, username, display_name FROM users WHERE id = ?1",
+        [id],
+        |r| {
+            Ok(User {
+                id: r.get(0)?,
+                username: r.get(1)?,
+                display_name: r.get(2)?,
+            })
+        },
+    )
+    .optional()
+}
+
+pub(crate) fn session_user(
+    conn: &Connection,
+    token_hash: &str,
+    now: i64,
+) -> rusqlite::Result<Option<User>> {
+    conn.query_row(
+        "SELECT u.id, u.username, u.display_name FROM sessions s JOIN users u ON u.id = s.user_id
+         WHERE s.token_hash = ?1 AND s.expires_at > ?2",
+        params![token_hash, now],
+        |r| {
+            Ok(User {
+                id: r.get(0)?,
+                username: r.get(1)?,
+                display_name: r.get(2)?,
+            })
+        },
+    )
+    .optional()
+}
+
+pub(crate) fn is_member(conn: &Connection, room_id: i64, user_id: i64) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT 1 FROM members WHERE room_id = ?1 AND user_id = ?2",
+        params![room_id, user_id],
+        |_| Ok(()),
+    )
+    .optional()
+    .map(|o| o.is_some())
+}
+
+pub(crate) fn room(conn: &Connection, room_id: i64) -> rusqlite::Result<Option<RoomInfo>> {
+    conn.query_row("SELECT id, name FROM rooms WHERE id = ?1", [room_id], |r| {
+        Ok(RoomInfo {
+            id: r.get(0)?,
+            name: r.get(1)?,
+        })
+    })
+    .optional()
+}
+
+/// The room, if `user_id` is a member of it. Non-members learn nothing about
+/// whether the room exists.
+pub(crate) fn room_for_member(
+    conn: &Connection,
+    room_id: i64,
+    user_id: i64,
+) -> Result<RoomInfo, AppError> {
+    if !is_member(conn, room_id, user_id)? {
+        return Err(AppError::not_member());
+    }
+    room(conn, room_id)?.ok_or_else(AppError::not_member)
+}
+
+pub(crate) fn parse_address_kind(s: &str) -> Option<AddressKind> {
+    Some(match s {
+        "gotify" => AddressKind::Gotify,
+        "fcm" => AddressKind::Fcm,
+        "apns" => AddressKind::Apns,
+        "apns_voip" => AddressKind::ApnsVoip,
+        "email" => AddressKind::Email,
+        _ => return None,
+    })
+}
+
+/// A member with the addresses they registered (newest first, so a provider uses the
+/// most recent token of its kind).
+pub(crate) fn recipient(conn: &Connection, user: &User) -> rusqlite::Result<Recipient> {
+    let mut stmt = conn
+        .prepare_cached("SELECT kind, value FROM addresses WHERE user_id = ?1 ORDER BY id DESC")?;
+    let mut r = Recipient::new(user.id.to_string(), user.display_name.clone());
+    let rows = stmt.query_map([user.id], |row| {
+        Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+    })?;
+    for row in rows {
+        let (kind, value) = row?;
+        if let Some(kind) = parse_address_kind(&kind) {
+            r.addresses.push(Address::new(kind, Secret::new(value)));
+        }
+    }
+    Ok(r)
+}
+
+/// Members of a room other than `except`, as users.
+pub(crate) fn other_members(
+    conn: &Connection,
+    room_id: i64,
+    except: i64,
+) -> rusqlite::Result<Vec<User>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT u.id, u.username, u.display_name FROM members m JOIN users u ON u.id = m.user_id
+         WHERE m.room_id = ?1 AND m.user_id <> ?2 ORDER BY u.id",
+    )?;
+    let rows = stmt.query_map(params![room_id, except], |r| {
+        Ok(User {
+            id: r.get(0)?,
+            username: r.get(1)?,
+            display_name: r.get(2)?,
+        })
+    })?;
+    rows.collect()
+}
+
+pub(crate) fn message_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> {
+    let meta: Option<String> = r.get(6)?;
+    Ok(StoredMessage {
+        id: r.get(0)?,
+        room_id: r.get(1)?,
+        user_id: r.get(2)?,
+        username: r.get(3)?,
+        display_name: r.get(4)?,
+        kind: r.get(5)?,
+        file: meta.and_then(|m| serde_json::from_str(&m).ok()),
+        text: r.get(7)?,
+        client_id: r.get(8)?,
+        created_at: r.get(9)?,
+    })
+}
+
+pub(crate) const MESSAGE_COLUMNS: &str =
+    "m.id, m.room_id, m.user_id, u.username, u.display_name, m.kind, m.meta, m.body, m.client_id, m.created_at";
+
+/// Deletes the record of queued notifications older than `cutoff_ms`.
+pub(crate) fn prune_pending(conn: &Connection, cutoff_ms: i64) -> rusqlite::Result<usize> {
+    conn.execute(
+        "DELETE FROM pending_notifications WHERE created_at < ?1",
+        [cutoff_ms],
+    )
+}
+
+/// Takes (deletes and returns) the queued chat/file notification ids for `user_id`
+/// in `room_id`.
+pub(crate) fn take_pending(
+    conn: &mut Connection,
+    user_id: i64,
+    room_id: i64,
+) -> rusqlite::Result<Vec<String>> {
+    let tx = conn.transaction()?;
+    let ids = {
+        let mut stmt = tx.prepare_cached(
+            "DELETE FROM pending_notifications WHERE user_id = ?1 AND room_id = ?2 AND kind IN ('chat', 'file')
+             RETURNING notification_id",
+        )?;
+        let rows = stmt.query_map(params![user_id, room_id], |r| r.get::<_, String>(0))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()?
+    };
+    tx.commit()?;
+    Ok(ids)
+}

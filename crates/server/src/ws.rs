@@ -1,0 +1,592 @@
+//! The WebSocket endpoint `/ws`: room presence, chat, WebRTC signalling, file shares.
+//!
+//! Client → server events: `room.join`, `room.leave`, `chat.message.send`,
+//! `rtc.offer`, `rtc.answer`, `rtc.ice`, `file.share`. Server → client:
+//! `chat.message`, `presence`, `rtc.*`, `file.shared`, `room.invited`, `ack`, `error`.
+//!
+//! The handler only writes to SQLite (one short local transaction) and broadcasts;
+//! it never waits on a notification provider.
+
+use std::time::Instant;
+
+use crate::rusqlite::params;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use mesh_notify_core::Room;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use tokio::sync::mpsc;
+
+use crate::auth;
+use crate::error::AppError;
+use crate::notify::{cancel_pending, Queued};
+use crate::presence::ConnId;
+use crate::state::AppState;
+use crate::store::{self, now_ms, StoredMessage, User};
+
+/// Events buffered per connection before further ones are dropped (slow client).
+const OUTGOING_BUFFER: usize = 1024;
+
+/// `GET /ws`: refuses unknown or expired tokens with 401 before upgrading.
+pub(crate) async fn upgrade(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    uri: Uri,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let user = match auth::authenticate(&state, auth::request_token(&headers, &uri, true)).await {
+        Ok(u) => u,
+        Err(e) => return e.into_response(),
+    };
+    // Frames up to 4x the limit are read and refused with a clean 1009 close; larger
+    // ones are cut off by the WebSocket layer itself.
+    let hard_limit = state.config.max_frame_bytes.saturating_mul(4);
+    ws.max_message_size(hard_limit)
+        .max_frame_size(hard_limit)
+        .on_upgrade(move |socket| connection(state, user, socket))
+}
+
+/// Per-connection token bucket.
+struct RateLimit {
+    tokens: f64,
+    last: Instant,
+    rate: f64,
+    burst: f64,
+}
+
+impl RateLimit {
+    fn allow(&mut self) -> bool {
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+struct Conn {
+    id: ConnId,
+    user: User,
+}
+
+fn text(v: &Value) -> Utf8Bytes {
+    Utf8Bytes::from(v.to_string())
+}
+
+fn close(code: u16, reason: &'static str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code,
+        reason: Utf8Bytes::from_static(reason),
+    }))
+}
+
+fn error_event(e: &AppError, for_type: Option<&str>, client_id: Option<&str>) -> Value {
+    let mut v = json!({"type": "error", "code": e.code, "message": e.message});
+    if let Some(f) = &e.field {
+        v["field"] = json!(f);
+    }
+    if let Some(t) = for_type {
+        v["for"] = json!(t);
+    }
+    if let Some(c) = client_id {
+        v["client_id"] = json!(c);
+    }
+    v
+}
+
+fn user_json(u: &User) -> Value {
+    json!({"id": u.id, "username": u.username, "display_name": u.display_name})
+}
+
+async fn connection(state: AppState, user: User, mut socket: WebSocket) {
+    let (tx, mut rx) = mpsc::channel::<Utf8Bytes>(OUTGOING_BUFFER);
+    let conn = Conn {
+        id: state.presence.register(user.id, tx),
+        user,
+    };
+    tracing::debug!(conn = conn.id, user = conn.user.id, "websocket connected");
+    let mut limit = RateLimit {
+        tokens: f64::from(state.config.message_burst),
+        last: Instant::now(),
+        rate: state.config.messages_per_second,
+        burst: f64::from(state.config.message_burst),
+    };
+    let max = state.config.max_frame_bytes;
+    let mut shutdown = state.shutdown.clone();
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => {
+                let _ = socket.send(close(1001, "server shutting down")).await;
+                break;
+            }
+            out = rx.recv() => {
+                let Some(out) = out else { break };
+                if socket.send(Message::Text(out)).await.is_err() {
+                    break;
+                }
+            }
+            incoming = socket.recv() => {
+                let msg = match incoming {
+                    None => break,
+                    Some(Ok(m)) => m,
+                    Some(Err(e)) => {
+                        // Oversized beyond the hard limit, invalid UTF-8 in a text
+                        // frame, or a protocol violation: close, nothing was written.
+                        tracing::debug!(conn = conn.id, error = %e, "websocket read failed");
+                        let _ = socket.send(close(1002, "protocol error")).await;
+                        break;
+                    }
+                };
+                let reply = match msg {
+                    Message::Text(t) if t.len() > max => {
+                        let _ = socket.send(close(1009, "message too big")).await;
+                        break;
+                    }
+                    Message::Binary(b) if b.len() > max => {
+                        let _ = socket.send(close(1009, "message too big")).await;
+                        break;
+                    }
+                    Message::Text(t) => {
+                        if limit.allow() {
+                            handle(&state, &conn, t.as_str()).await
+                        } else {
+                            metrics::counter!("mesh_server_rate_limited_total").increment(1);
+                            Some(error_event(
+                                &AppError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many events; slow down"),
+                                None,
+                                None,
+                            ))
+                        }
+                    }
+                    Message::Binary(_) => Some(error_event(
+                        &AppError::new(StatusCode::BAD_REQUEST, "binary_not_supported", "send events as JSON text frames"),
+                        None,
+                        None,
+                    )),
+                    Message::Ping(_) | Message::Pong(_) => None,
+                    Message::Close(_) => break,
+                };
+                if let Some(reply) = reply {
+                    if socket.send(Message::Text(text(&reply))).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    for room_id in state.presence.unregister(conn.id) {
+        broadcast_presence(&state, room_id, &conn.user, "left");
+    }
+    tracing::debug!(conn = conn.id, user = conn.user.id, "websocket closed");
+}
+
+fn broadcast_presence(state: &AppState, room_id: i64, user: &User, status: &str) {
+    let event =
+        json!({"type": "presence", "room_id": room_id, "user": user_json(user), "status": status});
+    state.presence.send_room(room_id, &text(&event));
+}
+
+/// Handles one text frame; returns the reply for this connection, if any.
+async fn handle(state: &AppState, conn: &Conn, raw: &str) -> Option<Value> {
+    let value: Value = match serde_json::from_str(raw) {
+        Ok(v) => v,
+        Err(e) => {
+            let err = AppError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+                format!("not valid JSON: {e}"),
+            );
+            return Some(error_event(&err, None, None));
+        }
+    };
+    let Some(obj) = value.as_object() else {
+        let err = AppError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            "an event is a JSON object",
+        );
+        return Some(error_event(&err, None, None));
+    };
+    let client_id = obj
+        .get("client_id")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let Some(ty) = obj.get("type").and_then(Value::as_str).map(str::to_owned) else {
+        let err = AppError::new(
+            StatusCode::BAD_REQUEST,
+            "missing_field",
+            "missing string field `type`",
+        )
+        .field("type");
+        return Some(error_event(&err, None, client_id.as_deref()));
+    };
+    let result = match ty.as_str() {
+        "room.join" => join(state, conn, value).await,
+        "room.leave" => leave(state, conn, value),
+        "chat.message.send" => chat(state, conn, value).await,
+        "file.share" => file_share(state, conn, value).await,
+        "rtc.offer" | "rtc.answer" | "rtc.ice" => rtc(state, conn, &ty, value).await,
+        other => Err(AppError::new(
+            StatusCode::BAD_REQUEST,
+            "unknown_type",
+            format!("unknown event type `{other}`"),
+        )
+        .field("type")),
+    };
+    match result {
+        Ok(reply) => reply,
+        Err(e) => {
+            metrics::counter!("mesh_server_event_errors_total", "code" => e.code).increment(1);
+            Some(error_event(&e, Some(&ty), client_id.as_deref()))
+        }
+    }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, AppError> {
+    serde_json::from_value(value).map_err(|e| AppError::from_serde(&e.to_string()))
+}
+
+#[derive(Deserialize)]
+struct RoomRef {
+    room_id: i64,
+}
+
+async fn join(state: &AppState, conn: &Conn, value: Value) -> Result<Option<Value>, AppError> {
+    let RoomRef { room_id } = parse(value)?;
+    let user_id = conn.user.id;
+    let room = state
+        .store
+        .call(move |c| store::room_for_member(c, room_id, user_id))
+        .await?;
+    if state.presence.join(conn.id, room_id) {
+        broadcast_presence(state, room_id, &conn.user, "joined");
+        // They are back and will see the messages: drop the queued notifications.
+        cancel_pending(state, user_id, room_id).await;
+    }
+    let mut present: Vec<i64> = state.presence.users_in_room(room_id).into_iter().collect();
+    present.sort_unstable();
+    Ok(Some(
+        json!({"type": "ack", "for": "room.join", "room": room, "present": present}),
+    ))
+}
+
+fn leave(state: &AppState, conn: &Conn, value: Value) -> Result<Option<Value>, AppError> {
+    let RoomRef { room_id } = parse(value)?;
+    if !state.presence.has_joined(conn.id, room_id) {
+        return Err(AppError::new(
+            StatusCode::BAD_REQUEST,
+            "not_joined",
+            "this connection has not joined the room",
+        )
+        .field("room_id"));
+    }
+    if state.presence.leave(conn.id, room_id) {
+        broadcast_presence(state, room_id, &conn.user, "left");
+    }
+    Ok(Some(
+        json!({"type": "ack", "for": "room.leave", "room_id": room_id}),
+    ))
+}
+
+#[derive(Deserialize)]
+struct ChatSend {
+    room_id: i64,
+    text: String,
+    #[serde(default)]
+    client_id: Option<String>,
+}
+
+fn check_client_id(client_id: Option<&str>) -> Result<(), AppError> {
+    match client_id {
+        Some(c) if c.len() > 64 => Err(AppError::invalid(
+            "client_id",
+            "`client_id` is at most 64 bytes",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// What a stored event needs to build notifications for the absent members.
+enum Notify {
+    Chat(String),
+    File(String),
+}
+
+/// Stores a chat message or file share and queues notifications for every member
+/// who is not in the room, except the sender, in one transaction.
+async fn store_and_notify(
+    state: &AppState,
+    conn: &Conn,
+    room_id: i64,
+    kind: &'static str,
+    body: String,
+    meta: Option<Value>,
+    client_id: Option<String>,
+) -> Result<StoredMessage, AppError> {
+    let present = state.presence.users_in_room(room_id);
+    let sender = conn.user.clone();
+    let composer = state.composer.clone();
+    let path = state.notify_path;
+    let (message, queued) = state
+        .store
+        .call(move |c| {
+            let tx = c.transaction()?;
+            let room = store::room_for_member(&tx, room_id, sender.id)?;
+            let now = now_ms();
+            tx.execute(
+                "INSERT INTO messages (room_id, user_id, kind, body, meta, client_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![room_id, sender.id, kind, body, meta.as_ref().map(Value::to_string), client_id, now],
+            )?;
+            let message = StoredMessage {
+                id: tx.last_insert_rowid(),
+                room_id,
+                user_id: sender.id,
+                username: sender.username.clone(),
+                display_name: sender.display_name.clone(),
+                kind: kind.to_string(),
+                text: body.clone(),
+                file: meta,
+                client_id,
+                created_at: now,
+            };
+            let what = if kind == "file" { Notify::File(body) } else { Notify::Chat(body) };
+            let room_ref = Room::new(room.id.to_string(), room.name);
+            let mut queued = Queued::default();
+            for member in store::other_members(&tx, room_id, sender.id)? {
+                if present.contains(&member.id) {
+                    continue;
+                }
+                let recipient = store::recipient(&tx, &member)?;
+                let n = match &what {
+                    Notify::Chat(t) => composer.chat(&sender.display_name, &room_ref, recipient, t),
+                    Notify::File(f) => composer.file(&sender.display_name, &room_ref, recipient, f),
+                };
+                queued.push(&tx, path, room_id, n)?;
+            }
+            tx.commit()?;
+            Ok((message, queued))
+        })
+        .await?;
+    let event_type = if kind == "file" {
+        "file.shared"
+    } else {
+        "chat.message"
+    };
+    metrics::counter!("mesh_server_messages_total", "kind" => kind).increment(1);
+    state.presence.send_room(
+        room_id,
+        &text(&json!({"type": event_type, "message": message})),
+    );
+    queued.hand_over(state).await;
+    Ok(message)
+}
+
+async fn chat(state: &AppState, conn: &Conn, value: Value) -> Result<Option<Value>, AppError> {
+    let req: ChatSend = parse(value)?;
+    check_client_id(req.client_id.as_deref())?;
+    let max = state.config.max_message_chars;
+    if req.text.trim().is_empty() {
+        return Err(AppError::invalid("text", "`text` must not be empty"));
+    }
+    if req.text.chars().count() > max {
+        return Err(AppError::invalid(
+            "text",
+            format!("`text` is longer than {max} characters"),
+        ));
+    }
+    let message = store_and_notify(
+        state,
+        conn,
+        req.room_id,
+        "chat",
+        req.text,
+        None,
+        req.client_id.clone(),
+    )
+    .await?;
+    Ok(Some(json!({
+        "type": "ack", "for": "chat.message.send", "client_id": req.client_id,
+        "message_id": message.id, "room_id": req.room_id,
+    })))
+}
+
+#[derive(Deserialize)]
+struct FileShare {
+    room_id: i64,
+    name: String,
+    size: u64,
+    mime: String,
+    #[serde(default)]
+    client_id: Option<String>,
+}
+
+async fn file_share(
+    state: &AppState,
+    conn: &Conn,
+    value: Value,
+) -> Result<Option<Value>, AppError> {
+    let req: FileShare = parse(value)?;
+    check_client_id(req.client_id.as_deref())?;
+    let name = req.name.trim().to_string();
+    if name.is_empty() || name.chars().count() > 255 || name.chars().any(char::is_control) {
+        return Err(AppError::invalid(
+            "name",
+            "`name` must be 1 to 255 characters without control characters",
+        ));
+    }
+    let mime = req.mime.trim().to_string();
+    if mime.is_empty()
+        || mime.len() > 127
+        || !mime.contains('/')
+        || mime.chars().any(|c| c.is_control() || c.is_whitespace())
+    {
+        return Err(AppError::invalid(
+            "mime",
+            "`mime` must be a MIME type such as `image/png`",
+        ));
+    }
+    let meta = json!({"name": name, "size": req.size, "mime": mime});
+    let message = store_and_notify(
+        state,
+        conn,
+        req.room_id,
+        "file",
+        name,
+        Some(meta),
+        req.client_id.clone(),
+    )
+    .await?;
+    Ok(Some(json!({
+        "type": "ack", "for": "file.share", "client_id": req.client_id,
+        "message_id": message.id, "room_id": req.room_id,
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Target {
+    Id(i64),
+    Username(String),
+}
+
+async fn rtc(
+    state: &AppState,
+    conn: &Conn,
+    ty: &str,
+    value: Value,
+) -> Result<Option<Value>, AppError> {
+    let Value::Object(mut obj) = value else {
+        return Err(AppError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            "an event is a JSON object",
+        ));
+    };
+    obj.remove("type");
+    let room_id = match obj.remove("room_id") {
+        Some(v) => v
+            .as_i64()
+            .ok_or_else(|| AppError::invalid("room_id", "`room_id` must be an integer"))?,
+        None => {
+            return Err(AppError::new(
+                StatusCode::BAD_REQUEST,
+                "missing_field",
+                "missing field `room_id`",
+            )
+            .field("room_id"))
+        }
+    };
+    let target: Target = match obj.remove("to") {
+        Some(v) => serde_json::from_value(v)
+            .map_err(|_| AppError::invalid("to", "`to` must be a user id or a username"))?,
+        None => {
+            return Err(AppError::new(
+                StatusCode::BAD_REQUEST,
+                "missing_field",
+                "missing field `to`",
+            )
+            .field("to"))
+        }
+    };
+    let required = if ty == "rtc.ice" { "candidate" } else { "sdp" };
+    if !obj.contains_key(required) {
+        return Err(AppError::new(
+            StatusCode::BAD_REQUEST,
+            "missing_field",
+            format!("missing field `{required}`"),
+        )
+        .field(required));
+    }
+    let sender = conn.user.clone();
+    let (room, peer, recipient) = state
+        .store
+        .call(move |c| {
+            let room = store::room_for_member(c, room_id, sender.id)?;
+            let peer = match target {
+                Target::Id(id) => store::user_by_id(c, id)?,
+                Target::Username(name) => store::user_by_name(c, &name)?.map(|(u, _)| u),
+            };
+            let Some(peer) = peer.filter(|p| p.id != sender.id) else {
+                return Err(AppError::invalid(
+                    "to",
+                    "`to` must be another member of the room",
+                ));
+            };
+            if !store::is_member(c, room_id, peer.id)? {
+                return Err(AppError::new(
+                    StatusCode::FORBIDDEN,
+                    "not_member",
+                    "the target is not a member of this room",
+                )
+                .field("to"));
+            }
+            let recipient = store::recipient(c, &peer)?;
+            Ok((room, peer, recipient))
+        })
+        .await?;
+    let mut event = Map::new();
+    event.insert("type".into(), json!(ty));
+    event.insert("room_id".into(), json!(room_id));
+    event.insert("from".into(), user_json(&conn.user));
+    event.extend(obj);
+    let delivered = state
+        .presence
+        .send_user(peer.id, &text(&Value::Object(event)));
+    if delivered > 0 {
+        return Ok((ty == "rtc.offer").then(|| json!({"type": "ack", "for": ty, "room_id": room_id, "to": peer.id, "relayed": true})));
+    }
+    if ty != "rtc.offer" {
+        return Err(AppError::new(
+            StatusCode::CONFLICT,
+            "peer_offline",
+            "the target is not connected",
+        )
+        .field("to"));
+    }
+    // The callee is offline: ring them with a call notification (priority 8, expires).
+    let n = state.composer.call(
+        &conn.user.display_name,
+        &Room::new(room.id.to_string(), room.name),
+        recipient,
+    );
+    let notified = match state.dispatcher.submit(n).await {
+        Ok(_) => {
+            metrics::counter!("mesh_server_notifications_queued_total").increment(1);
+            true
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "could not queue a call notification");
+            false
+        }
+    };
+    Ok(Some(
+        json!({"type": "ack", "for": ty, "room_id": room_id, "to": peer.id, "relayed": false, "notified": notified}),
+    ))
+}
