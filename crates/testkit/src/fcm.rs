@@ -505,14 +505,26 @@ fn token(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> Response {
             )
         }
         None => {
-            return oauth_error(400, "invalid_request", "Missing required parameter: grant_type")
+            return oauth_error(
+                400,
+                "invalid_request",
+                "Missing required parameter: grant_type",
+            )
         }
     }
     let Some(assertion) = form.get("assertion") else {
-        return oauth_error(400, "invalid_request", "Missing required parameter: assertion");
+        return oauth_error(
+            400,
+            "invalid_request",
+            "Missing required parameter: assertion",
+        );
     };
     let Some(key) = decoding_key() else {
-        return oauth_error(500, "internal_failure", "fake: test public key does not load");
+        return oauth_error(
+            500,
+            "internal_failure",
+            "fake: test public key does not load",
+        );
     };
     let header = match jsonwebtoken::decode_header(assertion) {
         Ok(h) => h,
@@ -564,11 +576,7 @@ fn token(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> Response {
             "Invalid JWT: Token must be a short-lived token (60 minutes) and in a reasonable timeframe. Check your iat and exp values in the JWT claim.",
         );
     }
-    if !claims
-        .scope
-        .split(' ')
-        .any(|s| s == FCM_SCOPE)
-    {
+    if !claims.scope.split(' ').any(|s| s == FCM_SCOPE) {
         return oauth_error(
             400,
             "invalid_scope",
@@ -794,7 +802,9 @@ impl Schemas {
     /// camelCase, or Google's error message.
     fn check_ref(&self, name: &str, value: &Value, path: &str) -> Result<Value, String> {
         let Some(schema) = self.0.get(name) else {
-            return Err(format!("fake: schema {name} missing from the discovery document"));
+            return Err(format!(
+                "fake: schema {name} missing from the discovery document"
+            ));
         };
         let Some(obj) = value.as_object() else {
             return Err(format!(
@@ -810,7 +820,11 @@ impl Schemas {
         for (key, v) in obj {
             let camel = lower_camel(key);
             let Some(prop) = props.get(&camel) else {
-                let at = if path.is_empty() { String::new() } else { format!(" at '{path}'") };
+                let at = if path.is_empty() {
+                    String::new()
+                } else {
+                    format!(" at '{path}'")
+                };
                 return Err(format!(
                     "Invalid JSON payload received. Unknown name \"{key}\"{at}: Cannot find field."
                 ));
@@ -926,13 +940,27 @@ mod tests {
         let msg = json!({"message": {"token": "t", "android": {"collapse_key": "k", "notification": {"clickAction": "x"}}}});
         let out = schemas().check_ref("SendMessageRequest", &msg, "").unwrap();
         assert_eq!(out["message"]["android"]["collapseKey"], "k");
-        assert_eq!(out["message"]["android"]["notification"]["clickAction"], "x");
+        assert_eq!(
+            out["message"]["android"]["notification"]["clickAction"],
+            "x"
+        );
         let err = schemas()
-            .check_ref("SendMessageRequest", &json!({"message": {"token": "t", "android": {"urgency": 1}}}), "")
+            .check_ref(
+                "SendMessageRequest",
+                &json!({"message": {"token": "t", "android": {"urgency": 1}}}),
+                "",
+            )
             .unwrap_err();
-        assert!(err.contains("Unknown name \"urgency\" at 'message.android'"), "{err}");
+        assert!(
+            err.contains("Unknown name \"urgency\" at 'message.android'"),
+            "{err}"
+        );
         let err = schemas()
-            .check_ref("SendMessageRequest", &json!({"message": {"token": "t", "data": {"n": 1}}}), "")
+            .check_ref(
+                "SendMessageRequest",
+                &json!({"message": {"token": "t", "data": {"n": 1}}}),
+                "",
+            )
             .unwrap_err();
         assert!(err.contains("message.data[n]"), "{err}");
     }

@@ -41,12 +41,11 @@ pub(crate) struct ServiceAccountKey {
 impl ServiceAccountKey {
     /// Reads and checks a key file; errors name the path and never quote the key.
     pub(crate) fn from_file(path: &Path) -> Result<Self, FcmConfigError> {
-        let raw = std::fs::read_to_string(path).map_err(|source| {
-            FcmConfigError::ServiceAccountFile {
+        let raw =
+            std::fs::read_to_string(path).map_err(|source| FcmConfigError::ServiceAccountFile {
                 path: path.to_path_buf(),
                 source,
-            }
-        })?;
+            })?;
         let invalid = |reason: String| FcmConfigError::ServiceAccountJson {
             path: path.to_path_buf(),
             reason,

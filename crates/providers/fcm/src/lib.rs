@@ -38,15 +38,16 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use mesh_notify_core::{
-    parse_retry_after, AddressKind, Health, Notification, Notifier, NotifyError, Receipt,
-    Timestamp,
+    parse_retry_after, AddressKind, Health, Notification, Notifier, NotifyError, Receipt, Timestamp,
 };
 use reqwest::StatusCode;
 use serde::Deserialize;
 use url::Url;
 
 pub use auth::{classify_token_error, DEFAULT_TOKEN_URI, FCM_SCOPE};
-pub use message::{fcm_message, payload_size, AndroidOptions, HIGH_PRIORITY_FROM, MAX_PAYLOAD_BYTES};
+pub use message::{
+    fcm_message, payload_size, AndroidOptions, HIGH_PRIORITY_FROM, MAX_PAYLOAD_BYTES,
+};
 
 use auth::{ServiceAccountAuth, ServiceAccountKey};
 
@@ -110,7 +111,9 @@ pub enum FcmConfigError {
         reason: String,
     },
     /// The key file's `private_key` is not a usable RSA key.
-    #[error("the private_key in FCM service_account_file `{path}` is not a usable RSA key: {reason}")]
+    #[error(
+        "the private_key in FCM service_account_file `{path}` is not a usable RSA key: {reason}"
+    )]
     PrivateKey {
         /// The path as given.
         path: PathBuf,
@@ -183,7 +186,10 @@ impl FcmConfig {
             .map(|p| p.trim().to_string())
             .filter(|p| !p.is_empty())
             .ok_or_else(|| FcmConfigError::MissingProjectId { path: path.clone() })?;
-        if !project_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        if !project_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
             return Err(FcmConfigError::InvalidProjectId(project_id));
         }
         let base_url = parse_url(
@@ -235,7 +241,10 @@ fn parse_url(key: &'static str, raw: &str) -> Result<Url, FcmConfigError> {
     };
     let mut url = Url::parse(raw.trim()).map_err(|e| invalid(e.to_string()))?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(invalid(format!("scheme `{}` is not http or https", url.scheme())));
+        return Err(invalid(format!(
+            "scheme `{}` is not http or https",
+            url.scheme()
+        )));
     }
     if url.cannot_be_a_base() || url.host_str().is_none() {
         return Err(invalid("no host".into()));
@@ -326,8 +335,14 @@ struct GoogleError {
 /// → transient with `Retry-After`. Without an `FcmError`: 401 (access token refused)
 /// and 403/404 (no permission, unknown project) are misconfigured, 408/429/5xx
 /// transient, other 4xx permanent.
-pub fn classify_send_error(status: StatusCode, retry_after: Option<&str>, body: &str) -> NotifyError {
-    let parsed = serde_json::from_str::<GoogleErrorBody>(body).ok().map(|b| b.error);
+pub fn classify_send_error(
+    status: StatusCode,
+    retry_after: Option<&str>,
+    body: &str,
+) -> NotifyError {
+    let parsed = serde_json::from_str::<GoogleErrorBody>(body)
+        .ok()
+        .map(|b| b.error);
     let error_code = parsed.as_ref().and_then(|e| {
         e.details.iter().find_map(|d| {
             (d.get("@type").and_then(|t| t.as_str()) == Some(FCM_ERROR_TYPE))
@@ -406,7 +421,9 @@ impl Notifier for FcmNotifier {
     }
 
     fn can_reach(&self, n: &Notification) -> bool {
-        n.recipient.address(AddressKind::Fcm).is_some_and(|t| !t.is_empty())
+        n.recipient
+            .address(AddressKind::Fcm)
+            .is_some_and(|t| !t.is_empty())
     }
 
     async fn send(&self, n: &Notification) -> Result<Receipt, NotifyError> {

@@ -21,7 +21,10 @@ pub struct AndroidOptions {
 
 /// Seconds until `expires_at`, rounded up, never negative.
 fn remaining_secs(expires_at: Timestamp, now: Timestamp) -> u64 {
-    let ms = expires_at.as_millis().saturating_sub(now.as_millis()).max(0);
+    let ms = expires_at
+        .as_millis()
+        .saturating_sub(now.as_millis())
+        .max(0);
     u64::try_from(ms).unwrap_or(0).div_ceil(1000)
 }
 
@@ -75,7 +78,8 @@ pub fn fcm_message(
         let at = if secs == 0 {
             0
         } else {
-            now.as_secs().saturating_add(i64::try_from(secs).unwrap_or(i64::MAX))
+            now.as_secs()
+                .saturating_add(i64::try_from(secs).unwrap_or(i64::MAX))
         };
         apns_headers["apns-expiration"] = json!(at.to_string());
     }
@@ -130,7 +134,12 @@ mod tests {
     #[test]
     fn call_ttl_runs_until_expiry_rounded_up() {
         let n = Composer::default().call("A", &Room::new("r", "R"), Recipient::new("b", "B"));
-        let m = fcm_message(&n, "tok", &AndroidOptions::default(), n.created_at.plus(Duration::from_millis(1)));
+        let m = fcm_message(
+            &n,
+            "tok",
+            &AndroidOptions::default(),
+            n.created_at.plus(Duration::from_millis(1)),
+        );
         assert_eq!(m["android"]["ttl"], "60s");
         let later = n.created_at.plus(Duration::from_secs(120));
         let m = fcm_message(&n, "tok", &AndroidOptions::default(), later);

@@ -11,8 +11,8 @@ use mesh_notify_core::{
 };
 use mesh_notify_fcm::{FcmConfig, FcmConfigError, FcmNotifier};
 use mesh_notify_testkit::fcm::{
-    FakeFcm, FcmErrorCode, SendMode, TokenMode, CLIENT_EMAIL, FCM_SCOPE, OTHER_TEST_PRIVATE_KEY_PEM,
-    PRIVATE_KEY_ID, PROJECT_ID, TEST_PRIVATE_KEY_PEM,
+    FakeFcm, FcmErrorCode, SendMode, TokenMode, CLIENT_EMAIL, FCM_SCOPE,
+    OTHER_TEST_PRIVATE_KEY_PEM, PRIVATE_KEY_ID, PROJECT_ID, TEST_PRIVATE_KEY_PEM,
 };
 use serde_json::Value;
 use tempfile::TempDir;
@@ -55,7 +55,12 @@ fn bob() -> Recipient {
 }
 
 fn chat() -> Notification {
-    Composer::default().chat("Alice", &Room::new("room-1", "Test FCM"), bob(), "Salut Bob !")
+    Composer::default().chat(
+        "Alice",
+        &Room::new("room-1", "Test FCM"),
+        bob(),
+        "Salut Bob !",
+    )
 }
 
 fn call() -> Notification {
@@ -64,7 +69,10 @@ fn call() -> Notification {
 
 #[tokio::test]
 async fn maps_every_field_of_a_chat_message() {
-    let s = setup_with(TEST_PRIVATE_KEY_PEM, |c| c.channel_id = Some("messages".into())).await;
+    let s = setup_with(TEST_PRIVATE_KEY_PEM, |c| {
+        c.channel_id = Some("messages".into())
+    })
+    .await;
     let n = chat();
     let receipt = s.fcm.send(&n).await.unwrap();
 
@@ -86,13 +94,22 @@ async fn maps_every_field_of_a_chat_message() {
     assert_eq!(m["notification"]["body"], "Salut Bob !");
     assert_eq!(m["android"]["priority"], "NORMAL");
     assert_eq!(m["android"]["collapseKey"], id.as_str());
-    assert!(m["android"].get("ttl").is_none(), "no ttl unless configured: {m}");
-    assert_eq!(m["android"]["notification"]["clickAction"], "mesh://room/room-1");
+    assert!(
+        m["android"].get("ttl").is_none(),
+        "no ttl unless configured: {m}"
+    );
+    assert_eq!(
+        m["android"]["notification"]["clickAction"],
+        "mesh://room/room-1"
+    );
     assert_eq!(m["android"]["notification"]["channelId"], "messages");
     assert_eq!(m["android"]["notification"]["tag"], id.as_str());
     assert_eq!(m["apns"]["headers"]["apns-priority"], "5");
     assert_eq!(m["apns"]["headers"]["apns-collapse-id"], id.as_str());
-    assert_eq!(m["apns"]["payload"]["aps"]["alert"]["title"], "💬 Alice dans Test FCM");
+    assert_eq!(
+        m["apns"]["payload"]["aps"]["alert"]["title"],
+        "💬 Alice dans Test FCM"
+    );
     assert_eq!(m["apns"]["payload"]["aps"]["alert"]["body"], "Salut Bob !");
     assert_eq!(m["data"]["kind"], "chat");
     assert_eq!(m["data"]["room_id"], "room-1");
@@ -100,7 +117,10 @@ async fn maps_every_field_of_a_chat_message() {
     assert_eq!(m["data"]["notification_id"], id.as_str());
     let data = m["data"].as_object().unwrap();
     assert_eq!(data.len(), 4, "{data:?}");
-    assert!(data.values().all(Value::is_string), "data values must be strings: {data:?}");
+    assert!(
+        data.values().all(Value::is_string),
+        "data values must be strings: {data:?}"
+    );
     assert!(got[0].headers["content-type"].starts_with("application/json"));
 
     // The token used was issued for a verified assertion with Google's claims.
@@ -130,7 +150,10 @@ async fn calls_are_high_priority_and_live_until_they_expire() {
         .parse()
         .unwrap();
     let expires_at = n.expires_at.unwrap().as_secs();
-    assert!((expires_at - expiration).abs() <= 1, "{expiration} vs {expires_at}");
+    assert!(
+        (expires_at - expiration).abs() <= 1,
+        "{expiration} vs {expires_at}"
+    );
     assert_eq!(m["data"]["kind"], "call");
 }
 
@@ -150,12 +173,18 @@ async fn priority_8_is_the_high_threshold() {
 
 #[tokio::test]
 async fn configured_ttl_applies_to_kinds_that_do_not_expire() {
-    let s = setup_with(TEST_PRIVATE_KEY_PEM, |c| c.ttl = Some(Duration::from_secs(3600))).await;
+    let s = setup_with(TEST_PRIVATE_KEY_PEM, |c| {
+        c.ttl = Some(Duration::from_secs(3600))
+    })
+    .await;
     s.fcm.send(&chat()).await.unwrap();
     s.fcm.send(&call()).await.unwrap();
     let got = s.fake.messages();
     assert_eq!(got[0].message["android"]["ttl"], "3600s");
-    assert_eq!(got[1].message["android"]["ttl"], "60s", "a call keeps its own expiry");
+    assert_eq!(
+        got[1].message["android"]["ttl"], "60s",
+        "a call keeps its own expiry"
+    );
 }
 
 #[tokio::test]
@@ -201,7 +230,13 @@ async fn send_failing(code: FcmErrorCode, retry_after: Option<&str>) -> NotifyEr
 async fn unregistered_means_the_fcm_address_is_gone() {
     let err = send_failing(FcmErrorCode::Unregistered, None).await;
     assert!(
-        matches!(err, NotifyError::RecipientGone { address: AddressKind::Fcm, .. }),
+        matches!(
+            err,
+            NotifyError::RecipientGone {
+                address: AddressKind::Fcm,
+                ..
+            }
+        ),
         "{err:?}"
     );
 }
@@ -246,7 +281,10 @@ async fn quota_exceeded_honours_an_http_date_retry_after() {
     let err = send_failing(FcmErrorCode::QuotaExceeded, Some(&date)).await;
     assert_eq!(err.class(), ErrorClass::Transient, "{err}");
     let ra = err.retry_after().unwrap();
-    assert!(ra > Duration::from_secs(110) && ra <= Duration::from_secs(120), "{ra:?}");
+    assert!(
+        ra > Duration::from_secs(110) && ra <= Duration::from_secs(120),
+        "{ra:?}"
+    );
 }
 
 #[tokio::test]
@@ -312,7 +350,11 @@ async fn one_token_serves_many_sends_even_concurrent_ones() {
         fcm.send(&chat()).await.unwrap();
     }
     assert_eq!(s.fake.messages().len(), 12);
-    assert_eq!(s.fake.token_requests(), 1, "the access token must be cached");
+    assert_eq!(
+        s.fake.token_requests(),
+        1,
+        "the access token must be cached"
+    );
     assert!(fcm.health().await.is_usable());
     assert_eq!(s.fake.token_requests(), 1, "health uses the cached token");
 }
@@ -342,7 +384,10 @@ async fn refused_access_token_is_misconfigured_and_replaced_next_time() {
 
 #[tokio::test]
 async fn project_id_override_is_used_in_the_url() {
-    let s = setup_with(TEST_PRIVATE_KEY_PEM, |c| c.project_id = Some("another-project".into())).await;
+    let s = setup_with(TEST_PRIVATE_KEY_PEM, |c| {
+        c.project_id = Some("another-project".into())
+    })
+    .await;
     assert_eq!(s.fcm.project_id(), "another-project");
     let err = s.fcm.send(&chat()).await.unwrap_err();
     // The fake only serves its own project: 403 PERMISSION_DENIED, no FcmError.
@@ -369,7 +414,10 @@ async fn unreachable_without_an_fcm_address() {
 
 #[tokio::test]
 async fn connection_refused_and_timeouts_are_transient() {
-    let mut s = setup_with(TEST_PRIVATE_KEY_PEM, |c| c.timeout = Some(Duration::from_millis(300))).await;
+    let mut s = setup_with(TEST_PRIVATE_KEY_PEM, |c| {
+        c.timeout = Some(Duration::from_millis(300))
+    })
+    .await;
     s.fake.set_send_mode(SendMode::Hang);
     let err = s.fcm.send(&chat()).await.unwrap_err();
     assert_eq!(err.class(), ErrorClass::Transient, "{err}");
@@ -413,7 +461,9 @@ fn build_err(json: &str) -> (FcmConfigError, PathBuf) {
     let dir = TempDir::new().unwrap();
     let path = dir.path().join("sa.json");
     std::fs::write(&path, json).unwrap();
-    let err = FcmConfig::new(&path).build(Duration::from_secs(5)).unwrap_err();
+    let err = FcmConfig::new(&path)
+        .build(Duration::from_secs(5))
+        .unwrap_err();
     (err, path)
 }
 
@@ -422,20 +472,30 @@ fn missing_key_file_names_the_path() {
     let err = FcmConfig::new("/nonexistent/fcm-sa.json")
         .build(Duration::from_secs(5))
         .unwrap_err();
-    assert!(matches!(err, FcmConfigError::ServiceAccountFile { .. }), "{err:?}");
-    assert!(err.to_string().contains("/nonexistent/fcm-sa.json"), "{err}");
+    assert!(
+        matches!(err, FcmConfigError::ServiceAccountFile { .. }),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("/nonexistent/fcm-sa.json"),
+        "{err}"
+    );
 }
 
 #[test]
 fn invalid_key_files_name_the_path_and_never_the_key() {
     let (err, path) = build_err("{not json");
-    assert!(matches!(err, FcmConfigError::ServiceAccountJson { .. }), "{err:?}");
+    assert!(
+        matches!(err, FcmConfigError::ServiceAccountJson { .. }),
+        "{err:?}"
+    );
     assert!(err.to_string().contains(path.to_str().unwrap()), "{err}");
 
     let (err, _) = build_err(r#"{"type":"service_account","private_key":"x"}"#);
     assert!(err.to_string().contains("client_email"), "{err}");
 
-    let (err, _) = build_err(r#"{"type":"authorized_user","private_key":"x","client_email":"a@b"}"#);
+    let (err, _) =
+        build_err(r#"{"type":"authorized_user","private_key":"x","client_email":"a@b"}"#);
     assert!(err.to_string().contains("service_account"), "{err}");
 
     let bad = serde_json::json!({
@@ -445,7 +505,10 @@ fn invalid_key_files_name_the_path_and_never_the_key() {
     let (err, path) = build_err(&bad.to_string());
     assert!(matches!(err, FcmConfigError::PrivateKey { .. }), "{err:?}");
     assert!(err.to_string().contains(path.to_str().unwrap()), "{err}");
-    assert!(!err.to_string().contains("Tm90QUtleVNlY3JldFNlY3JldA"), "{err}");
+    assert!(
+        !err.to_string().contains("Tm90QUtleVNlY3JldFNlY3JldA"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -454,8 +517,14 @@ fn project_id_comes_from_the_key_file_or_the_config() {
         "type": "service_account", "client_email": "a@b", "private_key": TEST_PRIVATE_KEY_PEM,
     });
     let (err, _) = build_err(&sa.to_string());
-    assert!(matches!(err, FcmConfigError::MissingProjectId { .. }), "{err:?}");
-    assert!(err.to_string().contains("providers.fcm.project_id"), "{err}");
+    assert!(
+        matches!(err, FcmConfigError::MissingProjectId { .. }),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("providers.fcm.project_id"),
+        "{err}"
+    );
 
     sa["project_id"] = "from-file".into();
     let dir = TempDir::new().unwrap();
@@ -498,7 +567,10 @@ fn config_keys_are_checked() {
         ok.urls(),
         vec![
             ("providers.fcm.base_url", "http://127.0.0.1:1".to_string()),
-            ("providers.fcm.token_uri", "http://127.0.0.1:1/token".to_string()),
+            (
+                "providers.fcm.token_uri",
+                "http://127.0.0.1:1/token".to_string()
+            ),
         ]
     );
     let err = serde_json::from_value::<FcmConfig>(serde_json::json!({
