@@ -101,6 +101,10 @@ pub struct ProvidersConfig {
     #[cfg(feature = "gotify")]
     #[serde(default)]
     pub gotify: Option<mesh_notify_gotify::GotifyConfig>,
+    /// `[providers.fcm]`.
+    #[cfg(feature = "fcm")]
+    #[serde(default)]
+    pub fcm: Option<mesh_notify_fcm::FcmConfig>,
     /// `[providers.log]`.
     #[serde(default)]
     pub log: LogConfig,
@@ -581,6 +585,13 @@ impl Config {
         if self.outbox.backend == OutboxBackend::Redis && self.outbox.redis_url.is_none() {
             return Err(invalid("outbox.redis_url", "required when outbox.backend = \"redis\"".into()));
         }
+        #[cfg(feature = "fcm")]
+        if let Some(c) = &self.providers.fcm {
+            for (key, url) in c.urls() {
+                check_url(self.profile, "providers.fcm", &url, c.allow_insecure_http)
+                    .map_err(|m| invalid(key, m))?;
+            }
+        }
         for kind in Kind::ALL {
             for name in self.routes.get(kind) {
                 if !KNOWN_PROVIDERS.contains(&name.as_str()) {
@@ -700,6 +711,25 @@ impl Config {
             None => {
                 tracing::warn!("Gotify not configured - notifications disabled");
             }
+        }
+
+        #[cfg(feature = "fcm")]
+        if let Some(c) = &self.providers.fcm {
+            let provider_err = |key: &str, message: String| ConfigError::Invalid {
+                key: key.to_string(),
+                source_name: Self::source_of(figment, key),
+                message,
+            };
+            let notifier = c
+                .build(self.timeout)
+                .map_err(|e| provider_err("providers.fcm.service_account_file", e.to_string()))?;
+            for (key, url) in notifier.urls() {
+                check_url(self.profile, "providers.fcm", &url, c.allow_insecure_http)
+                    .map_err(|m| provider_err(key, m))?;
+            }
+            tracing::info!("FCM configured: project {}", notifier.project_id());
+            builder = builder.notifier(Arc::new(notifier));
+            enabled.push("fcm");
         }
 
         if self.providers.log.enabled {

@@ -199,3 +199,18 @@ fn redis_backend_requires_a_url() {
         Ok(())
     });
 }
+
+#[test]
+fn a_missing_fcm_key_file_names_the_key_and_path() {
+    Jail::expect_with(|jail| {
+        jail.create_file(
+            "fcm.toml",
+            "[providers.fcm]\nservice_account_file = \"/nonexistent/sa.json\"\n[routes]\nchat = [\"fcm\", \"log\"]\n",
+        )?;
+        let (config, figment) = load(Some("fcm.toml")).unwrap();
+        let err = config.dispatcher_builder(&figment).map(|_| ()).unwrap_err().to_string();
+        assert!(err.contains("providers.fcm.service_account_file"), "{err}");
+        assert!(err.contains("/nonexistent/sa.json") && err.contains("fcm.toml"), "{err}");
+        Ok(())
+    });
+}

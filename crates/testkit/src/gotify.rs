@@ -33,9 +33,10 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 /// How the fake answers `POST /message`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Mode {
     /// Behave like Gotify.
+    #[default]
     Normal,
     /// Answer this status (with Gotify's error body) and an optional `Retry-After`.
     Status {
@@ -90,12 +91,6 @@ struct Inner {
     mode: Mode,
     received: Vec<ReceivedMessage>,
     requests: usize,
-}
-
-impl Default for Mode {
-    fn default() -> Self {
-        Mode::Normal
-    }
 }
 
 #[derive(Clone)]
