@@ -13,7 +13,11 @@ use mesh_notify::{Config, ConfigError};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser, Debug)]
-#[command(name = "mesh-notify", version, about = "mesh-notify: push notifications with fallback")]
+#[command(
+    name = "mesh-notify",
+    version,
+    about = "mesh-notify: push notifications with fallback"
+)]
 struct Cli {
     /// Configuration file (TOML). Also MESH_NOTIFY_CONFIG.
     #[arg(long, global = true)]
@@ -107,7 +111,10 @@ fn init_logging(level: Option<&str>) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_level.as_deref());
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -192,7 +199,10 @@ async fn send(dispatcher: &mesh_notify::Dispatcher, n: Notification, json: bool)
     }
     for a in &outcome.attempts {
         if let (Some(class), Some(err)) = (a.error_class, &a.error) {
-            eprintln!("{} (try {}) failed [{class}]: {err}", a.provider, a.try_number);
+            eprintln!(
+                "{} (try {}) failed [{class}]: {err}",
+                a.provider, a.try_number
+            );
         }
     }
     for skip in &outcome.skipped {
@@ -212,7 +222,11 @@ async fn send(dispatcher: &mesh_notify::Dispatcher, n: Notification, json: bool)
                     receipt.provider,
                     receipt.message_id.as_deref().unwrap_or("-"),
                     receipt.latency.as_secs_f64() * 1000.0,
-                    if outcome.used_fallback() { " after falling back" } else { "" }
+                    if outcome.used_fallback() {
+                        " after falling back"
+                    } else {
+                        ""
+                    }
                 );
             }
             if misconfigured.is_empty() {
@@ -268,18 +282,26 @@ fn check_config(config: &Config, figment: &mesh_notify::Figment) -> ExitCode {
         println!("  {kind}: {}", dispatcher.route(kind).join(" -> "));
     }
     match config.outbox.backend {
-        mesh_notify::OutboxBackend::Sqlite => println!("outbox: sqlite {}", config.outbox.path.display()),
+        mesh_notify::OutboxBackend::Sqlite => {
+            println!("outbox: sqlite {}", config.outbox.path.display())
+        }
         mesh_notify::OutboxBackend::Redis => println!(
             "outbox: redis {} (prefix {})",
             config.outbox.redis_url.as_deref().unwrap_or("-"),
             config.outbox.redis_prefix
         ),
-        mesh_notify::OutboxBackend::None => println!("outbox: none (undeliverable notifications are lost)"),
+        mesh_notify::OutboxBackend::None => {
+            println!("outbox: none (undeliverable notifications are lost)")
+        }
     }
     ExitCode::SUCCESS
 }
 
-async fn outbox_command(config: &Config, figment: &mesh_notify::Figment, command: OutboxCommand) -> ExitCode {
+async fn outbox_command(
+    config: &Config,
+    figment: &mesh_notify::Figment,
+    command: OutboxCommand,
+) -> ExitCode {
     let outbox = match config.open_outbox(figment).await {
         Ok(Some(o)) => o,
         Ok(None) => {
@@ -297,7 +319,10 @@ async fn outbox_command(config: &Config, figment: &mesh_notify::Figment, command
                 println!("in_flight: {}", s.in_flight);
                 println!("due: {}", s.due);
                 println!("dead: {}", s.dead);
-                println!("oldest_due_age: {:.1}s", s.oldest_due_age_ms as f64 / 1000.0);
+                println!(
+                    "oldest_due_age: {:.1}s",
+                    s.oldest_due_age_ms as f64 / 1000.0
+                );
             }
             OutboxCommand::List { limit } => {
                 for e in outbox.pending(limit).await? {
@@ -310,19 +335,30 @@ async fn outbox_command(config: &Config, figment: &mesh_notify::Figment, command
                         e.attempts,
                         (e.due_at.as_millis() - Timestamp::now().as_millis()) as f64 / 1000.0,
                         n.title,
-                        e.last_error.as_deref().map(|err| format!("  [last error: {err}]")).unwrap_or_default()
+                        e.last_error
+                            .as_deref()
+                            .map(|err| format!("  [last error: {err}]"))
+                            .unwrap_or_default()
                     );
                 }
             }
             OutboxCommand::Dead { limit } => {
                 for d in outbox.dead(limit).await? {
                     let n = &d.entry.notification;
-                    println!("{}  {:<6} to={:<12} attempts={}  {}  [{}]", n.id, n.kind, n.recipient.user_id, d.entry.attempts, n.title, d.reason);
+                    println!(
+                        "{}  {:<6} to={:<12} attempts={}  {}  [{}]",
+                        n.id, n.kind, n.recipient.user_id, d.entry.attempts, n.title, d.reason
+                    );
                 }
             }
             OutboxCommand::Retry { ids, all } => {
                 let ids: Vec<String> = if all {
-                    outbox.dead(usize::MAX).await?.into_iter().map(|d| d.entry.notification.id.to_string()).collect()
+                    outbox
+                        .dead(usize::MAX)
+                        .await?
+                        .into_iter()
+                        .map(|d| d.entry.notification.id.to_string())
+                        .collect()
                 } else {
                     ids
                 };
@@ -383,13 +419,14 @@ async fn run_workers(config: &Config, figment: &mesh_notify::Figment) -> ExitCod
 async fn shutdown_signal() {
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}

@@ -8,7 +8,10 @@ const TOKEN: &str = "AcliSecretTok77";
 
 /// Each test gets its own outbox file, so tests never share queued state.
 fn outbox_env(dir: &tempfile::TempDir) -> (&'static str, String) {
-    ("MESH_NOTIFY_OUTBOX__PATH", dir.path().join("outbox.sqlite3").display().to_string())
+    (
+        "MESH_NOTIFY_OUTBOX__PATH",
+        dir.path().join("outbox.sqlite3").display().to_string(),
+    )
 }
 
 async fn run(args: &[&str], envs: &[(&str, String)]) -> Output {
@@ -34,7 +37,9 @@ fn command(args: &[&str], envs: &[(&str, String)]) -> Command {
 
 async fn run_in(args: &[&str], envs: &[(&str, String)]) -> Output {
     let mut cmd = command(args, envs);
-    tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap()
+    tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap()
 }
 
 fn text(o: &Output) -> (String, String) {
@@ -44,28 +49,57 @@ fn text(o: &Output) -> (String, String) {
     )
 }
 
-const SEND: &[&str] = &["send", "--kind", "chat", "--title", "Test", "--message", "Bonjour", "--priority", "8", "--room", "r1"];
+const SEND: &[&str] = &[
+    "send",
+    "--kind",
+    "chat",
+    "--title",
+    "Test",
+    "--message",
+    "Bonjour",
+    "--priority",
+    "8",
+    "--room",
+    "r1",
+];
 
 #[tokio::test]
 async fn send_delivers_exactly_one_message_through_gotify() {
     let fake = FakeGotify::start(&[(TOKEN, 4)]).await.unwrap();
-    let out = run(SEND, &[("GOTIFY_URL", fake.url()), ("GOTIFY_TOKEN", TOKEN.into())]).await;
+    let out = run(
+        SEND,
+        &[("GOTIFY_URL", fake.url()), ("GOTIFY_TOKEN", TOKEN.into())],
+    )
+    .await;
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}\n{stderr}");
-    assert!(stdout.contains("delivered by gotify (message id 1)"), "{stdout}");
+    assert!(
+        stdout.contains("delivered by gotify (message id 1)"),
+        "{stdout}"
+    );
     assert!(stderr.contains("Gotify configured: "), "{stderr}");
     assert!(!stdout.contains(TOKEN) && !stderr.contains(TOKEN));
     let msgs = fake.messages();
     assert_eq!(msgs.len(), 1);
     assert_eq!(msgs[0].token_source, TokenSource::Header);
     assert_eq!(msgs[0].priority, Some(8));
-    assert_eq!(msgs[0].extras["client::notification"]["click"]["url"], "mesh://room/r1");
+    assert_eq!(
+        msgs[0].extras["client::notification"]["click"]["url"],
+        "mesh://room/r1"
+    );
 }
 
 #[tokio::test]
 async fn a_wrong_token_fails_saying_so_without_printing_it() {
     let fake = FakeGotify::start(&[(TOKEN, 4)]).await.unwrap();
-    let out = run(SEND, &[("GOTIFY_URL", fake.url()), ("GOTIFY_TOKEN", "WrongTokenXYZ".into())]).await;
+    let out = run(
+        SEND,
+        &[
+            ("GOTIFY_URL", fake.url()),
+            ("GOTIFY_TOKEN", "WrongTokenXYZ".into()),
+        ],
+    )
+    .await;
     let (stdout, stderr) = text(&out);
     assert!(!out.status.success(), "{stdout}\n{stderr}");
     assert!(stderr.contains("token was refused"), "{stderr}");
@@ -81,8 +115,14 @@ async fn with_gotify_down_it_falls_back_to_the_log_and_says_so() {
     let out = run(SEND, &[("GOTIFY_URL", url), ("GOTIFY_TOKEN", TOKEN.into())]).await;
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}\n{stderr}");
-    assert!(stdout.contains("delivered by log") && stdout.contains("after falling back"), "{stdout}");
-    assert!(stderr.contains("gotify (try 1) failed [transient]"), "{stderr}");
+    assert!(
+        stdout.contains("delivered by log") && stdout.contains("after falling back"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("gotify (try 1) failed [transient]"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test]
@@ -90,24 +130,44 @@ async fn with_nothing_configured_it_warns_and_uses_the_log() {
     let out = run(SEND, &[]).await;
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}\n{stderr}");
-    assert!(stderr.contains("Gotify not configured - notifications disabled"), "{stderr}");
+    assert!(
+        stderr.contains("Gotify not configured - notifications disabled"),
+        "{stderr}"
+    );
     assert!(stdout.contains("delivered by log"), "{stdout}");
 }
 
 #[tokio::test]
 async fn an_out_of_range_priority_is_refused() {
-    let out = run(&["send", "--title", "t", "--message", "m", "--priority", "11"], &[]).await;
+    let out = run(
+        &["send", "--title", "t", "--message", "m", "--priority", "11"],
+        &[],
+    )
+    .await;
     let (_, stderr) = text(&out);
     assert!(!out.status.success());
-    assert!(stderr.contains("--priority") && stderr.contains("out of range"), "{stderr}");
+    assert!(
+        stderr.contains("--priority") && stderr.contains("out of range"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test]
 async fn check_config_redacts_secrets_and_reports_bad_files() {
-    let out = run(&["check-config"], &[("GOTIFY_URL", "https://push.example.com".into()), ("GOTIFY_TOKEN", TOKEN.into())]).await;
+    let out = run(
+        &["check-config"],
+        &[
+            ("GOTIFY_URL", "https://push.example.com".into()),
+            ("GOTIFY_TOKEN", TOKEN.into()),
+        ],
+    )
+    .await;
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}\n{stderr}");
-    assert!(stdout.contains("gotify enabled: url=https://push.example.com/"), "{stdout}");
+    assert!(
+        stdout.contains("gotify enabled: url=https://push.example.com/"),
+        "{stdout}"
+    );
     assert!(stdout.contains("chat: gotify -> log"), "{stdout}");
     assert!(!stdout.contains(TOKEN) && !stderr.contains(TOKEN));
 
@@ -117,7 +177,10 @@ async fn check_config_redacts_secrets_and_reports_bad_files() {
     let out = run(&["check-config", "--config", bad.to_str().unwrap()], &[]).await;
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(78));
-    assert!(stderr.contains("timeout") && stderr.contains("bad.toml"), "{stderr}");
+    assert!(
+        stderr.contains("timeout") && stderr.contains("bad.toml"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test]
@@ -143,13 +206,19 @@ async fn when_everything_is_down_send_queues_and_run_delivers_later() {
     assert!(stdout.contains("pending: 1"), "{stdout}");
     let out = run_in(&["outbox", "list"], &env).await;
     let (stdout, _) = text(&out);
-    assert!(stdout.contains("chat") && stdout.contains("Test"), "{stdout}");
+    assert!(
+        stdout.contains("chat") && stdout.contains("Test"),
+        "{stdout}"
+    );
 
     fake.restart().await.unwrap();
     let mut child = command(&["run"], &env).spawn().unwrap();
     let start = std::time::Instant::now();
     while fake.messages().is_empty() {
-        assert!(start.elapsed() < std::time::Duration::from_secs(15), "run never delivered");
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(15),
+            "run never delivered"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     child.kill().unwrap();

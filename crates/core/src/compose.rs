@@ -92,11 +92,26 @@ impl Templates {
         const CALL: &[&str] = &["from", "room"];
         const FILE: &[&str] = &["from", "room", "file"];
         let checks: [(&'static str, &str, &[&str], &'static str); 6] = [
-            ("chat_title", &self.chat_title, CHAT, "{from}, {room}, {message}"),
-            ("chat_body", &self.chat_body, CHAT, "{from}, {room}, {message}"),
+            (
+                "chat_title",
+                &self.chat_title,
+                CHAT,
+                "{from}, {room}, {message}",
+            ),
+            (
+                "chat_body",
+                &self.chat_body,
+                CHAT,
+                "{from}, {room}, {message}",
+            ),
             ("call_title", &self.call_title, CALL, "{from}, {room}"),
             ("call_body", &self.call_body, CALL, "{from}, {room}"),
-            ("file_title", &self.file_title, FILE, "{from}, {room}, {file}"),
+            (
+                "file_title",
+                &self.file_title,
+                FILE,
+                "{from}, {room}, {file}",
+            ),
             ("file_body", &self.file_body, FILE, "{from}, {room}, {file}"),
         ];
         for (name, template, allowed, allowed_text) in checks {
@@ -129,8 +144,7 @@ fn placeholders(template: &str) -> impl Iterator<Item = &str> {
             Some(end) => {
                 let name = &after[..end];
                 rest = &after[end + 1..];
-                if !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-                {
+                if !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                     return Some(name);
                 }
             }
@@ -200,7 +214,14 @@ impl Composer {
         }
     }
 
-    fn base(&self, kind: Kind, recipient: Recipient, room: &Room, title: String, body: String) -> Notification {
+    fn base(
+        &self,
+        kind: Kind,
+        recipient: Recipient,
+        room: &Room,
+        title: String,
+        body: String,
+    ) -> Notification {
         let mut n = Notification::new(kind, recipient, title, body);
         n.click_url = Some(room_click_url(&room.id));
         n.room = Some(room.clone());
@@ -223,7 +244,11 @@ impl Composer {
         let from = sanitize_text(from);
         let room_name = sanitize_text(&room.name);
         let message = truncate_graphemes(&sanitize_text(message), self.chat_body_max_chars);
-        let vars = [("from", from.as_str()), ("room", room_name.as_str()), ("message", message.as_str())];
+        let vars = [
+            ("from", from.as_str()),
+            ("room", room_name.as_str()),
+            ("message", message.as_str()),
+        ];
         let title = render(&self.templates.chat_title, &vars);
         let body = render(&self.templates.chat_body, &vars);
         self.base(Kind::Chat, recipient, room, title, body)
@@ -243,11 +268,21 @@ impl Composer {
     }
 
     /// `📁 {from} a partagé un fichier` / `Fichier: {file}\nDans: {room}`, priority 5.
-    pub fn file(&self, from: &str, room: &Room, recipient: Recipient, file_name: &str) -> Notification {
+    pub fn file(
+        &self,
+        from: &str,
+        room: &Room,
+        recipient: Recipient,
+        file_name: &str,
+    ) -> Notification {
         let from = sanitize_text(from);
         let room_name = sanitize_text(&room.name);
         let file = sanitize_text(file_name);
-        let vars = [("from", from.as_str()), ("room", room_name.as_str()), ("file", file.as_str())];
+        let vars = [
+            ("from", from.as_str()),
+            ("room", room_name.as_str()),
+            ("file", file.as_str()),
+        ];
         let title = render(&self.templates.file_title, &vars);
         let body = render(&self.templates.file_body, &vars);
         self.base(Kind::File, recipient, room, title, body)
@@ -259,7 +294,10 @@ impl Composer {
     }
 
     /// Overrides the priority of a notification (0–10, validated).
-    pub fn with_priority(mut n: Notification, priority: i64) -> Result<Notification, PriorityError> {
+    pub fn with_priority(
+        mut n: Notification,
+        priority: i64,
+    ) -> Result<Notification, PriorityError> {
         n.priority = Priority::new(priority)?;
         Ok(n)
     }
@@ -317,8 +355,12 @@ mod tests {
     #[test]
     fn values_are_not_re_expanded() {
         let c = Composer::default();
-        let n = c
-            .chat("{room}", &Room::new("r", "{message}"), Recipient::new("b", "B"), "{from}");
+        let n = c.chat(
+            "{room}",
+            &Room::new("r", "{message}"),
+            Recipient::new("b", "B"),
+            "{from}",
+        );
         assert_eq!(n.title, "💬 {room} dans {message}");
         assert_eq!(n.body, "{from}");
     }
@@ -339,8 +381,10 @@ mod tests {
 
     #[test]
     fn markdown_is_opt_in() {
-        let mut c = Composer::default();
-        c.markdown = true;
+        let c = Composer {
+            markdown: true,
+            ..Composer::default()
+        };
         let n = c.file("A", &room(), Recipient::new("b", "B"), "f");
         assert_eq!(n.format, BodyFormat::Markdown);
     }
@@ -348,7 +392,14 @@ mod tests {
     #[test]
     fn weird_room_ids_are_escaped_in_click_url() {
         let c = Composer::default();
-        let n = c.call("A", &Room::new("x/../admin?token=1#f", "R"), Recipient::new("b", "B"));
-        assert_eq!(n.click_url.as_deref(), Some("mesh://room/x%2F..%2Fadmin%3Ftoken%3D1%23f"));
+        let n = c.call(
+            "A",
+            &Room::new("x/../admin?token=1#f", "R"),
+            Recipient::new("b", "B"),
+        );
+        assert_eq!(
+            n.click_url.as_deref(),
+            Some("mesh://room/x%2F..%2Fadmin%3Ftoken%3D1%23f")
+        );
     }
 }

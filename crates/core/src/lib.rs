@@ -30,11 +30,11 @@ mod retry_after;
 mod secret;
 mod text;
 
-pub use compose::{Composer, Templates, TemplateError, Language};
+pub use compose::{Composer, Language, TemplateError, Templates};
 pub use error::{ErrorClass, NotifyError};
 pub use notification::{
-    Address, AddressKind, BodyFormat, Kind, Notification, NotificationId, Priority,
-    PriorityError, Recipient, Room, Timestamp,
+    Address, AddressKind, BodyFormat, Kind, Notification, NotificationId, Priority, PriorityError,
+    Recipient, Room, Timestamp,
 };
 pub use notifier::{Health, Notifier, Receipt};
 pub use outbox::{Claim, DeadEntry, Outbox, OutboxEntry, OutboxError, OutboxStats};

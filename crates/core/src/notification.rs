@@ -206,7 +206,10 @@ impl Timestamp {
 
     /// This instant plus `d`.
     pub fn plus(self, d: Duration) -> Self {
-        Self(self.0.saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
+        Self(
+            self.0
+                .saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+        )
     }
 
     /// Milliseconds since the epoch.
@@ -421,7 +424,8 @@ mod tests {
 
     #[test]
     fn debug_output_redacts_address_tokens() {
-        let r = Recipient::new("u", "U").with_address(Address::new(AddressKind::Gotify, "AppTok123"));
+        let r =
+            Recipient::new("u", "U").with_address(Address::new(AddressKind::Gotify, "AppTok123"));
         assert!(!format!("{r:?}").contains("AppTok123"));
     }
 }

@@ -122,7 +122,11 @@ pub trait Outbox: Send + Sync {
 
     /// Stores many at once (one durable write where the backend allows); returns how
     /// many were new.
-    async fn enqueue_batch(&self, ns: &[Notification], due_at: Timestamp) -> Result<usize, OutboxError> {
+    async fn enqueue_batch(
+        &self,
+        ns: &[Notification],
+        due_at: Timestamp,
+    ) -> Result<usize, OutboxError> {
         let mut added = 0;
         for n in ns {
             if self.enqueue(n, due_at).await? {
@@ -133,7 +137,12 @@ pub trait Outbox: Send + Sync {
     }
 
     /// Leases up to `max` due entries to `worker` for `lease`.
-    async fn claim(&self, worker: &str, max: usize, lease: Duration) -> Result<Vec<Claim>, OutboxError>;
+    async fn claim(
+        &self,
+        worker: &str,
+        max: usize,
+        lease: Duration,
+    ) -> Result<Vec<Claim>, OutboxError>;
 
     /// Delivered: removes the entry.
     async fn ack(&self, claim: &Claim) -> Result<(), OutboxError>;

@@ -33,7 +33,10 @@ mod tests {
         assert_eq!(parse_retry_after(" 5 "), Some(Duration::from_secs(5)));
         let in_a_minute = SystemTime::now() + Duration::from_secs(61);
         let d = parse_retry_after(&httpdate::fmt_http_date(in_a_minute)).unwrap();
-        assert!(d > Duration::from_secs(55) && d <= Duration::from_secs(61), "{d:?}");
+        assert!(
+            d > Duration::from_secs(55) && d <= Duration::from_secs(61),
+            "{d:?}"
+        );
         assert_eq!(
             parse_retry_after("Thu, 01 Jan 1970 00:00:00 GMT"),
             Some(Duration::ZERO)

@@ -41,7 +41,10 @@ impl RecordingNotifier {
 
     /// Everything delivered so far (failed sends are not recorded).
     pub fn delivered(&self) -> Vec<Notification> {
-        self.sent.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        self.sent
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 }
 

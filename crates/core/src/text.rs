@@ -67,7 +67,9 @@ pub fn room_click_url(room_id: &str) -> String {
     // "." and ".." are path segments of their own: encode their dots too.
     let dots_only = room_id.bytes().all(|b| b == b'.');
     for b in room_id.bytes() {
-        let plain = b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'~') || (b == b'.' && !dots_only);
+        let plain = b.is_ascii_alphanumeric()
+            || matches!(b, b'-' | b'_' | b'~')
+            || (b == b'.' && !dots_only);
         if plain {
             url.push(b as char);
         } else {

@@ -103,9 +103,11 @@ impl CircuitBreaker {
         let now = Instant::now();
         let mut state = self.lock();
         let next = match *state {
-            State::Closed { failures } if failures + 1 >= self.config.failure_threshold => State::Open {
-                until: now + self.config.cool_down,
-            },
+            State::Closed { failures } if failures + 1 >= self.config.failure_threshold => {
+                State::Open {
+                    until: now + self.config.cool_down,
+                }
+            }
             State::Closed { failures } => State::Closed {
                 failures: failures + 1,
             },
@@ -186,7 +188,10 @@ mod tests {
 
     #[test]
     fn threshold_zero_disables() {
-        let b = CircuitBreaker::new(BreakerConfig { failure_threshold: 0, cool_down: Duration::ZERO });
+        let b = CircuitBreaker::new(BreakerConfig {
+            failure_threshold: 0,
+            cool_down: Duration::ZERO,
+        });
         for _ in 0..100 {
             b.on_transient_failure();
         }

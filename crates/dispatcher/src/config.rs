@@ -222,7 +222,12 @@ pub struct MaxAgeSection {
 impl Default for MaxAgeSection {
     fn default() -> Self {
         let q = QueuePolicy::default();
-        let get = |k| q.max_age.get(&k).copied().unwrap_or(Duration::from_secs(3600));
+        let get = |k| {
+            q.max_age
+                .get(&k)
+                .copied()
+                .unwrap_or(Duration::from_secs(3600))
+        };
         Self {
             chat: get(Kind::Chat),
             file: get(Kind::File),
@@ -417,7 +422,8 @@ impl PlainEnv {
         let vars = std::env::vars()
             .filter_map(|(name, _)| {
                 let rest = name.strip_prefix(PREFIX)?;
-                is_secret_key(rest).then(|| (name.clone(), rest.to_ascii_lowercase().replace("__", ".")))
+                is_secret_key(rest)
+                    .then(|| (name.clone(), rest.to_ascii_lowercase().replace("__", ".")))
             })
             .collect();
         Self {
@@ -532,7 +538,11 @@ impl Config {
                 Some(src) => format!("{} {}", md.name, src),
                 None => {
                     let keys: Vec<&str> = key.split('.').collect();
-                    format!("{} {}", md.name, md.interpolate(&FigmentProfile::Default, &keys))
+                    format!(
+                        "{} {}",
+                        md.name,
+                        md.interpolate(&FigmentProfile::Default, &keys)
+                    )
                 }
             },
             None => "built-in defaults".into(),
@@ -552,7 +562,10 @@ impl Config {
             return Err(invalid("chat_body_max_chars", "must be at least 1".into()));
         }
         if self.retry.attempts_per_provider == 0 {
-            return Err(invalid("retry.attempts_per_provider", "must be at least 1".into()));
+            return Err(invalid(
+                "retry.attempts_per_provider",
+                "must be at least 1".into(),
+            ));
         }
         if let Err(e) = self.templates().validate() {
             return Err(invalid(&format!("templates.{}", e.template), e.to_string()));
@@ -560,8 +573,13 @@ impl Config {
         #[cfg(feature = "gotify")]
         if let Some(g) = &self.providers.gotify {
             if !g.url.trim().is_empty() {
-                check_url(self.profile, "providers.gotify", &g.url, g.allow_insecure_http)
-                    .map_err(|m| invalid("providers.gotify.url", m))?;
+                check_url(
+                    self.profile,
+                    "providers.gotify",
+                    &g.url,
+                    g.allow_insecure_http,
+                )
+                .map_err(|m| invalid("providers.gotify.url", m))?;
             }
         }
         for (name, rl) in &self.rate_limits {
@@ -570,20 +588,31 @@ impl Config {
                 return Err(invalid(&key, format!("unknown provider `{name}`")));
             }
             if !(rl.per_second.is_finite() && rl.per_second > 0.0) {
-                return Err(invalid(&format!("{key}.per_second"), "must be a positive number".into()));
+                return Err(invalid(
+                    &format!("{key}.per_second"),
+                    "must be a positive number".into(),
+                ));
             }
         }
         if self.queue.workers == 0 || self.queue.batch == 0 {
-            return Err(invalid("queue", "workers and batch must be at least 1".into()));
+            return Err(invalid(
+                "queue",
+                "workers and batch must be at least 1".into(),
+            ));
         }
-        if self.queue.initial_backoff.is_zero() || self.queue.max_backoff < self.queue.initial_backoff {
+        if self.queue.initial_backoff.is_zero()
+            || self.queue.max_backoff < self.queue.initial_backoff
+        {
             return Err(invalid(
                 "queue.max_backoff",
                 "initial_backoff must be > 0 and max_backoff >= initial_backoff".into(),
             ));
         }
         if self.outbox.backend == OutboxBackend::Redis && self.outbox.redis_url.is_none() {
-            return Err(invalid("outbox.redis_url", "required when outbox.backend = \"redis\"".into()));
+            return Err(invalid(
+                "outbox.redis_url",
+                "required when outbox.backend = \"redis\"".into(),
+            ));
         }
         #[cfg(feature = "fcm")]
         if let Some(c) = &self.providers.fcm {
@@ -679,7 +708,9 @@ impl Config {
                 cool_down: self.breaker.cool_down,
             });
         for (name, rl) in &self.rate_limits {
-            let burst = rl.burst.unwrap_or_else(|| rl.per_second.ceil().clamp(1.0, f64::from(u32::MAX)) as u32);
+            let burst = rl
+                .burst
+                .unwrap_or_else(|| rl.per_second.ceil().clamp(1.0, f64::from(u32::MAX)) as u32);
             builder = builder.rate_limit(
                 name.clone(),
                 RateLimitConfig {
@@ -691,7 +722,12 @@ impl Config {
         let mut enabled: Vec<&str> = Vec::new();
 
         #[cfg(feature = "gotify")]
-        match self.providers.gotify.as_ref().filter(|g| !g.url.trim().is_empty()) {
+        match self
+            .providers
+            .gotify
+            .as_ref()
+            .filter(|g| !g.url.trim().is_empty())
+        {
             Some(g) => {
                 let notifier = g.build(self.timeout).map_err(|e| ConfigError::Invalid {
                     key: "providers.gotify".into(),
@@ -741,7 +777,9 @@ impl Config {
                 continue;
             }
             builder = builder.disabled(*name);
-            let used = Kind::ALL.iter().any(|k| self.routes.get(*k).iter().any(|n| n == name));
+            let used = Kind::ALL
+                .iter()
+                .any(|k| self.routes.get(*k).iter().any(|n| n == name));
             if used && *name != "gotify" {
                 tracing::warn!("{name} not configured - skipped in routes");
             }
@@ -773,13 +811,18 @@ impl Config {
                 let path = self.outbox.path.clone();
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                     std::fs::create_dir_all(dir).map_err(|e| {
-                        invalid("outbox.path", format!("cannot create directory `{}`: {e}", dir.display()))
+                        invalid(
+                            "outbox.path",
+                            format!("cannot create directory `{}`: {e}", dir.display()),
+                        )
                     })?;
                 }
-                let outbox = tokio::task::spawn_blocking(move || mesh_notify_outbox_sqlite::SqliteOutbox::open(path))
-                    .await
-                    .map_err(|e| invalid("outbox.path", e.to_string()))?
-                    .map_err(|e| invalid("outbox.path", e.to_string()))?;
+                let outbox = tokio::task::spawn_blocking(move || {
+                    mesh_notify_outbox_sqlite::SqliteOutbox::open(path)
+                })
+                .await
+                .map_err(|e| invalid("outbox.path", e.to_string()))?
+                .map_err(|e| invalid("outbox.path", e.to_string()))?;
                 tracing::info!("outbox: sqlite {}", outbox.path().display());
                 Ok(Some(Arc::new(outbox)))
             }
@@ -801,17 +844,15 @@ impl Config {
         if let Some(outbox) = self.open_outbox(figment).await? {
             builder = builder.outbox(outbox);
         }
-        builder
-            .build()
-            .map_err(|error| ConfigError::Routes {
-                source_name: match &error {
-                    BuildError::UnknownProvider { kind, .. } => {
-                        Self::source_of(figment, &format!("routes.{kind}"))
-                    }
-                    _ => "configuration".into(),
-                },
-                error,
-            })
+        builder.build().map_err(|error| ConfigError::Routes {
+            source_name: match &error {
+                BuildError::UnknownProvider { kind, .. } => {
+                    Self::source_of(figment, &format!("routes.{kind}"))
+                }
+                _ => "configuration".into(),
+            },
+            error,
+        })
     }
 }
 

@@ -176,7 +176,11 @@ impl Outcome {
         }
         self.attempts
             .iter()
-            .filter_map(|a| a.error.as_ref().map(|e| format!("{} try {}: {e}", a.provider, a.try_number)))
+            .filter_map(|a| {
+                a.error
+                    .as_ref()
+                    .map(|e| format!("{} try {}: {e}", a.provider, a.try_number))
+            })
             .collect::<Vec<_>>()
             .join("; ")
     }
@@ -371,7 +375,11 @@ impl DispatcherBuilder {
         let breakers = providers
             .keys()
             .map(|name| {
-                let cfg = self.breaker_overrides.get(name).copied().unwrap_or(self.breaker);
+                let cfg = self
+                    .breaker_overrides
+                    .get(name)
+                    .copied()
+                    .unwrap_or(self.breaker);
                 (name.clone(), CircuitBreaker::new(cfg))
             })
             .collect();
@@ -507,7 +515,11 @@ impl Dispatcher {
                 }
             }
             if let Some(receipt) = self.try_provider(provider.as_ref(), n, &mut outcome).await {
-                if outcome.attempts.first().is_some_and(|a| a.provider != receipt.provider) {
+                if outcome
+                    .attempts
+                    .first()
+                    .is_some_and(|a| a.provider != receipt.provider)
+                {
                     metrics::counter!("mesh_notify_fallback_total", "kind" => n.kind.as_str(), "provider" => receipt.provider.clone()).increment(1);
                 }
                 outcome.delivered = Some(receipt);
@@ -533,21 +545,24 @@ impl Dispatcher {
                 return None;
             }
             let started = Instant::now();
-            let result = match tokio::time::timeout(self.policy.send_timeout, provider.send(n)).await {
-                Ok(r) => r,
-                Err(_) => Err(NotifyError::transient(format!(
-                    "{} did not answer within {:?}",
-                    provider.name(),
-                    self.policy.send_timeout
-                ))),
-            };
+            let result =
+                match tokio::time::timeout(self.policy.send_timeout, provider.send(n)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(NotifyError::transient(format!(
+                        "{} did not answer within {:?}",
+                        provider.name(),
+                        self.policy.send_timeout
+                    ))),
+                };
             let latency = started.elapsed();
             let name = provider.name().to_string();
-            metrics::histogram!("mesh_notify_send_seconds", "provider" => name.clone()).record(latency.as_secs_f64());
+            metrics::histogram!("mesh_notify_send_seconds", "provider" => name.clone())
+                .record(latency.as_secs_f64());
             let breaker = self.breakers.get(&name);
             match &result {
                 Ok(_) => {
-                    metrics::counter!("mesh_notify_sent_total", "provider" => name.clone()).increment(1);
+                    metrics::counter!("mesh_notify_sent_total", "provider" => name.clone())
+                        .increment(1);
                     if let Some(b) = breaker {
                         b.on_answer();
                     }

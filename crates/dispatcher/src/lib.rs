@@ -34,17 +34,17 @@ mod log_provider;
 mod queue;
 mod ratelimit;
 
+pub use breaker::{BreakerConfig, BreakerState, CircuitBreaker};
 pub use config::{
     BreakerSection, Config, ConfigError, MaxAgeSection, OutboxBackend, OutboxSection, Profile,
     ProvidersConfig, QueueSection, RateLimitSection, RetryConfig, RoutesConfig, TemplatesOverride,
 };
-pub use breaker::{BreakerConfig, BreakerState, CircuitBreaker};
 pub use dispatcher::{
     Attempt, BuildError, DeadAddress, Dispatcher, DispatcherBuilder, Outcome, RetryPolicy, Skip,
     SkipReason,
 };
+pub use figment::Figment;
+pub use log_provider::LogNotifier;
+pub use mesh_notify_core as core;
 pub use queue::{QueuePolicy, Submitted, Workers};
 pub use ratelimit::{RateLimitConfig, RateLimiter};
-pub use log_provider::LogNotifier;
-pub use figment::Figment;
-pub use mesh_notify_core as core;

@@ -144,7 +144,11 @@ impl Dispatcher {
             let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
             for i in 0..self.queue_policy().workers.max(1) {
                 let worker = format!("{host}-{}-{i}", std::process::id());
-                handles.push(tokio::spawn(worker_loop(Arc::clone(self), worker, stop_rx.clone())));
+                handles.push(tokio::spawn(worker_loop(
+                    Arc::clone(self),
+                    worker,
+                    stop_rx.clone(),
+                )));
             }
             handles.push(tokio::spawn(stats_loop(Arc::clone(self), stop_rx)));
         }
@@ -158,7 +162,9 @@ impl Dispatcher {
             return Ok(0);
         };
         let policy = self.queue_policy();
-        let claims = outbox.claim(worker, policy.batch.max(1), policy.lease).await?;
+        let claims = outbox
+            .claim(worker, policy.batch.max(1), policy.lease)
+            .await?;
         let n = claims.len();
         join_all(claims.iter().map(|c| self.deliver_claim(c))).await;
         Ok(n)
@@ -176,13 +182,20 @@ impl Dispatcher {
         };
         if n.is_expired_at(now) {
             metrics::counter!("mesh_notify_dead_letters_total", "reason" => "expired").increment(1);
-            settle(outbox.dead_letter(claim, "expired before it could be delivered").await);
+            settle(
+                outbox
+                    .dead_letter(claim, "expired before it could be delivered")
+                    .await,
+            );
             return;
         }
-        let age = Duration::from_millis(u64::try_from(now.as_millis() - n.created_at.as_millis()).unwrap_or(0));
+        let age = Duration::from_millis(
+            u64::try_from(now.as_millis() - n.created_at.as_millis()).unwrap_or(0),
+        );
         if let Some(max_age) = self.queue_policy().max_age.get(&n.kind) {
             if age > *max_age {
-                metrics::counter!("mesh_notify_dead_letters_total", "reason" => "too_old").increment(1);
+                metrics::counter!("mesh_notify_dead_letters_total", "reason" => "too_old")
+                    .increment(1);
                 let why = format!(
                     "gave up after {:?} (max age for {} notifications); last error: {}",
                     max_age,
@@ -198,7 +211,11 @@ impl Dispatcher {
             settle(outbox.ack(claim).await);
         } else if outcome.expired {
             metrics::counter!("mesh_notify_dead_letters_total", "reason" => "expired").increment(1);
-            settle(outbox.dead_letter(claim, "expired before it could be delivered").await);
+            settle(
+                outbox
+                    .dead_letter(claim, "expired before it could be delivered")
+                    .await,
+            );
         } else if outcome.is_hopeless() {
             metrics::counter!("mesh_notify_dead_letters_total", "reason" => "refused").increment(1);
             settle(outbox.dead_letter(claim, &outcome.failure_summary()).await);
@@ -211,7 +228,11 @@ impl Dispatcher {
                 // No point retrying after expiry: come back at expiry to dead-letter it.
                 when = when.min(exp);
             }
-            settle(outbox.retry_at(claim, when, &outcome.failure_summary()).await);
+            settle(
+                outbox
+                    .retry_at(claim, when, &outcome.failure_summary())
+                    .await,
+            );
         }
     }
 }
@@ -279,7 +300,8 @@ mod tests {
         let mut distinct = std::collections::HashSet::new();
         for attempt in 1..=20 {
             let d = p.backoff(attempt, None);
-            let ceiling = Duration::from_secs(1 << (attempt - 1).min(6)).min(Duration::from_secs(60));
+            let ceiling =
+                Duration::from_secs(1 << (attempt - 1).min(6)).min(Duration::from_secs(60));
             assert!(d <= ceiling, "attempt {attempt}: {d:?} > {ceiling:?}");
             distinct.insert(d);
         }

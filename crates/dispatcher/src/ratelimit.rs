@@ -76,11 +76,17 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn allows_a_burst_then_paces() {
-        let l = RateLimiter::new(RateLimitConfig { per_second: 10.0, burst: 3 });
+        let l = RateLimiter::new(RateLimitConfig {
+            per_second: 10.0,
+            burst: 3,
+        });
         for _ in 0..3 {
             assert!(l.acquire_within(Duration::ZERO).await);
         }
-        assert!(!l.acquire_within(Duration::from_millis(50)).await, "next token is 100ms away");
+        assert!(
+            !l.acquire_within(Duration::from_millis(50)).await,
+            "next token is 100ms away"
+        );
         let start = Instant::now();
         assert!(l.acquire_within(Duration::from_millis(150)).await);
         assert_eq!(start.elapsed(), Duration::from_millis(100));
@@ -88,6 +94,9 @@ mod tests {
         for _ in 0..3 {
             assert!(l.acquire_within(Duration::ZERO).await);
         }
-        assert!(!l.acquire_within(Duration::ZERO).await, "bucket holds at most `burst`");
+        assert!(
+            !l.acquire_within(Duration::ZERO).await,
+            "bucket holds at most `burst`"
+        );
     }
 }

@@ -1,5 +1,6 @@
 //! Configuration loading: file + environment, errors naming key and source, secrets.
 //! figment's Jail isolates environment variables and the working directory.
+#![allow(clippy::result_large_err)] // figment::Jail closures return figment::Error
 
 use figment::Jail;
 use mesh_notify::{Config, ConfigError, Profile};
@@ -18,7 +19,11 @@ fn defaults_work_without_file_or_environment() {
         assert_eq!(config.language, Language::Fr);
         assert!(config.providers.gotify.is_none());
         assert_eq!(config.routes.get(Kind::Chat), ["gotify", "log"]);
-        let d = config.dispatcher_builder(&figment).unwrap().build().unwrap();
+        let d = config
+            .dispatcher_builder(&figment)
+            .unwrap()
+            .build()
+            .unwrap();
         let names: Vec<String> = d.providers().iter().map(|p| p.name().to_string()).collect();
         assert_eq!(names, ["log"]);
         assert!(d.disabled().any(|n| n == "gotify"));
@@ -31,7 +36,11 @@ fn the_repository_default_file_loads() {
     Jail::expect_with(|_jail| {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/default.toml");
         let (config, figment) = load(Some(path)).unwrap();
-        config.dispatcher_builder(&figment).unwrap().build().unwrap();
+        config
+            .dispatcher_builder(&figment)
+            .unwrap()
+            .build()
+            .unwrap();
         Ok(())
     });
 }
@@ -45,8 +54,15 @@ fn seed_variables_configure_gotify_and_numeric_tokens_stay_strings() {
         let g = config.providers.gotify.as_ref().unwrap();
         assert_eq!(g.url, "http://127.0.0.1:9");
         assert_eq!(g.token.as_ref().unwrap().expose(), "012345");
-        assert!(!format!("{config:?}").contains("012345"), "Debug must redact the token");
-        let d = config.dispatcher_builder(&figment).unwrap().build().unwrap();
+        assert!(
+            !format!("{config:?}").contains("012345"),
+            "Debug must redact the token"
+        );
+        let d = config
+            .dispatcher_builder(&figment)
+            .unwrap()
+            .build()
+            .unwrap();
         assert!(d.providers().iter().any(|p| p.name() == "gotify"));
         Ok(())
     });
@@ -68,7 +84,10 @@ fn prefixed_variables_override_the_file_and_secrets_are_not_parsed() {
         jail.set_env("MESH_NOTIFY_PROVIDERS__GOTIFY__TOKEN", "007");
         let (config, _) = load(Some("mesh.toml")).unwrap();
         assert_eq!(config.timeout, std::time::Duration::from_secs(7));
-        assert_eq!(config.providers.gotify.unwrap().token.unwrap().expose(), "007");
+        assert_eq!(
+            config.providers.gotify.unwrap().token.unwrap().expose(),
+            "007"
+        );
         Ok(())
     });
 }
@@ -76,7 +95,10 @@ fn prefixed_variables_override_the_file_and_secrets_are_not_parsed() {
 #[test]
 fn unknown_keys_are_rejected_naming_key_and_file() {
     Jail::expect_with(|jail| {
-        jail.create_file("bad.toml", "[providers.gotify]\nurl = \"https://x\"\ntokn = \"oops\"\n")?;
+        jail.create_file(
+            "bad.toml",
+            "[providers.gotify]\nurl = \"https://x\"\ntokn = \"oops\"\n",
+        )?;
         let err = load(Some("bad.toml")).unwrap_err().to_string();
         assert!(err.contains("tokn"), "{err}");
         assert!(err.contains("bad.toml"), "{err}");
@@ -89,7 +111,10 @@ fn wrong_types_name_the_key_and_the_variable() {
     Jail::expect_with(|jail| {
         jail.set_env("MESH_NOTIFY_RETRY__ATTEMPTS_PER_PROVIDER", "many");
         let err = load(None).unwrap_err().to_string();
-        assert!(err.to_lowercase().contains("retry.attempts_per_provider"), "{err}");
+        assert!(
+            err.to_lowercase().contains("retry.attempts_per_provider"),
+            "{err}"
+        );
         assert!(err.contains("MESH_NOTIFY_"), "{err}");
         Ok(())
     });
@@ -116,7 +141,10 @@ fn production_refuses_plain_http_unless_allowed() {
         jail.set_env("MESH_NOTIFY_PROFILE", "production");
         jail.set_env("GOTIFY_URL", "http://gotify.lan");
         let err = load(None).unwrap_err().to_string();
-        assert!(err.contains("GOTIFY_URL"), "the variable must be named: {err}");
+        assert!(
+            err.contains("GOTIFY_URL"),
+            "the variable must be named: {err}"
+        );
         Ok(())
     });
 }
@@ -124,7 +152,10 @@ fn production_refuses_plain_http_unless_allowed() {
 #[test]
 fn routes_naming_unknown_providers_are_rejected() {
     Jail::expect_with(|jail| {
-        jail.create_file("r.toml", "[routes]\nchat = [\"gotify\", \"carrier-pigeon\"]\n")?;
+        jail.create_file(
+            "r.toml",
+            "[routes]\nchat = [\"gotify\", \"carrier-pigeon\"]\n",
+        )?;
         let err = load(Some("r.toml")).unwrap_err().to_string();
         assert!(err.contains("routes.chat"), "{err}");
         assert!(err.contains("carrier-pigeon"), "{err}");
@@ -145,7 +176,10 @@ fn a_missing_config_file_is_an_error_naming_it() {
 #[test]
 fn templates_can_be_overridden_and_are_checked() {
     Jail::expect_with(|jail| {
-        jail.create_file("t.toml", "language = \"en\"\n[templates]\nchat_title = \"{from} → {room}\"\n")?;
+        jail.create_file(
+            "t.toml",
+            "language = \"en\"\n[templates]\nchat_title = \"{from} → {room}\"\n",
+        )?;
         let (config, _) = load(Some("t.toml")).unwrap();
         let t = config.templates();
         assert_eq!(t.chat_title, "{from} → {room}");
@@ -153,7 +187,10 @@ fn templates_can_be_overridden_and_are_checked() {
 
         jail.create_file("t2.toml", "[templates]\ncall_body = \"{message}\"\n")?;
         let err = load(Some("t2.toml")).unwrap_err().to_string();
-        assert!(err.contains("templates.call_body") && err.contains("t2.toml"), "{err}");
+        assert!(
+            err.contains("templates.call_body") && err.contains("t2.toml"),
+            "{err}"
+        );
         Ok(())
     });
 }
@@ -166,7 +203,11 @@ fn an_unreadable_token_file_names_the_path() {
             "[providers.gotify]\nurl = \"https://x\"\ntoken_file = \"/nonexistent/gotify.token\"\n",
         )?;
         let (config, figment) = load(Some("f.toml")).unwrap();
-        let err = config.dispatcher_builder(&figment).map(|_| ()).unwrap_err().to_string();
+        let err = config
+            .dispatcher_builder(&figment)
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("/nonexistent/gotify.token"), "{err}");
         assert!(err.contains("providers.gotify"), "{err}");
         Ok(())
@@ -176,15 +217,27 @@ fn an_unreadable_token_file_names_the_path() {
 #[test]
 fn an_unusable_outbox_file_is_a_start_up_error_naming_it() {
     Jail::expect_with(|jail| {
-        jail.create_file("not-a-db.sqlite3", "this is not an SQLite database, just text....")?;
-        jail.create_file("o.toml", "[outbox]\nbackend = \"sqlite\"\npath = \"not-a-db.sqlite3\"\n")?;
+        jail.create_file(
+            "not-a-db.sqlite3",
+            "this is not an SQLite database, just text....",
+        )?;
+        jail.create_file(
+            "o.toml",
+            "[outbox]\nbackend = \"sqlite\"\npath = \"not-a-db.sqlite3\"\n",
+        )?;
         let (config, figment) = load(Some("o.toml")).unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         let err = match rt.block_on(config.open_outbox(&figment)) {
             Ok(_) => panic!("a text file must not open as an outbox"),
             Err(e) => e.to_string(),
         };
-        assert!(err.contains("outbox.path") && err.contains("not-a-db.sqlite3"), "{err}");
+        assert!(
+            err.contains("outbox.path") && err.contains("not-a-db.sqlite3"),
+            "{err}"
+        );
         assert!(err.contains("o.toml"), "{err}");
         Ok(())
     });
@@ -208,9 +261,16 @@ fn a_missing_fcm_key_file_names_the_key_and_path() {
             "[providers.fcm]\nservice_account_file = \"/nonexistent/sa.json\"\n[routes]\nchat = [\"fcm\", \"log\"]\n",
         )?;
         let (config, figment) = load(Some("fcm.toml")).unwrap();
-        let err = config.dispatcher_builder(&figment).map(|_| ()).unwrap_err().to_string();
+        let err = config
+            .dispatcher_builder(&figment)
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("providers.fcm.service_account_file"), "{err}");
-        assert!(err.contains("/nonexistent/sa.json") && err.contains("fcm.toml"), "{err}");
+        assert!(
+            err.contains("/nonexistent/sa.json") && err.contains("fcm.toml"),
+            "{err}"
+        );
         Ok(())
     });
 }

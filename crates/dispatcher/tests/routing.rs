@@ -40,7 +40,12 @@ fn ok(name: &'static str) -> impl Fn(&Notification) -> Result<Receipt, NotifyErr
 }
 
 fn chat() -> Notification {
-    Composer::default().chat("Alice", &Room::new("r", "Room"), Recipient::new("bob", "Bob"), "hi")
+    Composer::default().chat(
+        "Alice",
+        &Room::new("r", "Room"),
+        Recipient::new("bob", "Bob"),
+        "hi",
+    )
 }
 
 fn fast_policy() -> RetryPolicy {
@@ -86,7 +91,11 @@ async fn transient_primary_is_retried_then_falls_back() {
     let outcome = dispatcher(primary, fallback).dispatch(chat()).await;
     assert_eq!(outcome.delivered.as_ref().unwrap().provider, "fallback");
     assert!(outcome.used_fallback());
-    let tries: Vec<_> = outcome.attempts.iter().map(|a| (a.provider.as_str(), a.try_number, a.error_class)).collect();
+    let tries: Vec<_> = outcome
+        .attempts
+        .iter()
+        .map(|a| (a.provider.as_str(), a.try_number, a.error_class))
+        .collect();
     assert_eq!(
         tries,
         [
@@ -117,10 +126,16 @@ async fn transient_then_success_stays_on_the_primary() {
 
 #[tokio::test]
 async fn permanent_and_misconfigured_move_on_without_retry() {
-    for err in [NotifyError::permanent("400"), NotifyError::misconfigured("401")] {
+    for err in [
+        NotifyError::permanent("400"),
+        NotifyError::misconfigured("401"),
+    ] {
         let mut primary = provider("primary");
         let e = err.clone();
-        primary.expect_send().times(1).returning(move |_| Err(e.clone()));
+        primary
+            .expect_send()
+            .times(1)
+            .returning(move |_| Err(e.clone()));
         let mut fallback = provider("fallback");
         fallback.expect_send().times(1).returning(ok("fallback"));
         let outcome = dispatcher(primary, fallback).dispatch(chat()).await;
@@ -132,15 +147,24 @@ async fn permanent_and_misconfigured_move_on_without_retry() {
 #[tokio::test]
 async fn all_failing_records_every_attempt_and_does_not_panic() {
     let mut primary = provider("primary");
-    primary.expect_send().times(2).returning(|_| Err(NotifyError::transient("down")));
+    primary
+        .expect_send()
+        .times(2)
+        .returning(|_| Err(NotifyError::transient("down")));
     let mut fallback = provider("fallback");
-    fallback.expect_send().times(1).returning(|_| Err(NotifyError::permanent("nope")));
+    fallback
+        .expect_send()
+        .times(1)
+        .returning(|_| Err(NotifyError::permanent("nope")));
     let outcome = dispatcher(primary, fallback).dispatch(chat()).await;
     assert!(!outcome.is_delivered());
     assert_eq!(outcome.attempts.len(), 3);
     assert!(outcome.attempts.iter().all(|a| a.error.is_some()));
     let summary = outcome.failure_summary();
-    assert!(summary.contains("primary try 2") && summary.contains("nope"), "{summary}");
+    assert!(
+        summary.contains("primary try 2") && summary.contains("nope"),
+        "{summary}"
+    );
 }
 
 #[tokio::test]
@@ -208,14 +232,22 @@ async fn a_hung_provider_is_cut_off_by_the_send_timeout() {
         .notifier(Arc::new(Hung))
         .notifier(Arc::new(fallback))
         .route(Kind::Chat, ["hung", "fallback"])
-        .policy(RetryPolicy { attempts_per_provider: 1, send_timeout: Duration::from_secs(5), ..fast_policy() })
+        .policy(RetryPolicy {
+            attempts_per_provider: 1,
+            send_timeout: Duration::from_secs(5),
+            ..fast_policy()
+        })
         .build()
         .unwrap();
     let started = tokio::time::Instant::now();
     let outcome = d.dispatch(chat()).await;
     assert_eq!(outcome.delivered.as_ref().unwrap().provider, "fallback");
     assert_eq!(outcome.attempts[0].error_class, Some(ErrorClass::Transient));
-    assert!(outcome.attempts[0].error.as_ref().unwrap().contains("did not answer"));
+    assert!(outcome.attempts[0]
+        .error
+        .as_ref()
+        .unwrap()
+        .contains("did not answer"));
     assert_eq!(started.elapsed(), Duration::from_secs(5));
 }
 
@@ -236,9 +268,18 @@ async fn unreachable_and_disabled_providers_are_skipped() {
         .unwrap();
     let outcome = d.dispatch(chat()).await;
     assert_eq!(outcome.delivered.as_ref().unwrap().provider, "fallback");
-    let skipped: Vec<(&str, SkipReason)> =
-        outcome.skipped.iter().map(|s| (s.provider.as_str(), s.reason)).collect();
-    assert_eq!(skipped, [("gotify", SkipReason::NotConfigured), ("primary", SkipReason::NoAddress)]);
+    let skipped: Vec<(&str, SkipReason)> = outcome
+        .skipped
+        .iter()
+        .map(|s| (s.provider.as_str(), s.reason))
+        .collect();
+    assert_eq!(
+        skipped,
+        [
+            ("gotify", SkipReason::NotConfigured),
+            ("primary", SkipReason::NoAddress)
+        ]
+    );
 }
 
 #[tokio::test]
@@ -263,14 +304,20 @@ fn a_route_naming_an_unknown_provider_is_a_build_error() {
         .build()
         .unwrap_err();
     let msg = err.to_string();
-    assert!(msg.contains("routes.call") && msg.contains("pigeon"), "{msg}");
+    assert!(
+        msg.contains("routes.call") && msg.contains("pigeon"),
+        "{msg}"
+    );
     assert!(msg.contains("gotify, primary"), "{msg}");
 }
 
 #[test]
 fn zero_attempts_is_refused() {
     let err = Dispatcher::builder()
-        .policy(RetryPolicy { attempts_per_provider: 0, ..RetryPolicy::default() })
+        .policy(RetryPolicy {
+            attempts_per_provider: 0,
+            ..RetryPolicy::default()
+        })
         .build()
         .unwrap_err();
     assert!(err.to_string().contains("attempts_per_provider"));

@@ -218,7 +218,10 @@ struct CreateMessage {
     extras: Option<serde_json::Map<String, Value>>,
 }
 
-fn find_token(query: &HashMap<String, String>, headers: &HeaderMap) -> Option<(String, TokenSource)> {
+fn find_token(
+    query: &HashMap<String, String>,
+    headers: &HeaderMap,
+) -> Option<(String, TokenSource)> {
     if let Some(t) = query.get("token") {
         return Some((t.clone(), TokenSource::Query));
     }
@@ -282,15 +285,14 @@ async fn create_message(
             "you need to provide a valid access token or user credentials to access this api",
         );
     };
-    let appid = match shared.lock().tokens.get(&token) {
-        Some(appid) => *appid,
-        None => {
-            return gotify_error(
+    let appid =
+        match shared.lock().tokens.get(&token) {
+            Some(appid) => *appid,
+            None => return gotify_error(
                 StatusCode::UNAUTHORIZED,
                 "you need to provide a valid access token or user credentials to access this api",
-            )
-        }
-    };
+            ),
+        };
 
     let content_type = headers
         .get("content-type")

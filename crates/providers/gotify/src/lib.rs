@@ -323,7 +323,11 @@ impl Notifier for GotifyNotifier {
         format!(
             "url={}, default token: {}, timeout={:?}",
             self.base_url,
-            if self.token.is_some() { "set (redacted)" } else { "none" },
+            if self.token.is_some() {
+                "set (redacted)"
+            } else {
+                "none"
+            },
             self.timeout
         )
     }
@@ -388,7 +392,9 @@ impl Notifier for GotifyNotifier {
             Ok(resp) => {
                 let status = resp.status();
                 match resp.json::<GotifyHealth>().await {
-                    Ok(h) if status.is_success() && h.health == "green" && h.database == "green" => {
+                    Ok(h)
+                        if status.is_success() && h.health == "green" && h.database == "green" =>
+                    {
                         Health::Healthy
                     }
                     Ok(h) => Health::Unhealthy(format!(

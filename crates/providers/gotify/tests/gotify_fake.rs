@@ -38,15 +38,28 @@ async fn delivers_with_header_auth_priority_and_extras() {
     assert_eq!(got.len(), 1);
     let m = &got[0];
     assert_eq!(receipt.provider, "gotify");
-    assert_eq!(receipt.message_id.as_deref(), Some(m.id.to_string().as_str()));
-    assert_eq!(m.token_source, TokenSource::Header, "token must travel in X-Gotify-Key");
+    assert_eq!(
+        receipt.message_id.as_deref(),
+        Some(m.id.to_string().as_str())
+    );
+    assert_eq!(
+        m.token_source,
+        TokenSource::Header,
+        "token must travel in X-Gotify-Key"
+    );
     assert_eq!(m.appid, 7);
     assert_eq!(m.title, "💬 Alice dans Test Gotify");
     assert_eq!(m.message, "Salut Bob, tu es là ?");
     assert_eq!(m.priority, Some(6));
     assert!(m.headers["content-type"].starts_with("application/json"));
-    assert_eq!(m.extras["client::notification"]["click"]["url"], "mesh://room/room-1");
-    assert_eq!(m.extras["android::action"]["onReceive"]["intentUrl"], "mesh://room/room-1");
+    assert_eq!(
+        m.extras["client::notification"]["click"]["url"],
+        "mesh://room/room-1"
+    );
+    assert_eq!(
+        m.extras["android::action"]["onReceive"]["intentUrl"],
+        "mesh://room/room-1"
+    );
     assert_eq!(m.extras["client::display"]["contentType"], "text/plain");
     assert_eq!(m.extras["mesh::notification"]["id"], n.id.to_string());
 }
@@ -55,19 +68,32 @@ async fn delivers_with_header_auth_priority_and_extras() {
 async fn markdown_sets_the_content_type() {
     let fake = FakeGotify::start(&[(APP_TOKEN, 1)]).await.unwrap();
     let gotify = notifier(&fake, Some(APP_TOKEN), Duration::from_secs(5));
-    let mut composer = Composer::default();
-    composer.markdown = true;
-    let n = composer.file("Alice", &Room::new("r", "R"), Recipient::new("b", "B"), "a.pdf");
+    let composer = Composer {
+        markdown: true,
+        ..Composer::default()
+    };
+    let n = composer.file(
+        "Alice",
+        &Room::new("r", "R"),
+        Recipient::new("b", "B"),
+        "a.pdf",
+    );
     gotify.send(&n).await.unwrap();
-    assert_eq!(fake.messages()[0].extras["client::display"]["contentType"], "text/markdown");
+    assert_eq!(
+        fake.messages()[0].extras["client::display"]["contentType"],
+        "text/markdown"
+    );
     assert_eq!(fake.messages()[0].priority, Some(5));
 }
 
 #[tokio::test]
 async fn recipient_token_overrides_the_default() {
-    let fake = FakeGotify::start(&[(APP_TOKEN, 1), (USER_TOKEN, 2)]).await.unwrap();
+    let fake = FakeGotify::start(&[(APP_TOKEN, 1), (USER_TOKEN, 2)])
+        .await
+        .unwrap();
     let gotify = notifier(&fake, Some(APP_TOKEN), Duration::from_secs(5));
-    let bob = Recipient::new("bob", "Bob").with_address(Address::new(AddressKind::Gotify, USER_TOKEN));
+    let bob =
+        Recipient::new("bob", "Bob").with_address(Address::new(AddressKind::Gotify, USER_TOKEN));
     gotify.send(&chat_for(bob)).await.unwrap();
     assert_eq!(fake.messages()[0].appid, 2);
     assert_eq!(fake.messages()[0].token, USER_TOKEN);
@@ -78,10 +104,16 @@ async fn base_url_path_prefix_is_kept() {
     let fake = FakeGotify::start(&[(APP_TOKEN, 1)]).await.unwrap();
     // No prefix route exists on the fake, so a prefixed URL must 404 -> permanent,
     // proving the prefix was not dropped.
-    let gotify =
-        GotifyNotifier::new(&format!("{}/gotify", fake.url()), Some(Secret::new(APP_TOKEN)), Duration::from_secs(5))
-            .unwrap();
-    let err = gotify.send(&chat_for(Recipient::new("b", "B"))).await.unwrap_err();
+    let gotify = GotifyNotifier::new(
+        &format!("{}/gotify", fake.url()),
+        Some(Secret::new(APP_TOKEN)),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let err = gotify
+        .send(&chat_for(Recipient::new("b", "B")))
+        .await
+        .unwrap_err();
     assert_eq!(err.class(), ErrorClass::Permanent, "{err}");
     assert!(err.to_string().contains("404"), "{err}");
 }
@@ -90,7 +122,10 @@ async fn base_url_path_prefix_is_kept() {
 async fn a_refused_default_token_is_misconfigured_and_never_printed() {
     let fake = FakeGotify::start(&[(APP_TOKEN, 1)]).await.unwrap();
     let gotify = notifier(&fake, Some("WrongTok999"), Duration::from_secs(5));
-    let err = gotify.send(&chat_for(Recipient::new("b", "B"))).await.unwrap_err();
+    let err = gotify
+        .send(&chat_for(Recipient::new("b", "B")))
+        .await
+        .unwrap_err();
     assert_eq!(err.class(), ErrorClass::Misconfigured, "{err}");
     assert!(err.to_string().contains("401"), "{err}");
     assert!(!err.to_string().contains("WrongTok999"));
@@ -103,10 +138,17 @@ async fn a_refused_default_token_is_misconfigured_and_never_printed() {
 async fn a_refused_recipient_token_means_the_recipient_is_gone() {
     let fake = FakeGotify::start(&[(APP_TOKEN, 1)]).await.unwrap();
     let gotify = notifier(&fake, Some(APP_TOKEN), Duration::from_secs(5));
-    let bob = Recipient::new("bob", "Bob").with_address(Address::new(AddressKind::Gotify, "DeletedTok"));
+    let bob =
+        Recipient::new("bob", "Bob").with_address(Address::new(AddressKind::Gotify, "DeletedTok"));
     let err = gotify.send(&chat_for(bob)).await.unwrap_err();
     assert!(
-        matches!(err, NotifyError::RecipientGone { address: AddressKind::Gotify, .. }),
+        matches!(
+            err,
+            NotifyError::RecipientGone {
+                address: AddressKind::Gotify,
+                ..
+            }
+        ),
         "{err:?}"
     );
 }
@@ -115,18 +157,36 @@ async fn a_refused_recipient_token_means_the_recipient_is_gone() {
 async fn server_errors_are_transient_and_honour_retry_after() {
     let fake = FakeGotify::start(&[(APP_TOKEN, 1)]).await.unwrap();
     let gotify = notifier(&fake, Some(APP_TOKEN), Duration::from_secs(5));
-    fake.set_mode(Mode::Status { status: 503, retry_after: Some("7".into()) });
-    let err = gotify.send(&chat_for(Recipient::new("b", "B"))).await.unwrap_err();
+    fake.set_mode(Mode::Status {
+        status: 503,
+        retry_after: Some("7".into()),
+    });
+    let err = gotify
+        .send(&chat_for(Recipient::new("b", "B")))
+        .await
+        .unwrap_err();
     assert_eq!(err.class(), ErrorClass::Transient);
     assert_eq!(err.retry_after(), Some(Duration::from_secs(7)));
 
-    fake.set_mode(Mode::Status { status: 500, retry_after: None });
-    let err = gotify.send(&chat_for(Recipient::new("b", "B"))).await.unwrap_err();
+    fake.set_mode(Mode::Status {
+        status: 500,
+        retry_after: None,
+    });
+    let err = gotify
+        .send(&chat_for(Recipient::new("b", "B")))
+        .await
+        .unwrap_err();
     assert_eq!(err.class(), ErrorClass::Transient);
     assert_eq!(err.retry_after(), None);
 
-    fake.set_mode(Mode::Status { status: 400, retry_after: None });
-    let err = gotify.send(&chat_for(Recipient::new("b", "B"))).await.unwrap_err();
+    fake.set_mode(Mode::Status {
+        status: 400,
+        retry_after: None,
+    });
+    let err = gotify
+        .send(&chat_for(Recipient::new("b", "B")))
+        .await
+        .unwrap_err();
     assert_eq!(err.class(), ErrorClass::Permanent);
 }
 
@@ -136,7 +196,10 @@ async fn a_hung_server_times_out_as_transient() {
     fake.set_mode(Mode::Hang);
     let gotify = notifier(&fake, Some(APP_TOKEN), Duration::from_millis(200));
     let started = std::time::Instant::now();
-    let err = gotify.send(&chat_for(Recipient::new("b", "B"))).await.unwrap_err();
+    let err = gotify
+        .send(&chat_for(Recipient::new("b", "B")))
+        .await
+        .unwrap_err();
     assert_eq!(err.class(), ErrorClass::Transient, "{err}");
     assert!(err.to_string().contains("did not answer"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(3));
@@ -149,12 +212,18 @@ async fn refused_connections_are_transient_and_health_says_so() {
     assert_eq!(gotify.health().await, Health::Healthy);
     fake.stop();
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let err = gotify.send(&chat_for(Recipient::new("b", "B"))).await.unwrap_err();
+    let err = gotify
+        .send(&chat_for(Recipient::new("b", "B")))
+        .await
+        .unwrap_err();
     assert_eq!(err.class(), ErrorClass::Transient, "{err}");
     assert!(err.to_string().contains("cannot connect"), "{err}");
     assert!(matches!(gotify.health().await, Health::Unhealthy(_)));
     fake.restart().await.unwrap();
-    gotify.send(&chat_for(Recipient::new("b", "B"))).await.unwrap();
+    gotify
+        .send(&chat_for(Recipient::new("b", "B")))
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -163,7 +232,10 @@ async fn without_any_token_the_recipient_is_unreachable() {
     let gotify = notifier(&fake, None, Duration::from_secs(5));
     let n = chat_for(Recipient::new("b", "B"));
     assert!(!gotify.can_reach(&n));
-    assert_eq!(gotify.send(&n).await.unwrap_err().class(), ErrorClass::Unreachable);
+    assert_eq!(
+        gotify.send(&n).await.unwrap_err().class(),
+        ErrorClass::Unreachable
+    );
     assert_eq!(fake.requests(), 0);
 }
 
@@ -183,15 +255,31 @@ fn status_classification_table() {
     let e = classify_status(StatusCode::BAD_REQUEST, None, body, false);
     assert_eq!(e.class(), ErrorClass::Permanent);
     assert!(e.to_string().contains("Field 'message' is required"));
-    assert_eq!(classify_status(StatusCode::FORBIDDEN, None, "", false).class(), ErrorClass::Misconfigured);
-    assert_eq!(classify_status(StatusCode::PAYLOAD_TOO_LARGE, None, "", false).class(), ErrorClass::Permanent);
-    assert_eq!(classify_status(StatusCode::TOO_MANY_REQUESTS, Some("3"), "", false).retry_after(), Some(Duration::from_secs(3)));
-    assert_eq!(classify_status(StatusCode::BAD_GATEWAY, None, "", false).class(), ErrorClass::Transient);
+    assert_eq!(
+        classify_status(StatusCode::FORBIDDEN, None, "", false).class(),
+        ErrorClass::Misconfigured
+    );
+    assert_eq!(
+        classify_status(StatusCode::PAYLOAD_TOO_LARGE, None, "", false).class(),
+        ErrorClass::Permanent
+    );
+    assert_eq!(
+        classify_status(StatusCode::TOO_MANY_REQUESTS, Some("3"), "", false).retry_after(),
+        Some(Duration::from_secs(3))
+    );
+    assert_eq!(
+        classify_status(StatusCode::BAD_GATEWAY, None, "", false).class(),
+        ErrorClass::Transient
+    );
 }
 
 #[test]
 fn config_rejects_bad_urls_and_reads_token_files() {
-    let bad = |u: &str| GotifyNotifier::new(u, None, Duration::from_secs(1)).unwrap_err().to_string();
+    let bad = |u: &str| {
+        GotifyNotifier::new(u, None, Duration::from_secs(1))
+            .unwrap_err()
+            .to_string()
+    };
     assert!(bad("ftp://x").contains("scheme"));
     assert!(bad("not a url").contains("invalid Gotify url"));
     assert!(bad("https://user:pw@h").contains("credentials"));
