@@ -105,6 +105,10 @@ pub struct ProvidersConfig {
     #[cfg(feature = "fcm")]
     #[serde(default)]
     pub fcm: Option<mesh_notify_fcm::FcmConfig>,
+    /// `[providers.apns]`.
+    #[cfg(feature = "apns")]
+    #[serde(default)]
+    pub apns: Option<mesh_notify_apns::ApnsConfig>,
     /// `[providers.log]`.
     #[serde(default)]
     pub log: LogConfig,
@@ -621,6 +625,12 @@ impl Config {
                     .map_err(|m| invalid(key, m))?;
             }
         }
+        #[cfg(feature = "apns")]
+        if let Some(c) = &self.providers.apns {
+            let (key, url) = c.url_to_check();
+            check_url(self.profile, "providers.apns", &url, c.allow_insecure_http)
+                .map_err(|m| invalid(key, m))?;
+        }
         for kind in Kind::ALL {
             for name in self.routes.get(kind) {
                 if !KNOWN_PROVIDERS.contains(&name.as_str()) {
@@ -766,6 +776,19 @@ impl Config {
             tracing::info!("FCM configured: project {}", notifier.project_id());
             builder = builder.notifier(Arc::new(notifier));
             enabled.push("fcm");
+        }
+
+        #[cfg(feature = "apns")]
+        if let Some(c) = &self.providers.apns {
+            let key = "providers.apns.key_file";
+            let notifier = c.build(self.timeout).map_err(|e| ConfigError::Invalid {
+                key: key.to_string(),
+                source_name: Self::source_of(figment, key),
+                message: e.to_string(),
+            })?;
+            tracing::info!("APNs configured: {} (topic {})", notifier.base_url(), notifier.topic());
+            builder = builder.notifier(Arc::new(notifier));
+            enabled.push("apns");
         }
 
         if self.providers.log.enabled {
