@@ -1,0 +1,355 @@
+//! End to end: mesh-server in-process, real WebSocket clients, the fake Gotify on
+//! loopback as the provider. Seed Tests 2 and 3, files, cancellation, fallback,
+//! recovery and restart.
+
+mod common;
+
+use common::*;
+use mesh_notify_testkit::gotify::{FakeGotify, Mode};
+use serde_json::{json, Value};
+
+async fn fake() -> FakeGotify {
+    FakeGotify::start(&[(APP_TOKEN, 1), ("bob-own-token", 2)])
+        .await
+        .expect("fake gotify")
+}
+
+struct Scene {
+    api: Api,
+    alice: User,
+    bob: User,
+    room: i64,
+}
+
+/// Alice and Bob register, Alice creates "Test Gotify" and invites Bob.
+async fn scene(server: &mesh_server::ServerHandle) -> Scene {
+    let api = Api::new(server);
+    let alice = api.register_and_login("alice", "Alice").await;
+    let bob = api.register_and_login("bob", "Bob").await;
+    let room = api.create_room(&alice, "Test Gotify").await;
+    api.invite(&alice, room, "bob").await;
+    Scene {
+        api,
+        alice,
+        bob,
+        room,
+    }
+}
+
+fn click(m: &mesh_notify_testkit::gotify::ReceivedMessage) -> Value {
+    m.extras["client::notification"]["click"]["url"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_test_2_absent_member_gets_exactly_one_chat_notification() {
+    let gotify = fake().await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(&figment(&gotify.url(), dir.path(), "")).await;
+    let s = scene(&server).await;
+
+    let mut alice = Ws::connect(&server, &s.alice.token).await;
+    assert_eq!(alice.join(s.room).await["type"], "ack");
+    let mut bob = Ws::connect(&server, &s.bob.token).await;
+    assert_eq!(bob.join(s.room).await["type"], "ack");
+    presence(&mut alice, s.room, &s.bob, "joined").await;
+
+    // While Bob is in the room: the message arrives live and nothing is pushed.
+    let ack = alice.say(s.room, "Tu es là ?").await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    let live = bob.wait_type("chat.message").await;
+    assert_eq!(live["message"]["text"], "Tu es là ?");
+    assert_eq!(live["message"]["display_name"], "Alice");
+
+    // Bob disconnects; Alice sees him leave, then writes a long message.
+    bob.close().await;
+    presence(&mut alice, s.room, &s.bob, "left").await;
+    let long = format!("Salut Bob ! {}", "x".repeat(150));
+    assert_eq!(alice.say(s.room, &long).await["type"], "ack");
+
+    eventually("one notification at the fake", || {
+        gotify.messages().len() == 1
+    })
+    .await;
+    outbox_drained(&server).await;
+    let msgs = gotify.messages();
+    assert_eq!(
+        msgs.len(),
+        1,
+        "exactly one notification (none for the message Bob saw live, none for Alice)"
+    );
+    let m = &msgs[0];
+    assert_eq!(m.title, "💬 Alice dans Test Gotify");
+    assert_eq!(
+        m.message.chars().count(),
+        100,
+        "body cut to 100 chars: {}",
+        m.message
+    );
+    assert!(m.message.starts_with("Salut Bob !"));
+    assert_eq!(m.priority, Some(6));
+    assert_eq!(click(m), json!(format!("mesh://room/{}", s.room)));
+    assert_eq!(
+        m.token, APP_TOKEN,
+        "Bob has no address: the global Gotify app token is used"
+    );
+
+    // The history has both messages, newest first.
+    let history = s.api.history(&s.alice, s.room).await;
+    assert_eq!(history.len(), 2);
+    assert_eq!(history[1]["text"], "Tu es là ?");
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recipients_own_gotify_token_is_used_and_sender_is_never_notified() {
+    let gotify = fake().await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(&figment(&gotify.url(), dir.path(), "")).await;
+    let s = scene(&server).await;
+    let (status, body) = s
+        .api
+        .call(
+            "POST",
+            "/api/me/addresses",
+            Some(&s.bob.token),
+            Some(json!({"kind": "gotify", "value": "bob-own-token"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    // A second tab of Bob's that is NOT in the room does not make him present.
+    let _bob_elsewhere = Ws::connect(&server, &s.bob.token).await;
+    let mut alice = Ws::connect(&server, &s.alice.token).await;
+    alice.join(s.room).await;
+    assert_eq!(alice.say(s.room, "pour Bob").await["type"], "ack");
+    eventually("Bob's notification", || gotify.messages().len() == 1).await;
+    outbox_drained(&server).await;
+    let msgs = gotify.messages();
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(msgs[0].token, "bob-own-token");
+    assert_eq!(msgs[0].appid, 2);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_test_3_call_notification_when_offline_relay_when_connected() {
+    let gotify = fake().await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(&figment(&gotify.url(), dir.path(), "")).await;
+    let s = scene(&server).await;
+    let mut alice = Ws::connect(&server, &s.alice.token).await;
+    alice.join(s.room).await;
+
+    // Bob is not connected: the offer becomes a call notification.
+    alice
+        .send(json!({"type": "rtc.offer", "room_id": s.room, "to": "bob", "sdp": "v=0 offer"}))
+        .await;
+    let ack = alice
+        .wait_for("offer ack", |v| {
+            v["type"] == "ack" && v["for"] == "rtc.offer"
+        })
+        .await;
+    assert_eq!(ack["relayed"], false);
+    assert_eq!(ack["notified"], true);
+    eventually("call notification", || gotify.messages().len() == 1).await;
+    let m = &gotify.messages()[0];
+    assert_eq!(m.title, "📞 Appel audio/vidéo de Alice");
+    assert_eq!(m.message, "Appel entrant dans Test Gotify");
+    assert_eq!(m.priority, Some(8));
+    assert_eq!(click(m), json!(format!("mesh://room/{}", s.room)));
+
+    // Bob connected (not even in the room): the offer is relayed, nothing pushed.
+    let mut bob = Ws::connect(&server, &s.bob.token).await;
+    alice
+        .send(json!({"type": "rtc.offer", "room_id": s.room, "to": s.bob.id, "sdp": "v=0 second"}))
+        .await;
+    let offer = bob.wait_type("rtc.offer").await;
+    assert_eq!(offer["sdp"], "v=0 second");
+    assert_eq!(offer["from"]["id"], s.alice.id);
+    assert_eq!(offer["room_id"], s.room);
+    let ack = alice
+        .wait_for("offer ack", |v| {
+            v["type"] == "ack" && v["for"] == "rtc.offer"
+        })
+        .await;
+    assert_eq!(ack["relayed"], true);
+    // Answer and ICE go back the other way.
+    bob.send(json!({"type": "rtc.answer", "room_id": s.room, "to": "alice", "sdp": "v=0 answer"}))
+        .await;
+    assert_eq!(alice.wait_type("rtc.answer").await["sdp"], "v=0 answer");
+    bob.send(json!({"type": "rtc.ice", "room_id": s.room, "to": s.alice.id, "candidate": {"candidate": "c1", "sdpMid": "0"}}))
+        .await;
+    assert_eq!(
+        alice.wait_type("rtc.ice").await["candidate"]["candidate"],
+        "c1"
+    );
+    outbox_drained(&server).await;
+    assert_eq!(gotify.messages().len(), 1, "no push while Bob is connected");
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_share_notifies_absent_member_and_is_broadcast() {
+    let gotify = fake().await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(&figment(&gotify.url(), dir.path(), "")).await;
+    let s = scene(&server).await;
+    let mut alice = Ws::connect(&server, &s.alice.token).await;
+    alice.join(s.room).await;
+    alice
+        .send(json!({"type": "file.share", "room_id": s.room, "name": "photo.jpg", "size": 123456, "mime": "image/jpeg"}))
+        .await;
+    let shared = alice.wait_type("file.shared").await;
+    assert_eq!(
+        shared["message"]["file"],
+        json!({"name": "photo.jpg", "size": 123456, "mime": "image/jpeg"})
+    );
+    eventually("file notification", || gotify.messages().len() == 1).await;
+    let m = &gotify.messages()[0];
+    assert_eq!(m.title, "📁 Alice a partagé un fichier");
+    assert_eq!(m.message, "Fichier: photo.jpg\nDans: Test Gotify");
+    assert_eq!(m.priority, Some(5));
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejoining_the_room_cancels_the_queued_chat_notification() {
+    let gotify = fake().await;
+    // Gotify refuses with a long Retry-After: the notification waits in the outbox.
+    gotify.set_mode(Mode::Status {
+        status: 503,
+        retry_after: Some("30".into()),
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let extra = "[routes]\nchat = [\"gotify\"]\n[queue]\nmax_backoff = \"60s\"";
+    let server = start(&figment(&gotify.url(), dir.path(), extra)).await;
+    let s = scene(&server).await;
+    let mut alice = Ws::connect(&server, &s.alice.token).await;
+    alice.join(s.room).await;
+    assert_eq!(alice.say(s.room, "premier").await["type"], "ack");
+    eventually("first attempt refused", || gotify.requests() >= 1).await;
+    // Wait until the refused attempt is settled (due again in 30 s, not leased).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let st = outbox_stats(&server).await;
+        if st.pending == 1 && st.in_flight == 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{st:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
+    // Bob comes back into the room: he sees the message, the push is dropped.
+    let mut bob = Ws::connect(&server, &s.bob.token).await;
+    assert_eq!(bob.join(s.room).await["type"], "ack");
+    assert_eq!(
+        outbox_stats(&server).await.pending,
+        0,
+        "queued chat notification cancelled"
+    );
+
+    // Gotify recovers; Bob leaves; a new message is pushed, the old one never is.
+    gotify.set_mode(Mode::Normal);
+    bob.close().await;
+    presence(&mut alice, s.room, &s.bob, "left").await;
+    assert_eq!(alice.say(s.room, "second").await["type"], "ack");
+    eventually("second notification", || !gotify.messages().is_empty()).await;
+    outbox_drained(&server).await;
+    let msgs = gotify.messages();
+    assert_eq!(
+        msgs.len(),
+        1,
+        "{:?}",
+        msgs.iter().map(|m| &m.message).collect::<Vec<_>>()
+    );
+    assert_eq!(msgs[0].message, "second");
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gotify_down_the_log_fallback_delivers() {
+    let mut gotify = fake().await;
+    gotify.stop(); // connection refused
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(&figment(&gotify.url(), dir.path(), "")).await;
+    let s = scene(&server).await;
+    let mut alice = Ws::connect(&server, &s.alice.token).await;
+    alice.join(s.room).await;
+    assert_eq!(alice.say(s.room, "via le journal").await["type"], "ack");
+    // Nothing pending and nothing dead: the route's fallback (log) delivered it.
+    outbox_drained(&server).await;
+    let outbox = server.dispatcher().outbox().unwrap();
+    assert!(outbox.dead(10).await.unwrap().is_empty());
+    assert!(gotify.messages().is_empty());
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_providers_down_delivered_once_after_recovery_across_a_restart() {
+    let gotify = fake().await;
+    gotify.set_mode(Mode::Status {
+        status: 503,
+        retry_after: None,
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let fig = figment(&gotify.url(), dir.path(), "[routes]\nchat = [\"gotify\"]");
+    let server = start(&fig).await;
+    let s = scene(&server).await;
+    let mut alice = Ws::connect(&server, &s.alice.token).await;
+    alice.join(s.room).await;
+    assert_eq!(alice.say(s.room, "tiens bon").await["type"], "ack");
+    eventually("retried while Gotify is down", || gotify.requests() >= 2).await;
+    assert!(gotify.messages().is_empty());
+    drop(alice);
+    server.shutdown().await.unwrap();
+
+    // A new server on the same data directory; Gotify recovers.
+    let server = start(&fig).await;
+    let before = gotify.requests();
+    gotify.set_mode(Mode::Normal);
+    eventually("delivered after recovery", || gotify.messages().len() == 1).await;
+    outbox_drained(&server).await;
+    let msgs = gotify.messages();
+    assert_eq!(msgs.len(), 1, "delivered exactly once");
+    assert_eq!(msgs[0].message, "tiens bon");
+    assert!(gotify.requests() > before);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_gotify_token_is_deleted_from_the_users_addresses() {
+    let gotify = fake().await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(&figment(&gotify.url(), dir.path(), "")).await;
+    let s = scene(&server).await;
+    // A token the fake does not know: Gotify answers 401 → recipient gone.
+    let (status, _) = s
+        .api
+        .call(
+            "POST",
+            "/api/me/addresses",
+            Some(&s.bob.token),
+            Some(json!({"kind": "gotify", "value": "deleted-app-token"})),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let mut alice = Ws::connect(&server, &s.alice.token).await;
+    alice.join(s.room).await;
+    assert_eq!(alice.say(s.room, "allo").await["type"], "ack");
+    let api = s.api.clone();
+    let token = s.bob.token.clone();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_, body) = api
+            .call("GET", "/api/me/addresses", Some(&token), None)
+            .await;
+        if body["addresses"].as_array().is_some_and(Vec::is_empty) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "dead address still listed: {body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    server.shutdown().await.unwrap();
+}
