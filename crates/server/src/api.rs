@@ -4,7 +4,7 @@ use crate::rusqlite;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::rusqlite::{params, OptionalExtension};
+use crate::rusqlite::{params, OptionalExtension, TransactionBehavior};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::StatusCode;
@@ -234,7 +234,7 @@ async fn create_room(
     let room = state
         .store
         .call(move |conn| {
-            let tx = conn.transaction()?;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let now = now_ms();
             tx.execute(
                 "INSERT INTO rooms (name, created_by, created_at) VALUES (?1, ?2, ?3)",

@@ -10,7 +10,7 @@ use crate::rusqlite;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use crate::rusqlite::{params, Connection, OptionalExtension};
+use crate::rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use mesh_notify_core::{Address, AddressKind, Recipient, Secret};
 use serde::Serialize;
 
@@ -361,7 +361,7 @@ pub(crate) fn take_pending(
     user_id: i64,
     room_id: i64,
 ) -> rusqlite::Result<Vec<String>> {
-    let tx = conn.transaction()?;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let ids = {
         let mut stmt = tx.prepare_cached(
             "DELETE FROM pending_notifications WHERE user_id = ?1 AND room_id = ?2 AND kind IN ('chat', 'file')

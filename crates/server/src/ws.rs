@@ -9,7 +9,7 @@
 
 use std::time::Instant;
 
-use crate::rusqlite::params;
+use crate::rusqlite::{params, TransactionBehavior};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
@@ -337,7 +337,7 @@ async fn store_and_notify(
     let (message, queued) = state
         .store
         .call(move |c| {
-            let tx = c.transaction()?;
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let room = store::room_for_member(&tx, room_id, sender.id)?;
             let now = now_ms();
             tx.execute(

@@ -353,3 +353,37 @@ async fn dead_gotify_token_is_deleted_from_the_users_addresses() {
     }
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_gotify_does_not_slow_chat() {
+    let gotify = fake().await;
+    gotify.set_mode(Mode::Hang);
+    let dir = tempfile::tempdir().unwrap();
+    // Provider timeout 2 s: a handler that waited on Gotify would take >= 2 s per message.
+    let server = start(&figment(
+        &gotify.url(),
+        dir.path(),
+        "[routes]\nchat = [\"gotify\"]",
+    ))
+    .await;
+    let s = scene(&server).await;
+    let mut alice = Ws::connect(&server, &s.alice.token).await;
+    alice.join(s.room).await;
+    let started = std::time::Instant::now();
+    for i in 0..10 {
+        let ack = alice.say(s.room, &format!("m{i}")).await;
+        assert_eq!(ack["type"], "ack", "{ack}");
+    }
+    let elapsed = started.elapsed();
+    eventually("workers are stuck on the hung Gotify", || {
+        gotify.requests() >= 1
+    })
+    .await;
+    assert!(
+        elapsed < std::time::Duration::from_millis(1500),
+        "10 messages took {elapsed:?}"
+    );
+    assert_eq!(s.api.history(&s.alice, s.room).await.len(), 10);
+    drop(alice);
+    server.shutdown().await.unwrap();
+}
