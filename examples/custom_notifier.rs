@@ -42,7 +42,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .notifier(Arc::new(StdoutNotifier))
         .route(Kind::File, ["stdout"])
         .build()?;
-    let n = Composer::default().file("Alice", &Room::new("r1", "Projets"), Recipient::new("bob", "Bob"), "plan.pdf");
+    let n = Composer::default().file(
+        "Alice",
+        &Room::new("r1", "Projets"),
+        Recipient::new("bob", "Bob"),
+        "plan.pdf",
+    );
     let outcome = dispatcher.dispatch(n).await;
     assert!(outcome.is_delivered());
     Ok(())

@@ -12,7 +12,11 @@ use mesh_notify_gotify::GotifyNotifier;
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt().with_env_filter("info").init();
     // Port 9 on loopback: nothing listens there, so the connection is refused.
-    let gotify = GotifyNotifier::new("http://127.0.0.1:9", Some(Secret::new("demo")), Duration::from_secs(1))?;
+    let gotify = GotifyNotifier::new(
+        "http://127.0.0.1:9",
+        Some(Secret::new("demo")),
+        Duration::from_secs(1),
+    )?;
     let dispatcher = Dispatcher::builder()
         .notifier(Arc::new(gotify))
         .notifier(Arc::new(LogNotifier))
@@ -23,10 +27,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             ..RetryPolicy::default()
         })
         .build()?;
-    let call = Composer::default().call("Alice", &Room::new("r1", "Test Gotify"), Recipient::new("bob", "Bob"));
+    let call = Composer::default().call(
+        "Alice",
+        &Room::new("r1", "Test Gotify"),
+        Recipient::new("bob", "Bob"),
+    );
     let outcome = dispatcher.dispatch(call).await;
     for a in &outcome.attempts {
-        println!("{} try {}: {}", a.provider, a.try_number, a.error.as_deref().unwrap_or("delivered"));
+        println!(
+            "{} try {}: {}",
+            a.provider,
+            a.try_number,
+            a.error.as_deref().unwrap_or("delivered")
+        );
     }
     println!("fallback used: {}", outcome.used_fallback());
     Ok(())
