@@ -1,0 +1,908 @@
+//! The four scenarios. Each returns its table rows, or an error when it could not run.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use mesh_notify::{BreakerConfig, BreakerState, Dispatcher, QueuePolicy, RetryPolicy};
+use mesh_notify_core::{
+    Composer, Health, Kind, Notification, Notifier, NotifyError, Outbox, Receipt, Recipient, Room,
+    Secret, Timestamp,
+};
+use mesh_notify_gotify::{message_body, GotifyNotifier};
+use mesh_notify_outbox_sqlite::SqliteOutbox;
+use tokio::runtime::Handle;
+
+use crate::load::{self, fresh, Load, Op};
+use crate::report::{
+    fmt_duration, median, median_duration, reset_peak_rss, status_kib, thousands, Row,
+};
+use crate::sink::{Mode, Sink, SinkError, TOKEN};
+
+/// Why a scenario could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// The sink could not start.
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    /// Building a client, provider, dispatcher or outbox failed.
+    #[error("{scenario}: setup failed: {reason}")]
+    Setup {
+        /// Scenario.
+        scenario: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// A measurement did not complete (a delivery failed, a deadline passed).
+    #[error("{scenario}: {reason}")]
+    Run {
+        /// Scenario.
+        scenario: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+fn setup(scenario: &'static str) -> impl Fn(String) -> BenchError {
+    move |reason| BenchError::Setup { scenario, reason }
+}
+
+fn run_err(scenario: &'static str) -> impl Fn(String) -> BenchError {
+    move |reason| BenchError::Run { scenario, reason }
+}
+
+/// Sizes of one run.
+#[derive(Debug, Clone)]
+pub struct Sizes {
+    /// Measured repetitions per figure (medians are reported).
+    pub reps: usize,
+    /// Notifications per repetition at c=1.
+    pub c1: usize,
+    /// Notifications per repetition at c=64.
+    pub c64: usize,
+    /// Notifications per failover repetition (c=1).
+    pub failover: usize,
+    /// Notifications for the failover figure with the default retry policy.
+    pub failover_default_policy: usize,
+    /// The hung primary's timeout.
+    pub hang_timeout: Duration,
+    /// One-at-a-time durable enqueues per repetition.
+    pub durable: usize,
+    /// Batched enqueues per repetition.
+    pub batched: usize,
+    /// Entries per batch.
+    pub batch: usize,
+    /// Backlog drained after recovery.
+    pub backlog: usize,
+    /// Entries queued for the memory figure.
+    pub queued: usize,
+    /// Upper bound for waiting on the backlog drain.
+    pub drain_deadline: Duration,
+}
+
+impl Sizes {
+    /// Full run.
+    pub fn full() -> Self {
+        Self {
+            reps: 5,
+            c1: 2_000,
+            c64: 20_000,
+            failover: 1_000,
+            failover_default_policy: 10,
+            hang_timeout: Duration::from_millis(200),
+            durable: 1_000,
+            batched: 50_000,
+            batch: 500,
+            backlog: 100_000,
+            queued: 100_000,
+            drain_deadline: Duration::from_secs(600),
+        }
+    }
+
+    /// Smoke run: every scenario end to end in a few seconds.
+    pub fn quick() -> Self {
+        Self {
+            reps: 1,
+            c1: 100,
+            c64: 640,
+            failover: 50,
+            failover_default_policy: 2,
+            hang_timeout: Duration::from_millis(100),
+            durable: 30,
+            batched: 2_000,
+            batch: 500,
+            backlog: 2_000,
+            queued: 2_000,
+            drain_deadline: Duration::from_secs(60),
+        }
+    }
+}
+
+/// State shared by the scenarios of one run.
+pub struct Bench {
+    /// Sizes.
+    pub sizes: Sizes,
+    /// The runtime the sinks run on (separate from the clients' runtime).
+    pub sink_rt: Handle,
+    /// The healthy sink.
+    pub sink: Sink,
+    /// Live dispatch throughput at c=64, once measured.
+    pub live_c64: Option<f64>,
+    /// RSS when everything was started and nothing sent, KiB.
+    pub rss_at_rest_kib: Option<u64>,
+    /// Notes for the report (settings that shape the figures).
+    pub notes: Vec<String>,
+}
+
+/// The provider timeout used for healthy sinks (the CLI's default).
+const PROVIDER_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn template() -> Notification {
+    Composer::default().chat(
+        "Alice",
+        &Room::new("r-bench", "Test Gotify"),
+        Recipient::new("bob", "Bob"),
+        "Salut Bob, on se retrouve à 18 h dans la salle habituelle ? J'apporte le projecteur.",
+    )
+}
+
+fn gotify(
+    url: &str,
+    timeout: Duration,
+    scenario: &'static str,
+) -> Result<GotifyNotifier, BenchError> {
+    GotifyNotifier::new(url, Some(Secret::new(TOKEN)), timeout)
+        .map_err(|e| setup(scenario)(e.to_string()))
+}
+
+/// The same client settings as `GotifyNotifier::new`.
+fn baseline_client(timeout: Duration) -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .user_agent(concat!("mesh-notify/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+fn baseline_op(client: reqwest::Client, url: reqwest::Url) -> Op {
+    Arc::new(move |n: Notification| {
+        let client = client.clone();
+        let url = url.clone();
+        Box::pin(async move {
+            let resp = client
+                .post(url)
+                .header("X-Gotify-Key", TOKEN)
+                .json(&message_body(&n))
+                .send()
+                .await
+                .map_err(|e| format!("baseline POST failed: {e}"))?;
+            let status = resp.status();
+            let body = resp
+                .text()
+                .await
+                .map_err(|e| format!("baseline body: {e}"))?;
+            if status != reqwest::StatusCode::OK {
+                return Err(format!("baseline got {status}: {body}"));
+            }
+            Ok(())
+        })
+    })
+}
+
+fn dispatch_op(d: Arc<Dispatcher>) -> Op {
+    Arc::new(move |n: Notification| {
+        let d = Arc::clone(&d);
+        Box::pin(async move {
+            let o = d.dispatch(n).await;
+            if o.is_delivered() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "dispatcher did not deliver: {}",
+                    o.failure_summary()
+                ))
+            }
+        })
+    })
+}
+
+fn fmt_load(l: &Load) -> String {
+    format!(
+        "{}/s · p50 {} · p99 {}",
+        thousands(l.throughput),
+        fmt_duration(l.latency.p50),
+        fmt_duration(l.latency.p99)
+    )
+}
+
+/// Median throughput, p50, p99 and mean over repetitions.
+fn median_load(runs: &[Load]) -> Load {
+    let mut out = runs.first().copied().unwrap_or(Load {
+        throughput: 0.0,
+        latency: Default::default(),
+    });
+    out.throughput = median(&runs.iter().map(|l| l.throughput).collect::<Vec<_>>());
+    out.latency.p50 = median_duration(&runs.iter().map(|l| l.latency.p50).collect::<Vec<_>>());
+    out.latency.p99 = median_duration(&runs.iter().map(|l| l.latency.p99).collect::<Vec<_>>());
+    out.latency.mean = median_duration(&runs.iter().map(|l| l.latency.mean).collect::<Vec<_>>());
+    out
+}
+
+fn healthy_dispatcher(url: &str, scenario: &'static str) -> Result<Arc<Dispatcher>, BenchError> {
+    let d = Dispatcher::builder()
+        .notifier(Arc::new(gotify(url, PROVIDER_TIMEOUT, scenario)?))
+        .route(Kind::Chat, ["gotify"])
+        .build()
+        .map_err(|e| setup(scenario)(e.to_string()))?;
+    Ok(Arc::new(d))
+}
+
+/// Scenario 1: plain reqwest vs `Dispatcher::dispatch`, c=1 and c=64.
+pub async fn dispatch(b: &mut Bench) -> Result<Vec<Row>, BenchError> {
+    const S: &str = "dispatch";
+    let url = b.sink.url();
+    let message_url =
+        reqwest::Url::parse(&format!("{url}message")).map_err(|e| setup(S)(e.to_string()))?;
+    let client = baseline_client(PROVIDER_TIMEOUT).map_err(setup(S))?;
+    let base = baseline_op(client, message_url);
+    let disp = dispatch_op(healthy_dispatcher(&url, S)?);
+    let tpl = template();
+    let mut rows = Vec::new();
+    for (c, total) in [(1usize, b.sizes.c1), (64, b.sizes.c64)] {
+        // Warm-up (connections, allocator, caches): not recorded.
+        let warm = (total / 4).max(c);
+        load::run(c, warm, &tpl, Arc::clone(&base))
+            .await
+            .map_err(run_err(S))?;
+        load::run(c, warm, &tpl, Arc::clone(&disp))
+            .await
+            .map_err(run_err(S))?;
+        let (mut bs, mut ds, mut added) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..b.sizes.reps {
+            // Interleaved so that drift in the machine's load hits both alike.
+            let bl = load::run(c, total, &tpl, Arc::clone(&base))
+                .await
+                .map_err(run_err(S))?;
+            let dl = load::run(c, total, &tpl, Arc::clone(&disp))
+                .await
+                .map_err(run_err(S))?;
+            added.push(dl.latency.mean.as_secs_f64() - bl.latency.mean.as_secs_f64());
+            bs.push(bl);
+            ds.push(dl);
+        }
+        let (bl, dl) = (median_load(&bs), median_load(&ds));
+        let ratio = dl.throughput / bl.throughput.max(f64::MIN_POSITIVE);
+        rows.push(Row::info(
+            S,
+            format!("reqwest baseline, c={c}"),
+            fmt_load(&bl),
+            bl.throughput,
+            "notifications/s",
+        ));
+        let row = Row::info(
+            S,
+            format!("dispatcher, c={c}"),
+            fmt_load(&dl),
+            dl.throughput,
+            "notifications/s",
+        )
+        .ratio(ratio);
+        if c == 64 {
+            b.live_c64 = Some(dl.throughput);
+            rows.push(row.target("≥ 0.9× baseline", ratio >= 0.9));
+        } else {
+            rows.push(row);
+            let added_us = median(&added) * 1e6;
+            rows.push(
+                Row::info(
+                    S,
+                    "added per notification by the dispatcher, c=1 (mean latency)",
+                    format!("{added_us:.1} µs"),
+                    added_us,
+                    "us",
+                )
+                .target("≤ 10 µs", added_us <= 10.0),
+            );
+        }
+    }
+    b.notes.push(format!(
+        "dispatch: {} notifications per repetition at c=1, {} at c=64, {} repetitions after a warm-up; medians. Baseline and dispatcher share the reqwest settings of GotifyNotifier (timeout 5 s, keep-alive) and the body from mesh_notify_gotify::message_body.",
+        b.sizes.c1, b.sizes.c64, b.sizes.reps
+    ));
+    Ok(rows)
+}
+
+/// A Gotify notifier under another name, so one route can hold two of them.
+struct Named {
+    name: &'static str,
+    inner: GotifyNotifier,
+}
+
+#[async_trait]
+impl Notifier for Named {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn can_reach(&self, n: &Notification) -> bool {
+        self.inner.can_reach(n)
+    }
+
+    async fn send(&self, n: &Notification) -> Result<Receipt, NotifyError> {
+        let mut r = self.inner.send(n).await?;
+        r.provider = self.name.to_string();
+        Ok(r)
+    }
+
+    async fn health(&self) -> Health {
+        self.inner.health().await
+    }
+}
+
+fn failover_dispatcher(
+    primary: GotifyNotifier,
+    backup: GotifyNotifier,
+    policy: RetryPolicy,
+    breaker: BreakerConfig,
+) -> Result<Arc<Dispatcher>, BenchError> {
+    let d = Dispatcher::builder()
+        .notifier(Arc::new(Named {
+            name: "primary",
+            inner: primary,
+        }))
+        .notifier(Arc::new(Named {
+            name: "backup",
+            inner: backup,
+        }))
+        .route(Kind::Chat, ["primary", "backup"])
+        .policy(policy)
+        .breaker(breaker)
+        .build()
+        .map_err(|e| setup("failover")(e.to_string()))?;
+    Ok(Arc::new(d))
+}
+
+/// An op that also checks which provider delivered.
+fn delivered_by(d: Arc<Dispatcher>, provider: &'static str) -> Op {
+    Arc::new(move |n: Notification| {
+        let d = Arc::clone(&d);
+        Box::pin(async move {
+            let o = d.dispatch(n).await;
+            match &o.delivered {
+                Some(r) if r.provider == provider => Ok(()),
+                Some(r) => Err(format!("delivered by {} instead of {provider}", r.provider)),
+                None => Err(format!("not delivered: {}", o.failure_summary())),
+            }
+        })
+    })
+}
+
+async fn reps_c1(b: &Bench, op: &Op, tpl: &Notification, total: usize) -> Result<Load, BenchError> {
+    load::run(1, (total / 4).max(1), tpl, Arc::clone(op))
+        .await
+        .map_err(run_err("failover"))?;
+    let mut runs = Vec::new();
+    for _ in 0..b.sizes.reps {
+        runs.push(
+            load::run(1, total, tpl, Arc::clone(op))
+                .await
+                .map_err(run_err("failover"))?,
+        );
+    }
+    Ok(median_load(&runs))
+}
+
+/// A loopback URL on which nothing listens (connections are refused).
+fn refused_url() -> Result<String, BenchError> {
+    let l =
+        std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| setup("failover")(e.to_string()))?;
+    let addr = l
+        .local_addr()
+        .map_err(|e| setup("failover")(e.to_string()))?;
+    drop(l);
+    Ok(format!("http://{addr}/"))
+}
+
+/// Scenario 2: failover latency (refused, 503, hung before/after the breaker opens).
+pub async fn failover(b: &mut Bench) -> Result<Vec<Row>, BenchError> {
+    const S: &str = "failover";
+    let ok_url = b.sink.url();
+    let bad = Sink::start(b.sink_rt.clone()).await?;
+    let tpl = template();
+    let n = b.sizes.failover;
+    let one_try = RetryPolicy {
+        attempts_per_provider: 1,
+        ..RetryPolicy::default()
+    };
+    let no_breaker = BreakerConfig {
+        failure_threshold: 0,
+        cool_down: Duration::ZERO,
+    };
+    let mut rows = Vec::new();
+
+    // Reference: the same two-provider route, primary healthy.
+    let healthy = failover_dispatcher(
+        gotify(&ok_url, PROVIDER_TIMEOUT, S)?,
+        gotify(&ok_url, PROVIDER_TIMEOUT, S)?,
+        one_try.clone(),
+        BreakerConfig::default(),
+    )?;
+    let h = reps_c1(b, &delivered_by(healthy, "primary"), &tpl, n).await?;
+    rows.push(Row::info(
+        S,
+        "healthy primary, c=1 (reference)",
+        fmt_load(&h),
+        h.latency.p50.as_secs_f64() * 1e6,
+        "us",
+    ));
+
+    let added = |l: &Load| (l.latency.p50.as_secs_f64() - h.latency.p50.as_secs_f64()) * 1e6;
+    let value = |l: &Load| {
+        format!(
+            "p50 {} (+{:.0} µs) · p99 {}",
+            fmt_duration(l.latency.p50),
+            added(l),
+            fmt_duration(l.latency.p99)
+        )
+    };
+
+    // Primary refuses connections; breaker disabled so every notification tries it.
+    let refused = failover_dispatcher(
+        gotify(&refused_url()?, PROVIDER_TIMEOUT, S)?,
+        gotify(&ok_url, PROVIDER_TIMEOUT, S)?,
+        one_try.clone(),
+        no_breaker,
+    )?;
+    let r = reps_c1(b, &delivered_by(refused, "backup"), &tpl, n).await?;
+    rows.push(
+        Row::info(
+            S,
+            "failover, primary refuses connections (added p50)",
+            value(&r),
+            added(&r),
+            "us",
+        )
+        .target("≤ 1 ms added", added(&r) <= 1000.0),
+    );
+
+    // The same with the default retry policy (2 tries per provider, 200 ms apart).
+    let refused_default = failover_dispatcher(
+        gotify(&refused_url()?, PROVIDER_TIMEOUT, S)?,
+        gotify(&ok_url, PROVIDER_TIMEOUT, S)?,
+        RetryPolicy::default(),
+        no_breaker,
+    )?;
+    let rd = load::run(
+        1,
+        b.sizes.failover_default_policy,
+        &tpl,
+        delivered_by(refused_default, "backup"),
+    )
+    .await
+    .map_err(run_err(S))?;
+    rows.push(Row::info(
+        S,
+        "failover, primary refuses, default retry policy (2 tries, 200 ms apart)",
+        value(&rd),
+        added(&rd),
+        "us",
+    ));
+
+    // Primary answers 503.
+    bad.set_mode(Mode::Unavailable);
+    let unavailable = failover_dispatcher(
+        gotify(&bad.url(), PROVIDER_TIMEOUT, S)?,
+        gotify(&ok_url, PROVIDER_TIMEOUT, S)?,
+        one_try.clone(),
+        no_breaker,
+    )?;
+    let u = reps_c1(b, &delivered_by(unavailable, "backup"), &tpl, n).await?;
+    rows.push(Row::info(
+        S,
+        "failover, primary answers 503 (added p50)",
+        value(&u),
+        added(&u),
+        "us",
+    ));
+
+    // Primary hangs: each try waits for the provider timeout until the breaker opens.
+    bad.set_mode(Mode::Hang);
+    let threshold = 5;
+    let hung = failover_dispatcher(
+        gotify(&bad.url(), b.sizes.hang_timeout, S)?,
+        gotify(&ok_url, PROVIDER_TIMEOUT, S)?,
+        one_try,
+        BreakerConfig {
+            failure_threshold: threshold,
+            cool_down: Duration::from_secs(600),
+        },
+    )?;
+    let op = delivered_by(Arc::clone(&hung), "backup");
+    let before = load::run(1, threshold as usize, &tpl, Arc::clone(&op))
+        .await
+        .map_err(run_err(S))?;
+    if hung.breaker_state("primary") != Some(BreakerState::Open) {
+        return Err(run_err(S)(format!(
+            "the primary's breaker did not open after {threshold} timeouts (state {:?})",
+            hung.breaker_state("primary")
+        )));
+    }
+    rows.push(Row::info(
+        S,
+        format!(
+            "primary hung ({} timeout), before its breaker opens",
+            fmt_duration(b.sizes.hang_timeout)
+        ),
+        format!("p50 {}", fmt_duration(before.latency.p50)),
+        before.latency.p50.as_secs_f64() * 1e6,
+        "us",
+    ));
+    let open = reps_c1(b, &op, &tpl, n).await?;
+    let ratio = open.latency.p99.as_secs_f64() / h.latency.p99.as_secs_f64().max(f64::MIN_POSITIVE);
+    rows.push(
+        Row::info(
+            S,
+            "primary hung, breaker open: p99",
+            format!(
+                "p99 {} · p50 {} (healthy p99 {})",
+                fmt_duration(open.latency.p99),
+                fmt_duration(open.latency.p50),
+                fmt_duration(h.latency.p99)
+            ),
+            open.latency.p99.as_secs_f64() * 1e6,
+            "us",
+        )
+        .ratio(ratio)
+        .target("≤ 2× healthy p99", ratio <= 2.0),
+    );
+    b.notes.push(format!(
+        "failover: route [primary, backup], c=1, {n} notifications per repetition, retry.attempts_per_provider = 1 unless stated, breaker disabled for the refused and 503 figures (so every notification tries the primary); hung primary: provider timeout {}, breaker threshold {threshold}. \"Added\" is the p50 over the healthy-primary reference.",
+        fmt_duration(b.sizes.hang_timeout)
+    ));
+    Ok(rows)
+}
+
+fn temp_dir(scenario: &'static str) -> Result<tempfile::TempDir, BenchError> {
+    tempfile::Builder::new()
+        .prefix("mesh-notify-bench-")
+        .tempdir()
+        .map_err(|e| setup(scenario)(format!("cannot create a temporary directory: {e}")))
+}
+
+fn open_sqlite(
+    dir: &tempfile::TempDir,
+    name: &str,
+    scenario: &'static str,
+) -> Result<Arc<SqliteOutbox>, BenchError> {
+    SqliteOutbox::open(dir.path().join(name))
+        .map(Arc::new)
+        .map_err(|e| setup(scenario)(e.to_string()))
+}
+
+/// Enqueues `total` fresh notifications in batches of `batch`, building each batch
+/// just before it is stored (so no large vector outlives the call).
+async fn fill(
+    outbox: &dyn Outbox,
+    tpl: &Notification,
+    total: usize,
+    batch: usize,
+) -> Result<(), String> {
+    let mut left = total;
+    while left > 0 {
+        let k = left.min(batch);
+        let ns: Vec<Notification> = (0..k).map(|_| fresh(tpl)).collect();
+        let added = outbox
+            .enqueue_batch(&ns, Timestamp::now())
+            .await
+            .map_err(|e| e.to_string())?;
+        if added != k {
+            return Err(format!("enqueue_batch stored {added} of {k} new entries"));
+        }
+        left -= k;
+    }
+    Ok(())
+}
+
+/// Scenario 3: outbox enqueue throughput and backlog drain.
+pub async fn outbox(b: &mut Bench) -> Result<Vec<Row>, BenchError> {
+    const S: &str = "outbox";
+    let dir = temp_dir(S)?;
+    let tpl = template();
+    let mut rows = Vec::new();
+
+    // One at a time, each durable (WAL, synchronous=FULL) before the next.
+    let durable = open_sqlite(&dir, "durable.db", S)?;
+    for _ in 0..10 {
+        durable
+            .enqueue(&fresh(&tpl), Timestamp::now())
+            .await
+            .map_err(|e| run_err(S)(e.to_string()))?;
+    }
+    let mut rates = Vec::new();
+    for _ in 0..b.sizes.reps.min(3) {
+        let t = Instant::now();
+        for _ in 0..b.sizes.durable {
+            durable
+                .enqueue(&fresh(&tpl), Timestamp::now())
+                .await
+                .map_err(|e| run_err(S)(e.to_string()))?;
+        }
+        rates.push(b.sizes.durable as f64 / t.elapsed().as_secs_f64());
+    }
+    let rate = median(&rates);
+    rows.push(
+        Row::info(
+            S,
+            "SQLite enqueue, one at a time (durable)",
+            format!("{}/s", thousands(rate)),
+            rate,
+            "enqueues/s",
+        )
+        .target("≥ 2,000/s", rate >= 2000.0),
+    );
+
+    // Batched: one transaction per batch.
+    let batched = open_sqlite(&dir, "batched.db", S)?;
+    fill(batched.as_ref(), &tpl, b.sizes.batch, b.sizes.batch)
+        .await
+        .map_err(run_err(S))?;
+    let mut rates = Vec::new();
+    for _ in 0..b.sizes.reps.min(3) {
+        let batches: Vec<Vec<Notification>> = (0..b.sizes.batched.div_ceil(b.sizes.batch))
+            .map(|_| (0..b.sizes.batch).map(|_| fresh(&tpl)).collect())
+            .collect();
+        let count: usize = batches.iter().map(Vec::len).sum();
+        let t = Instant::now();
+        for ns in &batches {
+            batched
+                .enqueue_batch(ns, Timestamp::now())
+                .await
+                .map_err(|e| run_err(S)(e.to_string()))?;
+        }
+        rates.push(count as f64 / t.elapsed().as_secs_f64());
+    }
+    let rate = median(&rates);
+    rows.push(
+        Row::info(
+            S,
+            format!("SQLite enqueue, batched ({} per batch)", b.sizes.batch),
+            format!("{}/s", thousands(rate)),
+            rate,
+            "enqueues/s",
+        )
+        .target("≥ 20,000/s", rate >= 20_000.0),
+    );
+
+    rows.push(match std::env::var("REDIS_URL") {
+        Err(_) => Row::skipped(
+            S,
+            "Redis enqueue",
+            "skipped (REDIS_URL not set)",
+            "≥ 30,000/s",
+        ),
+        Ok(_) => Row::skipped(
+            S,
+            "Redis enqueue",
+            "skipped (not available: mesh-notify-outbox-redis has no outbox API yet)",
+            "≥ 30,000/s",
+        ),
+    });
+
+    // Backlog drain: entries queued while the sink is down, then delivered by the
+    // workers once it is back.
+    let live = match b.live_c64 {
+        Some(l) => l,
+        None => {
+            let d = dispatch_op(healthy_dispatcher(&b.sink.url(), S)?);
+            load::run(64, b.sizes.c64 / 4, &tpl, Arc::clone(&d))
+                .await
+                .map_err(run_err(S))?;
+            let l = load::run(64, b.sizes.c64, &tpl, d)
+                .await
+                .map_err(run_err(S))?;
+            l.throughput
+        }
+    };
+    let sink = Sink::start(b.sink_rt.clone()).await?;
+    let backlog = open_sqlite(&dir, "backlog.db", S)?;
+    let queue = QueuePolicy::default();
+    let d = Dispatcher::builder()
+        .notifier(Arc::new(gotify(&sink.url(), PROVIDER_TIMEOUT, S)?))
+        .route(Kind::Chat, ["gotify"])
+        .outbox(backlog.clone())
+        .queue_policy(queue.clone())
+        .build()
+        .map_err(|e| setup(S)(e.to_string()))?;
+    let d = Arc::new(d);
+    sink.down().await;
+    fill(backlog.as_ref(), &tpl, b.sizes.backlog, 1000)
+        .await
+        .map_err(run_err(S))?;
+    sink.up().await?;
+    let started = Instant::now();
+    let workers = d.start_workers();
+    let deadline = started + b.sizes.drain_deadline;
+    let target = u64::try_from(b.sizes.backlog).unwrap_or(u64::MAX);
+    while sink.delivered() < target {
+        if Instant::now() > deadline {
+            workers.shutdown().await;
+            return Err(run_err(S)(format!(
+                "backlog drain: {} of {} delivered after {:?}",
+                sink.delivered(),
+                target,
+                b.sizes.drain_deadline
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let delivered_at = started.elapsed();
+    // Wait for the last acks so the outbox is empty.
+    loop {
+        let s = backlog
+            .stats()
+            .await
+            .map_err(|e| run_err(S)(e.to_string()))?;
+        if s.pending == 0 {
+            break;
+        }
+        if Instant::now() > deadline {
+            workers.shutdown().await;
+            return Err(run_err(S)(format!(
+                "backlog drain: {} entries still pending",
+                s.pending
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let emptied_at = started.elapsed();
+    workers.shutdown().await;
+    let extra = sink.delivered().saturating_sub(target);
+    let rate = b.sizes.backlog as f64 / emptied_at.as_secs_f64();
+    let ratio = rate / live.max(f64::MIN_POSITIVE);
+    rows.push(
+        Row::info(
+            S,
+            format!(
+                "backlog drain, {} entries after recovery",
+                thousands(b.sizes.backlog as f64)
+            ),
+            format!(
+                "{}/s ({} to deliver, {} to empty the outbox{}; live c=64 {}/s)",
+                thousands(rate),
+                fmt_duration(delivered_at),
+                fmt_duration(emptied_at),
+                if extra > 0 {
+                    format!(", {extra} delivered twice")
+                } else {
+                    String::new()
+                },
+                thousands(live)
+            ),
+            rate,
+            "notifications/s",
+        )
+        .ratio(ratio)
+        .target("≥ 0.8× live", ratio >= 0.8),
+    );
+    b.notes.push(format!(
+        "outbox: SQLite files in {} (WAL, synchronous=FULL); one-at-a-time = {} sequential enqueues, batched = {} per repetition, median of {}. Drain: {} workers × batch {} (QueuePolicy defaults), timed from worker start until the outbox is empty; live = dispatcher c=64.",
+        std::env::temp_dir().display(),
+        b.sizes.durable,
+        b.sizes.batched,
+        b.sizes.reps.min(3),
+        queue.workers,
+        queue.batch
+    ));
+    Ok(rows)
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+/// Scenario 4: RSS at rest, with queued entries, under c=64 load.
+pub async fn memory(b: &mut Bench) -> Result<Vec<Row>, BenchError> {
+    const S: &str = "memory";
+    let mut rows = Vec::new();
+    match b.rss_at_rest_kib {
+        Some(k) => rows.push(Row::info(
+            S,
+            "RSS at rest (runtimes, sink, clients started)",
+            format!("{:.1} MB", mib(k)),
+            mib(k),
+            "MiB",
+        )),
+        None => rows.push(Row::skipped(
+            S,
+            "RSS at rest",
+            "skipped (/proc/self/status unreadable)",
+            "—",
+        )),
+    }
+
+    let dir = temp_dir(S)?;
+    let tpl = template();
+    let outbox = open_sqlite(&dir, "queued.db", S)?;
+    let d = Dispatcher::builder()
+        .notifier(Arc::new(gotify(&b.sink.url(), PROVIDER_TIMEOUT, S)?))
+        .route(Kind::Chat, ["gotify"])
+        .outbox(outbox.clone())
+        .build()
+        .map_err(|e| setup(S)(e.to_string()))?;
+    fill(outbox.as_ref(), &tpl, 1000, 1000)
+        .await
+        .map_err(run_err(S))?;
+    let before = status_kib("VmRSS");
+    fill(outbox.as_ref(), &tpl, b.sizes.queued, 1000)
+        .await
+        .map_err(run_err(S))?;
+    let after = status_kib("VmRSS");
+    let pending = outbox
+        .stats()
+        .await
+        .map_err(|e| run_err(S)(e.to_string()))?
+        .pending;
+    drop(d);
+    match (before, after) {
+        (Some(x), Some(y)) => {
+            let delta = mib(y.saturating_sub(x));
+            rows.push(
+                Row::info(
+                    S,
+                    format!(
+                        "RSS added by {} queued entries (SQLite outbox)",
+                        thousands(b.sizes.queued as f64)
+                    ),
+                    format!(
+                        "{delta:.1} MB ({:.1} → {:.1} MB; {pending} pending)",
+                        mib(x),
+                        mib(y)
+                    ),
+                    delta,
+                    "MiB",
+                )
+                .target("≤ 20 MB", delta <= 20.0),
+            );
+        }
+        _ => rows.push(Row::skipped(
+            S,
+            "RSS with queued entries",
+            "skipped (/proc/self/status unreadable)",
+            "≤ 20 MB",
+        )),
+    }
+
+    let reset = reset_peak_rss();
+    let before = status_kib("VmRSS");
+    let disp = dispatch_op(healthy_dispatcher(&b.sink.url(), S)?);
+    load::run(64, b.sizes.c64, &tpl, disp)
+        .await
+        .map_err(run_err(S))?;
+    match (status_kib("VmHWM"), before) {
+        (Some(peak), Some(before)) => rows.push(Row::info(
+            S,
+            "peak RSS under c=64 dispatcher load",
+            format!(
+                "{:.1} MB (+{:.1} MB over the RSS before the load{})",
+                mib(peak),
+                mib(peak.saturating_sub(before)),
+                if reset {
+                    ""
+                } else {
+                    "; peak not reset, includes earlier scenarios"
+                }
+            ),
+            mib(peak),
+            "MiB",
+        )),
+        _ => rows.push(Row::skipped(
+            S,
+            "peak RSS under load",
+            "skipped (/proc/self/status unreadable)",
+            "—",
+        )),
+    }
+    Ok(rows)
+}
