@@ -1,0 +1,333 @@
+//! Redis-specific behaviour: start-up errors, AOF restart durability, health,
+//! the stream and consumer group bookkeeping, corrupt entries.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use mesh_notify_core::testing::outbox_conformance::notification;
+use mesh_notify_core::{Health, Outbox, OutboxError, Timestamp};
+use mesh_notify_outbox_redis::{redact_url, RedisOutbox, RedisOutboxConfig, GROUP};
+use support::{redis_server_binary, redis_url, unique_prefix, RedisServer};
+
+fn ago(ms: i64) -> Timestamp {
+    Timestamp(Timestamp::now().as_millis() - ms)
+}
+
+#[tokio::test]
+async fn an_unreachable_server_fails_at_start_up_naming_the_url_without_password() {
+    let port = support::free_port(); // nothing listens there
+    let url = format!("redis://:s3cretPw@127.0.0.1:{port}/0");
+    let config = RedisOutboxConfig {
+        connect_timeout: Duration::from_millis(500),
+        ..RedisOutboxConfig::default()
+    };
+    let started = Instant::now();
+    let err = RedisOutbox::connect_with(&url, "mesh", &config)
+        .await
+        .unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "fails fast: {:?}",
+        started.elapsed()
+    );
+    match &err {
+        OutboxError::Open { target, reason } => {
+            assert!(target.contains(&format!("127.0.0.1:{port}")), "{target}");
+            assert!(!target.contains("s3cretPw"), "{target}");
+            assert!(!reason.contains("s3cretPw"), "{reason}");
+        }
+        other => panic!("expected Open, got {other:?}"),
+    }
+    assert!(!err.to_string().contains("s3cretPw"));
+}
+
+#[tokio::test]
+async fn an_invalid_url_fails_at_start_up_without_leaking_the_password() {
+    let err = RedisOutbox::connect("http://user:s3cretPw@127.0.0.1:1/", "mesh")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, OutboxError::Open { .. }), "{err:?}");
+    assert!(!err.to_string().contains("s3cretPw"), "{err}");
+    assert_eq!(redact_url("redis://:pw@h:1/0"), "redis://:***@h:1/0");
+    assert_eq!(redact_url("redis://h:1/"), "redis://h:1/");
+    assert_eq!(redact_url("not a url pw"), "<unparsable Redis URL>");
+}
+
+#[tokio::test]
+async fn an_empty_prefix_is_refused() {
+    let err = RedisOutbox::connect("redis://127.0.0.1:1/", "")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, OutboxError::Open { reason, .. } if reason.contains("prefix")),
+        "{err:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_survive_a_redis_crash_and_restart_with_aof() {
+    let Some(binary) = redis_server_binary() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let aof = ["--appendonly", "yes", "--appendfsync", "always"];
+    let prefix = "mesh:restart";
+    let due = notification("due");
+    let future = notification("future");
+    let leased = notification("leased");
+    let dead = notification("dead");
+
+    let server = RedisServer::start(&binary, dir.path(), &aof).await;
+    let claims = {
+        let outbox = server.outbox(prefix).await;
+        assert_eq!(outbox.health().await, Health::Healthy, "AOF is on");
+        outbox
+            .enqueue_batch(&[leased.clone(), dead.clone()], ago(3000))
+            .await
+            .unwrap();
+        assert!(outbox.enqueue(&due, ago(1000)).await.unwrap());
+        assert!(outbox
+            .enqueue(&future, Timestamp(Timestamp::now().as_millis() + 3_600_000))
+            .await
+            .unwrap());
+        let claims = outbox
+            .claim("w1", 2, Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(claims.len(), 2);
+        let to_kill = claims.iter().find(|c| c.id() == dead.id).unwrap();
+        outbox.dead_letter(to_kill, "refused").await.unwrap();
+        claims
+    };
+    server.kill(); // SIGKILL: no shutdown save, only the AOF
+
+    let server = RedisServer::start(&binary, dir.path(), &aof).await;
+    let outbox = server.outbox(prefix).await;
+    let stats = outbox.stats().await.unwrap();
+    assert_eq!(
+        (stats.pending, stats.in_flight, stats.due, stats.dead),
+        (3, 1, 1, 1),
+        "{stats:?}"
+    );
+    let pending = outbox.pending(10).await.unwrap();
+    let ids: Vec<_> = pending.iter().map(|e| e.notification.id).collect();
+    assert_eq!(ids, vec![leased.id, due.id, future.id]);
+    assert_eq!(pending[2].notification, future);
+    assert_eq!(outbox.dead(10).await.unwrap()[0].entry.notification, dead);
+    let got = outbox
+        .claim("w2", 10, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].id(), due.id);
+    let held = claims.iter().find(|c| c.id() == leased.id).unwrap();
+    outbox
+        .ack(held)
+        .await
+        .expect("the lease taken before the crash still settles");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_degraded_without_aof() {
+    let Some(binary) = redis_server_binary() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server = RedisServer::start(&binary, dir.path(), &["--appendonly", "no"]).await;
+    let outbox = server.outbox("mesh").await;
+    match outbox.health().await {
+        Health::Degraded(why) => {
+            assert!(why.contains("appendonly"), "{why}");
+            assert!(why.contains("127.0.0.1"), "names the server: {why}");
+        }
+        other => panic!("expected Degraded, got {other:?}"),
+    }
+    server.kill();
+    assert!(
+        matches!(outbox.health().await, Health::Unhealthy(_)),
+        "server gone"
+    );
+}
+
+/// Raw view of the stream, to check the consumer-group bookkeeping.
+async fn stream_state(url: &str, prefix: &str) -> (u64, Vec<(String, String)>) {
+    let client = redis::Client::open(url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let stream = format!("{prefix}:stream");
+    let len: u64 = redis::cmd("XLEN")
+        .arg(&stream)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let pel: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+        .arg(&stream)
+        .arg(GROUP)
+        .arg("-")
+        .arg("+")
+        .arg(100)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    (
+        len,
+        pel.into_iter()
+            .map(|(id, consumer, _, _)| (id, consumer))
+            .collect(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_live_in_the_consumer_group_and_settled_entries_leave_the_stream() {
+    let Some(url) = redis_url() else { return };
+    let prefix = unique_prefix("stream");
+    let outbox = RedisOutbox::connect(&url, &prefix).await.unwrap();
+    let ns: Vec<_> = (0..3).map(|i| notification(&format!("s{i}"))).collect();
+    outbox.enqueue_batch(&ns, ago(10)).await.unwrap();
+    assert_eq!(
+        stream_state(&url, &prefix).await,
+        (0, vec![]),
+        "waiting entries are not in the stream yet"
+    );
+
+    let claims = outbox
+        .claim("w1", 10, Duration::from_millis(200))
+        .await
+        .unwrap();
+    assert_eq!(claims.len(), 3);
+    let (len, pel) = stream_state(&url, &prefix).await;
+    assert_eq!(len, 3);
+    assert_eq!(pel.len(), 3);
+    assert!(pel.iter().all(|(_, consumer)| consumer == "w1"), "{pel:?}");
+    for c in &claims {
+        assert!(
+            pel.iter()
+                .any(|(sid, _)| c.lease_id.starts_with(&format!("{sid}/"))),
+            "lease id names the stream entry"
+        );
+    }
+
+    outbox.ack(&claims[0]).await.unwrap();
+    outbox.retry_at(&claims[1], ago(0), "503").await.unwrap();
+    let (len, pel) = stream_state(&url, &prefix).await;
+    assert_eq!(
+        (len, pel.len()),
+        (1, 1),
+        "acked and retried entries are XACKed and XDELed"
+    );
+
+    // The third one's lease expires: another worker's claim moves it in the group.
+    let started = Instant::now();
+    let mut taken = Vec::new();
+    while !taken
+        .iter()
+        .any(|c: &mesh_notify_core::Claim| c.id() == claims[2].id())
+    {
+        assert!(started.elapsed() < Duration::from_secs(5), "no takeover");
+        taken.extend(
+            outbox
+                .claim("w2", 10, Duration::from_secs(60))
+                .await
+                .unwrap(),
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(taken.len(), 2, "the retried entry and the expired one");
+    let (_, pel) = stream_state(&url, &prefix).await;
+    assert_eq!(pel.len(), 2);
+    assert!(pel.iter().all(|(_, consumer)| consumer == "w2"), "{pel:?}");
+    assert!(matches!(
+        outbox.ack(&claims[2]).await,
+        Err(OutboxError::LeaseLost(_))
+    ));
+    for c in &taken {
+        outbox.ack(c).await.unwrap();
+    }
+    assert_eq!(stream_state(&url, &prefix).await, (0, vec![]));
+    assert_eq!(outbox.stats().await.unwrap(), Default::default());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_entry_is_quarantined_and_does_not_block_the_queue() {
+    let Some(url) = redis_url() else { return };
+    let prefix = unique_prefix("corrupt");
+    let outbox = RedisOutbox::connect(&url, &prefix).await.unwrap();
+    let bad = notification("bad");
+    let good = notification("good");
+    assert!(outbox.enqueue(&bad, ago(2000)).await.unwrap());
+    assert!(outbox.enqueue(&good, ago(1000)).await.unwrap());
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let () = redis::cmd("HSET")
+        .arg(format!("{prefix}:e:{}", bad.id))
+        .arg("n")
+        .arg("{not json")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    let claims = outbox
+        .claim("w1", 10, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(claims.len(), 1, "the good entry is still delivered");
+    assert_eq!(claims[0].entry.notification, good);
+    let stats = outbox.stats().await.unwrap();
+    assert_eq!(
+        (stats.pending, stats.in_flight, stats.dead),
+        (1, 1, 1),
+        "{stats:?}"
+    );
+    match outbox.dead(10).await {
+        Err(OutboxError::Corrupt { id, reason }) => {
+            assert_eq!(id, bad.id.to_string());
+            assert!(reason.contains("JSON"), "{reason}");
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    assert_eq!(outbox.purge_dead().await.unwrap(), 1);
+}
+
+/// Throughput figures, not a pass/fail check:
+/// `REDIS_URL=... cargo test -p mesh-notify-outbox-redis --release --test redis -- --ignored --nocapture throughput`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement; run by hand"]
+async fn throughput() {
+    let Some(url) = redis_url() else { return };
+    let prefix = unique_prefix("throughput");
+    let outbox = RedisOutbox::connect(&url, &prefix).await.unwrap();
+    let now = Timestamp::now();
+    let batch: Vec<_> = (0..30_000)
+        .map(|i| notification(&format!("b{i}")))
+        .collect();
+    let t = Instant::now();
+    for chunk in batch.chunks(1000) {
+        outbox.enqueue_batch(chunk, now).await.unwrap();
+    }
+    let batched = batch.len() as f64 / t.elapsed().as_secs_f64();
+
+    let single: Vec<_> = (0..3_000).map(|i| notification(&format!("s{i}"))).collect();
+    let t = Instant::now();
+    for n in &single {
+        outbox.enqueue(n, now).await.unwrap();
+    }
+    let one_by_one = single.len() as f64 / t.elapsed().as_secs_f64();
+
+    let t = Instant::now();
+    let mut settled = 0;
+    loop {
+        let claims = outbox
+            .claim("bench", 100, Duration::from_secs(60))
+            .await
+            .unwrap();
+        if claims.is_empty() {
+            break;
+        }
+        for c in &claims {
+            outbox.ack(c).await.unwrap();
+        }
+        settled += claims.len();
+    }
+    let claim_ack = settled as f64 / t.elapsed().as_secs_f64();
+    println!("redis: batched enqueue {batched:.0}/s (1000 per call), one-at-a-time {one_by_one:.0}/s, claim(100)+ack {claim_ack:.0}/s");
+}
