@@ -575,3 +575,42 @@ fn plaintext_is_reported_for_the_production_check() {
         .unwrap()
         .allow_insecure());
 }
+
+#[tokio::test]
+async fn a_send_stuck_in_data_times_out_and_its_connection_is_not_reused() {
+    let Some(server) = SmtpServer::start(&[]) else {
+        return;
+    };
+    let mut c = config(server.port);
+    c.pool_max_size = Some(1);
+    let smtp = c.build(Duration::from_millis(500)).unwrap();
+    let e = smtp.send(&call_to("hang@example.com")).await.unwrap_err();
+    assert_eq!(e.class(), ErrorClass::Transient, "{e}");
+    assert!(e.to_string().contains("did not answer within"), "{e}");
+
+    // The only pool slot is free again, and the half-finished session was closed:
+    // the next message goes through on a fresh connection.
+    smtp.send(&call_to("bob@example.com")).await.unwrap();
+    let got = server.messages();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].rcpt_tos, ["bob@example.com"]);
+}
+
+#[tokio::test]
+async fn a_cancelled_send_frees_its_slot() {
+    let Some(server) = SmtpServer::start(&[]) else {
+        return;
+    };
+    let mut c = config(server.port);
+    c.pool_max_size = Some(1);
+    let smtp = c.build(Duration::from_secs(5)).unwrap();
+    // The caller gives up (drops the future) while the server sits on DATA.
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(300),
+        smtp.send(&call_to("hang@example.com")),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the hang mode must not answer");
+    smtp.send(&call_to("bob@example.com")).await.unwrap();
+    assert_eq!(server.messages().len(), 1);
+}

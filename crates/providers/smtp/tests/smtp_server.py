@@ -23,6 +23,7 @@ otherwise the local part of the recipient (or sender) address selects it:
     reject-data   554 5.6.0 message refused        at DATA
     spam          550 5.7.1 message refused as spam at DATA
     bad-sender    553 5.1.8 sender address rejected at MAIL (selected by the sender)
+    hang          no answer to the end of DATA for 60 s (a stuck server)
 
 With --auth, AUTH PLAIN/LOGIN is required (530 without it); wrong credentials get
 aiosmtpd's "535 5.7.8 Authentication credentials invalid". Plaintext AUTH is
@@ -42,7 +43,7 @@ import warnings
 
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
-MODES = ("accept", "tempfail", "nouser", "reject-data", "spam", "bad-sender")
+MODES = ("accept", "tempfail", "nouser", "reject-data", "spam", "bad-sender", "hang")
 
 
 def local_part(address):
@@ -84,6 +85,9 @@ class Handler:
             return "554 5.6.0 message refused"
         if "spam" in modes:
             return "550 5.7.1 message refused as spam"
+        if "hang" in modes:
+            await asyncio.sleep(60)
+            return "451 4.4.2 timed out"
         self.count += 1
         base = os.path.join(self.outdir, "%04d" % self.count)
         with open(base + ".eml", "wb") as f:
@@ -93,7 +97,9 @@ class Handler:
             "rcpt_tos": list(envelope.rcpt_tos),
             "auth_login": (session.auth_data.login.decode("utf-8", "replace")
                            if isinstance(session.auth_data, LoginPassword) else None),
-            "tls": session.ssl is not None,
+            # session.ssl after STARTTLS; the transport's ssl_object with implicit TLS.
+            "tls": (session.ssl is not None
+                    or server.transport.get_extra_info("ssl_object") is not None),
             "peer_port": session.peer[1] if session.peer else None,
         }
         with open(base + ".json.tmp", "w", encoding="utf-8") as f:
