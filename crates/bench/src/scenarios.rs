@@ -379,21 +379,6 @@ fn delivered_by(d: Arc<Dispatcher>, provider: &'static str) -> Op {
     })
 }
 
-async fn reps_c1(b: &Bench, op: &Op, tpl: &Notification, total: usize) -> Result<Load, BenchError> {
-    load::run(1, (total / 4).max(1), tpl, Arc::clone(op))
-        .await
-        .map_err(run_err("failover"))?;
-    let mut runs = Vec::new();
-    for _ in 0..b.sizes.reps {
-        runs.push(
-            load::run(1, total, tpl, Arc::clone(op))
-                .await
-                .map_err(run_err("failover"))?,
-        );
-    }
-    Ok(median_load(&runs))
-}
-
 /// A loopback URL on which nothing listens (connections are refused).
 fn refused_url() -> Result<String, BenchError> {
     let l =
@@ -409,7 +394,10 @@ fn refused_url() -> Result<String, BenchError> {
 pub async fn failover(b: &mut Bench) -> Result<Vec<Row>, BenchError> {
     const S: &str = "failover";
     let ok_url = b.sink.url();
-    let bad = Sink::start(b.sink_rt.clone()).await?;
+    let unavailable_sink = Sink::start(b.sink_rt.clone()).await?;
+    unavailable_sink.set_mode(Mode::Unavailable);
+    let hung_sink = Sink::start(b.sink_rt.clone()).await?;
+    hung_sink.set_mode(Mode::Hang);
     let tpl = template();
     let n = b.sizes.failover;
     let one_try = RetryPolicy {
@@ -420,42 +408,90 @@ pub async fn failover(b: &mut Bench) -> Result<Vec<Row>, BenchError> {
         failure_threshold: 0,
         cool_down: Duration::ZERO,
     };
-    let mut rows = Vec::new();
+    let ok = || gotify(&ok_url, PROVIDER_TIMEOUT, S);
 
     // Reference: the same two-provider route, primary healthy.
-    let healthy = failover_dispatcher(
-        gotify(&ok_url, PROVIDER_TIMEOUT, S)?,
-        gotify(&ok_url, PROVIDER_TIMEOUT, S)?,
+    let healthy = failover_dispatcher(ok()?, ok()?, one_try.clone(), BreakerConfig::default())?;
+    // Primary refuses connections / answers 503; breaker disabled so every
+    // notification tries it.
+    let refused = failover_dispatcher(
+        gotify(&refused_url()?, PROVIDER_TIMEOUT, S)?,
+        ok()?,
         one_try.clone(),
-        BreakerConfig::default(),
+        no_breaker,
     )?;
-    let h = reps_c1(b, &delivered_by(healthy, "primary"), &tpl, n).await?;
-    rows.push(Row::info(
+    let unavailable = failover_dispatcher(
+        gotify(&unavailable_sink.url(), PROVIDER_TIMEOUT, S)?,
+        ok()?,
+        one_try.clone(),
+        no_breaker,
+    )?;
+    // Primary hangs: each try waits for the provider timeout until the breaker opens.
+    let threshold = 5;
+    let hung = failover_dispatcher(
+        gotify(&hung_sink.url(), b.sizes.hang_timeout, S)?,
+        ok()?,
+        one_try,
+        BreakerConfig {
+            failure_threshold: threshold,
+            cool_down: Duration::from_secs(600),
+        },
+    )?;
+    let ops = [
+        delivered_by(healthy, "primary"),
+        delivered_by(refused, "backup"),
+        delivered_by(unavailable, "backup"),
+        delivered_by(Arc::clone(&hung), "backup"),
+    ];
+    let before = load::run(1, threshold as usize, &tpl, Arc::clone(&ops[3]))
+        .await
+        .map_err(run_err(S))?;
+    if hung.breaker_state("primary") != Some(BreakerState::Open) {
+        return Err(run_err(S)(format!(
+            "the primary's breaker did not open after {threshold} timeouts (state {:?})",
+            hung.breaker_state("primary")
+        )));
+    }
+    for op in &ops {
+        load::run(1, (n / 4).max(1), &tpl, Arc::clone(op))
+            .await
+            .map_err(run_err(S))?;
+    }
+    // Interleaved repetitions, so that drift in the machine's load hits all alike.
+    let mut runs: [Vec<Load>; 4] = Default::default();
+    for _ in 0..b.sizes.reps {
+        for (op, out) in ops.iter().zip(runs.iter_mut()) {
+            out.push(
+                load::run(1, n, &tpl, Arc::clone(op))
+                    .await
+                    .map_err(run_err(S))?,
+            );
+        }
+    }
+    let [h, r, u, open] = runs.map(|v| median_load(&v));
+    if hung.breaker_state("primary") != Some(BreakerState::Open) {
+        return Err(run_err(S)(
+            "the hung primary's breaker closed during the measurement".into(),
+        ));
+    }
+
+    let added = |l: &Load| (l.latency.p50.as_secs_f64() - h.latency.p50.as_secs_f64()) * 1e6;
+    let value = |l: &Load| {
+        format!(
+            "p50 {} ({}{}) · p99 {}",
+            fmt_duration(l.latency.p50),
+            if added(l) < 0.0 { "-" } else { "+" },
+            fmt_duration(Duration::from_secs_f64(added(l).abs() / 1e6)),
+            fmt_duration(l.latency.p99)
+        )
+    };
+    let mut rows = vec![Row::info(
         S,
         "healthy primary, c=1 (reference)",
         fmt_load(&h),
         h.latency.p50.as_secs_f64() * 1e6,
         "us",
-    ));
-
-    let added = |l: &Load| (l.latency.p50.as_secs_f64() - h.latency.p50.as_secs_f64()) * 1e6;
-    let value = |l: &Load| {
-        format!(
-            "p50 {} (+{:.0} µs) · p99 {}",
-            fmt_duration(l.latency.p50),
-            added(l),
-            fmt_duration(l.latency.p99)
-        )
-    };
-
-    // Primary refuses connections; breaker disabled so every notification tries it.
-    let refused = failover_dispatcher(
-        gotify(&refused_url()?, PROVIDER_TIMEOUT, S)?,
-        gotify(&ok_url, PROVIDER_TIMEOUT, S)?,
-        one_try.clone(),
-        no_breaker,
-    )?;
-    let r = reps_c1(b, &delivered_by(refused, "backup"), &tpl, n).await?;
+    )];
     rows.push(
         Row::info(
             S,
@@ -470,7 +506,7 @@ pub async fn failover(b: &mut Bench) -> Result<Vec<Row>, BenchError> {
     // The same with the default retry policy (2 tries per provider, 200 ms apart).
     let refused_default = failover_dispatcher(
         gotify(&refused_url()?, PROVIDER_TIMEOUT, S)?,
-        gotify(&ok_url, PROVIDER_TIMEOUT, S)?,
+        ok()?,
         RetryPolicy::default(),
         no_breaker,
     )?;
@@ -489,16 +525,6 @@ pub async fn failover(b: &mut Bench) -> Result<Vec<Row>, BenchError> {
         added(&rd),
         "us",
     ));
-
-    // Primary answers 503.
-    bad.set_mode(Mode::Unavailable);
-    let unavailable = failover_dispatcher(
-        gotify(&bad.url(), PROVIDER_TIMEOUT, S)?,
-        gotify(&ok_url, PROVIDER_TIMEOUT, S)?,
-        one_try.clone(),
-        no_breaker,
-    )?;
-    let u = reps_c1(b, &delivered_by(unavailable, "backup"), &tpl, n).await?;
     rows.push(Row::info(
         S,
         "failover, primary answers 503 (added p50)",
@@ -506,29 +532,6 @@ pub async fn failover(b: &mut Bench) -> Result<Vec<Row>, BenchError> {
         added(&u),
         "us",
     ));
-
-    // Primary hangs: each try waits for the provider timeout until the breaker opens.
-    bad.set_mode(Mode::Hang);
-    let threshold = 5;
-    let hung = failover_dispatcher(
-        gotify(&bad.url(), b.sizes.hang_timeout, S)?,
-        gotify(&ok_url, PROVIDER_TIMEOUT, S)?,
-        one_try,
-        BreakerConfig {
-            failure_threshold: threshold,
-            cool_down: Duration::from_secs(600),
-        },
-    )?;
-    let op = delivered_by(Arc::clone(&hung), "backup");
-    let before = load::run(1, threshold as usize, &tpl, Arc::clone(&op))
-        .await
-        .map_err(run_err(S))?;
-    if hung.breaker_state("primary") != Some(BreakerState::Open) {
-        return Err(run_err(S)(format!(
-            "the primary's breaker did not open after {threshold} timeouts (state {:?})",
-            hung.breaker_state("primary")
-        )));
-    }
     rows.push(Row::info(
         S,
         format!(
@@ -539,7 +542,6 @@ pub async fn failover(b: &mut Bench) -> Result<Vec<Row>, BenchError> {
         before.latency.p50.as_secs_f64() * 1e6,
         "us",
     ));
-    let open = reps_c1(b, &op, &tpl, n).await?;
     let ratio = open.latency.p99.as_secs_f64() / h.latency.p99.as_secs_f64().max(f64::MIN_POSITIVE);
     rows.push(
         Row::info(
@@ -558,7 +560,8 @@ pub async fn failover(b: &mut Bench) -> Result<Vec<Row>, BenchError> {
         .target("≤ 2× healthy p99", ratio <= 2.0),
     );
     b.notes.push(format!(
-        "failover: route [primary, backup], c=1, {n} notifications per repetition, retry.attempts_per_provider = 1 unless stated, breaker disabled for the refused and 503 figures (so every notification tries the primary); hung primary: provider timeout {}, breaker threshold {threshold}. \"Added\" is the p50 over the healthy-primary reference.",
+        "failover: route [primary, backup], c=1, {n} notifications per repetition, {} interleaved repetitions after a warm-up, medians; retry.attempts_per_provider = 1 unless stated; breaker disabled for the refused and 503 figures (so every notification tries the primary); hung primary: provider timeout {}, breaker threshold {threshold}. \"Added\" is the p50 over the healthy-primary reference.",
+        b.sizes.reps,
         fmt_duration(b.sizes.hang_timeout)
     ));
     Ok(rows)
@@ -705,9 +708,83 @@ pub async fn outbox(b: &mut Bench) -> Result<Vec<Row>, BenchError> {
             l.throughput
         }
     };
-    let sink = Sink::start(b.sink_rt.clone()).await?;
-    let backlog = open_sqlite(&dir, "backlog.db", S)?;
     let queue = QueuePolicy::default();
+    let disk = drain(b, dir.path(), &queue, &tpl).await?;
+    rows.push(drain_row(b, &disk, live, "").target("≥ 0.8× live", disk.rate / live >= 0.8));
+    // Diagnostic: the same on tmpfs, where fsync costs nothing. The gap between the
+    // two rows is what durable per-entry acks cost on this disk.
+    let shm = std::path::Path::new("/dev/shm");
+    if shm.is_dir() && !std::env::temp_dir().starts_with(shm) {
+        let shm_dir = tempfile::Builder::new()
+            .prefix("mesh-notify-bench-")
+            .tempdir_in(shm)
+            .map_err(|e| setup(S)(format!("cannot create a directory in /dev/shm: {e}")))?;
+        let mem = drain(b, shm_dir.path(), &queue, &tpl).await?;
+        rows.push(drain_row(
+            b,
+            &mem,
+            live,
+            " on tmpfs (diagnostic: fsync is free)",
+        ));
+    }
+    b.notes.push(format!(
+        "outbox: SQLite files in {} (WAL, synchronous=FULL); one-at-a-time = {} sequential enqueues, batched = {} per repetition, median of {}. Drain: {} workers × batch {} (QueuePolicy defaults), timed from worker start until the outbox is empty; live = dispatcher c=64.",
+        std::env::temp_dir().display(),
+        b.sizes.durable,
+        b.sizes.batched,
+        b.sizes.reps.min(3),
+        queue.workers,
+        queue.batch
+    ));
+    Ok(rows)
+}
+
+struct Drained {
+    rate: f64,
+    delivered_at: Duration,
+    emptied_at: Duration,
+    extra: u64,
+}
+
+fn drain_row(b: &Bench, d: &Drained, live: f64, suffix: &str) -> Row {
+    Row::info(
+        "outbox",
+        format!(
+            "backlog drain, {} entries after recovery{suffix}",
+            thousands(b.sizes.backlog as f64)
+        ),
+        format!(
+            "{}/s ({} to deliver, {} to empty the outbox{}; live c=64 {}/s)",
+            thousands(d.rate),
+            fmt_duration(d.delivered_at),
+            fmt_duration(d.emptied_at),
+            if d.extra > 0 {
+                format!(", {} delivered twice", d.extra)
+            } else {
+                String::new()
+            },
+            thousands(live)
+        ),
+        d.rate,
+        "notifications/s",
+    )
+    .ratio(d.rate / live.max(f64::MIN_POSITIVE))
+}
+
+/// Queues `sizes.backlog` entries in an SQLite outbox in `dir` while a fresh sink is
+/// down, brings the sink up, starts the workers and times them until the outbox is
+/// empty.
+async fn drain(
+    b: &Bench,
+    dir: &std::path::Path,
+    queue: &QueuePolicy,
+    tpl: &Notification,
+) -> Result<Drained, BenchError> {
+    const S: &str = "outbox";
+    let sink = Sink::start(b.sink_rt.clone()).await?;
+    let backlog = SqliteOutbox::open(dir.join("backlog.db"))
+        .map(Arc::new)
+        .map_err(|e| setup(S)(e.to_string()))?;
     let d = Dispatcher::builder()
         .notifier(Arc::new(gotify(&sink.url(), PROVIDER_TIMEOUT, S)?))
         .route(Kind::Chat, ["gotify"])
@@ -717,7 +794,7 @@ pub async fn outbox(b: &mut Bench) -> Result<Vec<Row>, BenchError> {
         .map_err(|e| setup(S)(e.to_string()))?;
     let d = Arc::new(d);
     sink.down().await;
-    fill(backlog.as_ref(), &tpl, b.sizes.backlog, 1000)
+    fill(backlog.as_ref(), tpl, b.sizes.backlog, 1000)
         .await
         .map_err(run_err(S))?;
     sink.up().await?;
@@ -758,44 +835,12 @@ pub async fn outbox(b: &mut Bench) -> Result<Vec<Row>, BenchError> {
     }
     let emptied_at = started.elapsed();
     workers.shutdown().await;
-    let extra = sink.delivered().saturating_sub(target);
-    let rate = b.sizes.backlog as f64 / emptied_at.as_secs_f64();
-    let ratio = rate / live.max(f64::MIN_POSITIVE);
-    rows.push(
-        Row::info(
-            S,
-            format!(
-                "backlog drain, {} entries after recovery",
-                thousands(b.sizes.backlog as f64)
-            ),
-            format!(
-                "{}/s ({} to deliver, {} to empty the outbox{}; live c=64 {}/s)",
-                thousands(rate),
-                fmt_duration(delivered_at),
-                fmt_duration(emptied_at),
-                if extra > 0 {
-                    format!(", {extra} delivered twice")
-                } else {
-                    String::new()
-                },
-                thousands(live)
-            ),
-            rate,
-            "notifications/s",
-        )
-        .ratio(ratio)
-        .target("≥ 0.8× live", ratio >= 0.8),
-    );
-    b.notes.push(format!(
-        "outbox: SQLite files in {} (WAL, synchronous=FULL); one-at-a-time = {} sequential enqueues, batched = {} per repetition, median of {}. Drain: {} workers × batch {} (QueuePolicy defaults), timed from worker start until the outbox is empty; live = dispatcher c=64.",
-        std::env::temp_dir().display(),
-        b.sizes.durable,
-        b.sizes.batched,
-        b.sizes.reps.min(3),
-        queue.workers,
-        queue.batch
-    ));
-    Ok(rows)
+    Ok(Drained {
+        rate: b.sizes.backlog as f64 / emptied_at.as_secs_f64(),
+        delivered_at,
+        emptied_at,
+        extra: sink.delivered().saturating_sub(target),
+    })
 }
 
 fn mib(kib: u64) -> f64 {
