@@ -16,7 +16,7 @@ use std::time::Duration;
 use figment::providers::{Env, Format, Toml};
 use figment::value::{Dict, Map, Tag, Value};
 use figment::{Figment, Metadata, Profile as FigmentProfile, Provider};
-use mesh_notify_core::{Composer, Kind, Language, Templates};
+use mesh_notify_core::{Composer, Kind, Language, Notifier as _, Templates};
 use serde::Deserialize;
 
 use crate::{
@@ -109,6 +109,10 @@ pub struct ProvidersConfig {
     #[cfg(feature = "apns")]
     #[serde(default)]
     pub apns: Option<mesh_notify_apns::ApnsConfig>,
+    /// `[providers.smtp]`.
+    #[cfg(feature = "smtp")]
+    #[serde(default)]
+    pub smtp: Option<mesh_notify_smtp::SmtpConfig>,
     /// `[providers.log]`.
     #[serde(default)]
     pub log: LogConfig,
@@ -631,6 +635,15 @@ impl Config {
             check_url(self.profile, "providers.apns", &url, c.allow_insecure_http)
                 .map_err(|m| invalid(key, m))?;
         }
+        #[cfg(feature = "smtp")]
+        if let Some(c) = &self.providers.smtp {
+            if self.profile == Profile::Production && c.is_plaintext() && !c.allow_insecure {
+                return Err(invalid(
+                    "providers.smtp.tls",
+                    "tls = \"none\" sends mail and credentials in clear text; refused in the production profile (use starttls or tls, or set providers.smtp.allow_insecure = true)".into(),
+                ));
+            }
+        }
         for kind in Kind::ALL {
             for name in self.routes.get(kind) {
                 if !KNOWN_PROVIDERS.contains(&name.as_str()) {
@@ -786,9 +799,26 @@ impl Config {
                 source_name: Self::source_of(figment, key),
                 message: e.to_string(),
             })?;
-            tracing::info!("APNs configured: {} (topic {})", notifier.base_url(), notifier.topic());
+            tracing::info!(
+                "APNs configured: {} (topic {})",
+                notifier.base_url(),
+                notifier.topic()
+            );
             builder = builder.notifier(Arc::new(notifier));
             enabled.push("apns");
+        }
+
+        #[cfg(feature = "smtp")]
+        if let Some(c) = &self.providers.smtp {
+            let key = "providers.smtp";
+            let notifier = c.build(self.timeout).map_err(|e| ConfigError::Invalid {
+                key: key.to_string(),
+                source_name: Self::source_of(figment, "providers.smtp.host"),
+                message: e.to_string(),
+            })?;
+            tracing::info!("SMTP configured: {}", notifier.describe());
+            builder = builder.notifier(Arc::new(notifier));
+            enabled.push("smtp");
         }
 
         if self.providers.log.enabled {
