@@ -274,3 +274,22 @@ fn a_missing_fcm_key_file_names_the_key_and_path() {
         Ok(())
     });
 }
+
+#[test]
+fn every_example_file_in_config_loads() {
+    Jail::expect_with(|_jail| {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().and_then(|e| e.to_str()) == Some("toml") {
+                if let Err(e) = Config::load(Some(&path)) {
+                    panic!("{} does not load: {e}", path.display());
+                }
+                seen += 1;
+            }
+        }
+        assert!(seen >= 4, "expected the example files, found {seen}");
+        Ok(())
+    });
+}
