@@ -86,7 +86,6 @@ impl Default for RedisOutboxConfig {
 struct Keys {
     stream: String,
     delayed: String,
-    pending: String,
     leases: String,
     dead: String,
     dead_seq: String,
@@ -99,7 +98,6 @@ impl Keys {
         Self {
             stream: format!("{prefix}:stream"),
             delayed: format!("{prefix}:delayed"),
-            pending: format!("{prefix}:pending"),
             leases: format!("{prefix}:leases"),
             dead: format!("{prefix}:dead"),
             dead_seq: format!("{prefix}:deadseq"),
@@ -273,7 +271,7 @@ impl RedisOutbox {
         now: i64,
     ) -> Result<usize, OutboxError> {
         let k = &self.keys;
-        let mut inv = Self::prepare(&self.scripts.enqueue, &[&k.delayed, &k.pending]);
+        let mut inv = Self::prepare(&self.scripts.enqueue, &[&k.delayed]);
         inv.arg(&k.entry_prefix).arg(due_at.as_millis()).arg(now);
         for n in ns {
             let json = serde_json::to_string(n).map_err(|e| {
@@ -312,11 +310,13 @@ impl Outbox for RedisOutbox {
         due_at: Timestamp,
     ) -> Result<usize, OutboxError> {
         let now = now_ms();
-        let mut added = 0;
-        for chunk in ns.chunks(BATCH_CHUNK) {
-            added += self.enqueue_chunk(chunk, due_at, now).await?;
-        }
-        Ok(added)
+        // Chunks go out together on the multiplexed connection (pipelined).
+        let added = futures_util::future::try_join_all(
+            ns.chunks(BATCH_CHUNK)
+                .map(|chunk| self.enqueue_chunk(chunk, due_at, now)),
+        )
+        .await?;
+        Ok(added.into_iter().sum())
     }
 
     async fn claim(
@@ -354,7 +354,6 @@ impl Outbox for RedisOutbox {
                         &self.scripts.dead_letter,
                         &[
                             &k.stream,
-                            &k.pending,
                             &k.leases,
                             &k.entry(&id),
                             &k.dead_entry(&id),
@@ -377,10 +376,7 @@ impl Outbox for RedisOutbox {
     async fn ack(&self, claim: &Claim) -> Result<(), OutboxError> {
         let k = &self.keys;
         let id = claim.id().to_string();
-        let mut inv = Self::prepare(
-            &self.scripts.ack,
-            &[&k.stream, &k.pending, &k.leases, &k.entry(&id)],
-        );
+        let mut inv = Self::prepare(&self.scripts.ack, &[&k.stream, &k.leases, &k.entry(&id)]);
         inv.arg(GROUP).arg(&id).arg(&claim.lease_id);
         self.settle(&inv, claim).await
     }
@@ -390,7 +386,7 @@ impl Outbox for RedisOutbox {
         let id = claim.id().to_string();
         let mut inv = Self::prepare(
             &self.scripts.retry,
-            &[&k.stream, &k.delayed, &k.pending, &k.leases, &k.entry(&id)],
+            &[&k.stream, &k.delayed, &k.leases, &k.entry(&id)],
         );
         inv.arg(GROUP)
             .arg(&id)
@@ -407,7 +403,6 @@ impl Outbox for RedisOutbox {
             &self.scripts.dead_letter,
             &[
                 &k.stream,
-                &k.pending,
                 &k.leases,
                 &k.entry(&id),
                 &k.dead_entry(&id),
@@ -428,7 +423,7 @@ impl Outbox for RedisOutbox {
         let id = id.to_string();
         let mut inv = Self::prepare(
             &self.scripts.cancel,
-            &[&k.stream, &k.delayed, &k.pending, &k.leases, &k.entry(&id)],
+            &[&k.stream, &k.delayed, &k.leases, &k.entry(&id)],
         );
         inv.arg(GROUP).arg(&id);
         Ok(self.run::<i64>(&inv).await? == 1)
@@ -437,11 +432,8 @@ impl Outbox for RedisOutbox {
     async fn stats(&self) -> Result<OutboxStats, OutboxError> {
         let k = &self.keys;
         let now = now_ms();
-        let mut inv = Self::prepare(
-            &self.scripts.stats,
-            &[&k.delayed, &k.pending, &k.leases, &k.dead],
-        );
-        inv.arg(now);
+        let mut inv = Self::prepare(&self.scripts.stats, &[&k.delayed, &k.leases, &k.dead]);
+        inv.arg(now).arg(&k.entry_prefix);
         let (pending, in_flight, due, dead, oldest): (u64, u64, u64, u64, i64) =
             self.run(&inv).await?;
         Ok(OutboxStats {
@@ -462,7 +454,7 @@ impl Outbox for RedisOutbox {
             return Ok(Vec::new());
         }
         let k = &self.keys;
-        let mut inv = Self::prepare(&self.scripts.pending, &[&k.pending]);
+        let mut inv = Self::prepare(&self.scripts.pending, &[&k.delayed, &k.leases]);
         inv.arg(&k.entry_prefix).arg(limit);
         let rows: Vec<EntryRow> = self.run(&inv).await?;
         rows.into_iter()
@@ -495,13 +487,7 @@ impl Outbox for RedisOutbox {
         let id = id.to_string();
         let mut inv = Self::prepare(
             &self.scripts.requeue,
-            &[
-                &k.delayed,
-                &k.pending,
-                &k.dead,
-                &k.dead_entry(&id),
-                &k.entry(&id),
-            ],
+            &[&k.delayed, &k.dead, &k.dead_entry(&id), &k.entry(&id)],
         );
         inv.arg(&id).arg(now_ms());
         Ok(self.run::<i64>(&inv).await? == 1)

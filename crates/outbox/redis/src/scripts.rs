@@ -2,10 +2,9 @@
 //! script, so it is atomic and cannot leave the bookkeeping half-done.
 //!
 //! Keys under the prefix `P` (see `Keys`): `P:stream` (the stream, consumer group
-//! `mesh-notify`), `P:delayed` (zset id → due time: entries not yet handed to the
-//! stream), `P:pending` (zset id → due time: every pending entry, for listing and
-//! counting), `P:leases` (zset id → lease deadline: entries claimed and not
-//! settled), `P:e:<id>` (hash: the entry), `P:dead` (zset id → death sequence),
+//! `mesh-notify`), `P:delayed` (zset id → due time: entries waiting, not yet handed
+//! to the stream), `P:leases` (zset id → lease deadline: entries claimed and not
+//! settled; every pending entry is in exactly one of these two sets), `P:e:<id>` (hash: the entry), `P:dead` (zset id → death sequence),
 //! `P:d:<id>` (hash: a dead letter), `P:deadseq` (counter).
 //!
 //! Entry hash fields: `n` notification JSON, `due`, `enq` (ms), `att` attempts,
@@ -15,17 +14,16 @@
 
 use redis::Script;
 
-/// KEYS: delayed, pending. ARGV: entry key prefix, due, now, then (id, json) pairs.
+/// KEYS: delayed. ARGV: entry key prefix, due, now, then (id, json) pairs.
 /// Returns how many were new.
 const ENQUEUE: &str = r"
 local added = 0
 for i = 4, #ARGV, 2 do
   local id = ARGV[i]
   local k = ARGV[1] .. id
-  if redis.call('EXISTS', k) == 0 then
-    redis.call('HSET', k, 'n', ARGV[i + 1], 'due', ARGV[2], 'enq', ARGV[3], 'att', 0)
+  if redis.call('HSETNX', k, 'n', ARGV[i + 1]) == 1 then
+    redis.call('HSET', k, 'due', ARGV[2], 'enq', ARGV[3], 'att', 0)
     redis.call('ZADD', KEYS[1], ARGV[2], id)
-    redis.call('ZADD', KEYS[2], ARGV[2], id)
     added = added + 1
   end
 end
@@ -91,22 +89,21 @@ end
 return out
 ";
 
-/// KEYS: stream, pending, leases, entry. ARGV: group, id, token. 1 = acked, 0 = lease lost.
+/// KEYS: stream, leases, entry. ARGV: group, id, token. 1 = acked, 0 = lease lost.
 const ACK: &str = r"
-local k = KEYS[4]
+local k = KEYS[3]
 if redis.call('HGET', k, 'tok') ~= ARGV[3] then return 0 end
 local sid = redis.call('HGET', k, 'sid')
 redis.call('XACK', KEYS[1], ARGV[1], sid)
 redis.call('XDEL', KEYS[1], sid)
 redis.call('DEL', k)
 redis.call('ZREM', KEYS[2], ARGV[2])
-redis.call('ZREM', KEYS[3], ARGV[2])
 return 1
 ";
 
-/// KEYS: stream, delayed, pending, leases, entry. ARGV: group, id, token, when, why.
+/// KEYS: stream, delayed, leases, entry. ARGV: group, id, token, when, why.
 const RETRY: &str = r"
-local k = KEYS[5]
+local k = KEYS[4]
 if redis.call('HGET', k, 'tok') ~= ARGV[3] then return 0 end
 local sid = redis.call('HGET', k, 'sid')
 redis.call('XACK', KEYS[1], ARGV[1], sid)
@@ -114,32 +111,30 @@ redis.call('XDEL', KEYS[1], sid)
 redis.call('HDEL', k, 'sid', 'tok', 'w', 'until', 'at')
 redis.call('HSET', k, 'due', ARGV[4], 'err', ARGV[5])
 redis.call('ZADD', KEYS[2], ARGV[4], ARGV[2])
-redis.call('ZADD', KEYS[3], ARGV[4], ARGV[2])
-redis.call('ZREM', KEYS[4], ARGV[2])
+redis.call('ZREM', KEYS[3], ARGV[2])
 return 1
 ";
 
-/// KEYS: stream, pending, leases, entry, dead entry, dead, deadseq.
+/// KEYS: stream, leases, entry, dead entry, dead, deadseq.
 /// ARGV: group, id, token, why, now.
 const DEAD_LETTER: &str = r"
-local k, dk = KEYS[4], KEYS[5]
+local k, dk = KEYS[3], KEYS[4]
 if redis.call('HGET', k, 'tok') ~= ARGV[3] then return 0 end
 local sid = redis.call('HGET', k, 'sid')
 redis.call('XACK', KEYS[1], ARGV[1], sid)
 redis.call('XDEL', KEYS[1], sid)
 redis.call('ZREM', KEYS[2], ARGV[2])
-redis.call('ZREM', KEYS[3], ARGV[2])
 redis.call('HDEL', k, 'sid', 'tok', 'w', 'until', 'at')
 redis.call('DEL', dk)
 redis.call('RENAME', k, dk)
 redis.call('HSET', dk, 'reason', ARGV[4], 'died', ARGV[5])
-redis.call('ZADD', KEYS[6], redis.call('INCR', KEYS[7]), ARGV[2])
+redis.call('ZADD', KEYS[5], redis.call('INCR', KEYS[6]), ARGV[2])
 return 1
 ";
 
-/// KEYS: stream, delayed, pending, leases, entry. ARGV: group, id.
+/// KEYS: stream, delayed, leases, entry. ARGV: group, id.
 const CANCEL: &str = r"
-local k = KEYS[5]
+local k = KEYS[4]
 if redis.call('EXISTS', k) == 0 then return 0 end
 local sid = redis.call('HGET', k, 'sid')
 if sid then
@@ -149,39 +144,50 @@ end
 redis.call('DEL', k)
 redis.call('ZREM', KEYS[2], ARGV[2])
 redis.call('ZREM', KEYS[3], ARGV[2])
-redis.call('ZREM', KEYS[4], ARGV[2])
 return 1
 ";
 
-/// KEYS: delayed, pending, leases, dead. ARGV: now.
+/// KEYS: delayed, leases, dead. ARGV: now, entry key prefix.
 /// Returns {pending, in_flight, due, dead, oldest due (ms, -1 if none)}.
 const STATS: &str = r"
 local now = ARGV[1]
-local pending = redis.call('ZCARD', KEYS[2])
-local in_flight = redis.call('ZCOUNT', KEYS[3], '(' .. now, '+inf')
+local pending = redis.call('ZCARD', KEYS[1]) + redis.call('ZCARD', KEYS[2])
+local in_flight = redis.call('ZCOUNT', KEYS[2], '(' .. now, '+inf')
 local due = redis.call('ZCOUNT', KEYS[1], '-inf', now)
 local oldest = -1
 local first = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES', 'LIMIT', 0, 1)
 if #first > 0 then oldest = tonumber(first[2]) end
-local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)
+local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
 for _, id in ipairs(expired) do
-  local d = redis.call('ZSCORE', KEYS[2], id)
+  local d = redis.call('HGET', ARGV[2] .. id, 'due')
   if d then
     due = due + 1
     d = tonumber(d)
     if oldest < 0 or d < oldest then oldest = d end
   end
 end
-return {pending, in_flight, due, redis.call('ZCARD', KEYS[4]), oldest}
+return {pending, in_flight, due, redis.call('ZCARD', KEYS[3]), oldest}
 ";
 
-/// KEYS: pending. ARGV: entry key prefix, limit. Returns {id, json, due, enq, att, err}.
+/// KEYS: delayed, leases. ARGV: entry key prefix, limit.
+/// Returns {id, json, due, enq, att, err}, soonest due first (the waiting entries
+/// merged with the claimed ones, which are few).
 const PENDING: &str = r"
-local out = {}
-for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1)) do
+local limit = tonumber(ARGV[2])
+local rows = {}
+local function add(id)
   local f = redis.call('HMGET', ARGV[1] .. id, 'n', 'due', 'enq', 'att', 'err')
-  if f[1] then out[#out + 1] = {id, f[1], f[2], f[3], f[4], f[5]} end
+  if f[1] then rows[#rows + 1] = {id, f[1], f[2], f[3], f[4], f[5]} end
 end
+for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, limit - 1)) do add(id) end
+for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do add(id) end
+table.sort(rows, function(a, b)
+  local da, db = tonumber(a[3]), tonumber(b[3])
+  if da ~= db then return da < db end
+  return a[1] < b[1]
+end)
+local out = {}
+for i = 1, math.min(limit, #rows) do out[i] = rows[i] end
 return out
 ";
 
@@ -195,10 +201,10 @@ end
 return out
 ";
 
-/// KEYS: delayed, pending, dead, dead entry, entry. ARGV: id, now.
+/// KEYS: delayed, dead, dead entry, entry. ARGV: id, now.
 const REQUEUE: &str = r"
-local dk, k = KEYS[4], KEYS[5]
-if redis.call('ZREM', KEYS[3], ARGV[1]) == 0 then return 0 end
+local dk, k = KEYS[3], KEYS[4]
+if redis.call('ZREM', KEYS[2], ARGV[1]) == 0 then return 0 end
 if redis.call('EXISTS', k) == 1 then
   redis.call('DEL', dk)
   return 1
@@ -207,7 +213,6 @@ redis.call('RENAME', dk, k)
 redis.call('HDEL', k, 'reason', 'died')
 redis.call('HSET', k, 'due', ARGV[2], 'att', 0)
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
-redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 return 1
 ";
 

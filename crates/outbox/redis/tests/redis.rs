@@ -301,7 +301,7 @@ async fn throughput() {
         .map(|i| notification(&format!("b{i}")))
         .collect();
     let t = Instant::now();
-    for chunk in batch.chunks(1000) {
+    for chunk in batch.chunks(5000) {
         outbox.enqueue_batch(chunk, now).await.unwrap();
     }
     let batched = batch.len() as f64 / t.elapsed().as_secs_f64();
@@ -312,6 +312,24 @@ async fn throughput() {
         outbox.enqueue(n, now).await.unwrap();
     }
     let one_by_one = single.len() as f64 / t.elapsed().as_secs_f64();
+
+    let concurrent: Vec<_> = (0..10_000)
+        .map(|i| notification(&format!("c{i}")))
+        .collect();
+    let t = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for part in concurrent.chunks(concurrent.len() / 64) {
+        let (outbox, part) = (outbox.clone(), part.to_vec());
+        tasks.spawn(async move {
+            for n in &part {
+                outbox.enqueue(n, now).await.unwrap();
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+    let concurrent_single = concurrent.len() as f64 / t.elapsed().as_secs_f64();
 
     let t = Instant::now();
     let mut settled = 0;
@@ -329,5 +347,5 @@ async fn throughput() {
         settled += claims.len();
     }
     let claim_ack = settled as f64 / t.elapsed().as_secs_f64();
-    println!("redis: batched enqueue {batched:.0}/s (1000 per call), one-at-a-time {one_by_one:.0}/s, claim(100)+ack {claim_ack:.0}/s");
+    println!("redis: batched enqueue {batched:.0}/s (5000 per call), one-at-a-time {one_by_one:.0}/s sequential, {concurrent_single:.0}/s from 64 concurrent tasks, claim(100)+ack {claim_ack:.0}/s");
 }
