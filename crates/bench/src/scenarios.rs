@@ -678,20 +678,15 @@ pub async fn outbox(b: &mut Bench) -> Result<Vec<Row>, BenchError> {
         .target("≥ 20,000/s", rate >= 20_000.0),
     );
 
-    rows.push(match std::env::var("REDIS_URL") {
-        Err(_) => Row::skipped(
+    match std::env::var("REDIS_URL") {
+        Ok(url) if !url.is_empty() => rows.extend(redis_rows(b, &url, &tpl).await?),
+        _ => rows.push(Row::skipped(
             S,
             "Redis enqueue",
             "skipped (REDIS_URL not set)",
             "≥ 30,000/s",
-        ),
-        Ok(_) => Row::skipped(
-            S,
-            "Redis enqueue",
-            "skipped (not available: mesh-notify-outbox-redis has no outbox API yet)",
-            "≥ 30,000/s",
-        ),
-    });
+        )),
+    }
 
     // Backlog drain: entries queued while the sink is down, then delivered by the
     // workers once it is back.
@@ -841,6 +836,169 @@ async fn drain(
         emptied_at,
         extra: sink.delivered().saturating_sub(target),
     })
+}
+
+/// The server's persistence settings, e.g. `appendonly yes, appendfsync everysec`.
+async fn redis_persistence(conn: &mut redis::aio::MultiplexedConnection) -> String {
+    let mut out = Vec::new();
+    for key in ["appendonly", "appendfsync"] {
+        let v: Result<Vec<String>, _> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg(key)
+            .query_async(conn)
+            .await;
+        if let Ok(v) = v {
+            if let [k, v] = v.as_slice() {
+                out.push(format!("{k} {v}"));
+            }
+        }
+    }
+    if out.is_empty() {
+        "persistence settings unknown".into()
+    } else {
+        out.join(", ")
+    }
+}
+
+/// Deletes every key under `prefix` (bounded: at most 10,000 SCAN rounds).
+async fn redis_cleanup(
+    conn: &mut redis::aio::MultiplexedConnection,
+    prefix: &str,
+) -> Result<(), String> {
+    let mut cursor: u64 = 0;
+    for _ in 0..10_000 {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}:*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        if !keys.is_empty() {
+            let _: () = redis::cmd("UNLINK")
+                .arg(&keys)
+                .query_async(conn)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        if next == 0 {
+            return Ok(());
+        }
+        cursor = next;
+    }
+    Err("too many SCAN rounds".into())
+}
+
+/// Redis enqueue throughput: one at a time (c=1 and c=64) and batched. Keys live
+/// under a prefix unique to this run and are deleted afterwards.
+async fn redis_rows(b: &Bench, url: &str, tpl: &Notification) -> Result<Vec<Row>, BenchError> {
+    const S: &str = "outbox";
+    let prefix = format!(
+        "mesh-notify-bench:{}:{}",
+        std::process::id(),
+        Timestamp::now().as_millis()
+    );
+    let outbox = Arc::new(
+        mesh_notify_outbox_redis::RedisOutbox::connect(url, &prefix)
+            .await
+            .map_err(|e| setup(S)(e.to_string()))?,
+    );
+    let mut conn = redis::Client::open(url)
+        .map_err(|e| setup(S)(format!("redis: {:?}", e.kind())))?
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(|e| setup(S)(format!("redis: {:?}", e.kind())))?;
+    let persistence = redis_persistence(&mut conn).await;
+    let result = redis_measure(b, outbox, tpl).await;
+    let cleanup = redis_cleanup(&mut conn, &prefix).await;
+    let (c1, c64, batched) = result?;
+    cleanup.map_err(|e| {
+        run_err(S)(format!(
+            "cannot delete the benchmark's Redis keys under {prefix}: {e}"
+        ))
+    })?;
+    Ok(vec![
+        Row::info(
+            S,
+            format!("Redis enqueue, one at a time, c=1 ({persistence})"),
+            format!("{}/s", thousands(c1)),
+            c1,
+            "enqueues/s",
+        ),
+        Row::info(
+            S,
+            "Redis enqueue, one at a time, 64 concurrent callers",
+            format!("{}/s", thousands(c64)),
+            c64,
+            "enqueues/s",
+        )
+        .target("≥ 30,000/s", c64 >= 30_000.0),
+        Row::info(
+            S,
+            format!("Redis enqueue, batched ({} per batch)", b.sizes.batch),
+            format!("{}/s", thousands(batched)),
+            batched,
+            "enqueues/s",
+        )
+        .target("≥ 30,000/s", batched >= 30_000.0),
+    ])
+}
+
+async fn redis_measure(
+    b: &Bench,
+    outbox: Arc<mesh_notify_outbox_redis::RedisOutbox>,
+    tpl: &Notification,
+) -> Result<(f64, f64, f64), BenchError> {
+    const S: &str = "outbox";
+    let op: Op = {
+        let outbox = Arc::clone(&outbox);
+        Arc::new(move |n: Notification| {
+            let outbox = Arc::clone(&outbox);
+            Box::pin(async move {
+                match outbox.enqueue(&n, Timestamp::now()).await {
+                    Ok(true) => Ok(()),
+                    Ok(false) => Err(format!("redis enqueue of {} reported a duplicate", n.id)),
+                    Err(e) => Err(e.to_string()),
+                }
+            })
+        })
+    };
+    let (mut c1, mut c64, mut batched) = (Vec::new(), Vec::new(), Vec::new());
+    load::run(1, b.sizes.durable / 4 + 1, tpl, Arc::clone(&op))
+        .await
+        .map_err(run_err(S))?;
+    fill(outbox.as_ref(), tpl, b.sizes.batch, b.sizes.batch)
+        .await
+        .map_err(run_err(S))?;
+    for _ in 0..b.sizes.reps.min(3) {
+        c1.push(
+            load::run(1, b.sizes.durable, tpl, Arc::clone(&op))
+                .await
+                .map_err(run_err(S))?
+                .throughput,
+        );
+        c64.push(
+            load::run(64, b.sizes.batched / 5, tpl, Arc::clone(&op))
+                .await
+                .map_err(run_err(S))?
+                .throughput,
+        );
+        let batches: Vec<Vec<Notification>> = (0..b.sizes.batched.div_ceil(b.sizes.batch))
+            .map(|_| (0..b.sizes.batch).map(|_| fresh(tpl)).collect())
+            .collect();
+        let count: usize = batches.iter().map(Vec::len).sum();
+        let t = Instant::now();
+        for ns in &batches {
+            outbox
+                .enqueue_batch(ns, Timestamp::now())
+                .await
+                .map_err(|e| run_err(S)(e.to_string()))?;
+        }
+        batched.push(count as f64 / t.elapsed().as_secs_f64());
+    }
+    Ok((median(&c1), median(&c64), median(&batched)))
 }
 
 fn mib(kib: u64) -> f64 {
