@@ -307,11 +307,76 @@ pub async fn dispatch(b: &mut Bench) -> Result<Vec<Row>, BenchError> {
             );
         }
     }
+    rows.push(dispatcher_alone(b.sizes.c1 * 50, &tpl).await?);
     b.notes.push(format!(
         "dispatch: {} notifications per repetition at c=1, {} at c=64, {} repetitions after a warm-up; medians. Baseline and dispatcher share the reqwest settings of GotifyNotifier (timeout 5 s, keep-alive) and the body from mesh_notify_gotify::message_body.",
         b.sizes.c1, b.sizes.c64, b.sizes.reps
     ));
     Ok(rows)
+}
+
+/// A provider that delivers at once, to time the dispatcher without the network.
+struct Instant0;
+
+#[async_trait]
+impl Notifier for Instant0 {
+    fn name(&self) -> &str {
+        "noop"
+    }
+
+    async fn send(&self, _: &Notification) -> Result<Receipt, NotifyError> {
+        Ok(Receipt {
+            provider: "noop".into(),
+            message_id: None,
+            latency: Duration::ZERO,
+        })
+    }
+
+    async fn health(&self) -> Health {
+        Health::Healthy
+    }
+}
+
+/// CPU cost of `Dispatcher::dispatch` itself: a no-op provider called through the
+/// dispatcher vs called directly, sequentially.
+async fn dispatcher_alone(n: usize, tpl: &Notification) -> Result<Row, BenchError> {
+    const S: &str = "dispatch";
+    let noop: Arc<dyn Notifier> = Arc::new(Instant0);
+    let d = Dispatcher::builder()
+        .notifier(Arc::clone(&noop))
+        .route(Kind::Chat, ["noop"])
+        .build()
+        .map_err(|e| setup(S)(e.to_string()))?;
+    let mut direct = Vec::new();
+    let mut through = Vec::new();
+    for round in 0..6 {
+        let t = Instant::now();
+        for _ in 0..n {
+            let n = fresh(tpl);
+            noop.send(&n).await.map_err(|e| run_err(S)(e.to_string()))?;
+        }
+        let a = t.elapsed();
+        let t = Instant::now();
+        for _ in 0..n {
+            if !d.dispatch(fresh(tpl)).await.is_delivered() {
+                return Err(run_err(S)("the no-op provider did not deliver".into()));
+            }
+        }
+        let b = t.elapsed();
+        // Round 0 is the warm-up.
+        if round > 0 {
+            direct.push(a.as_secs_f64() / n as f64);
+            through.push(b.as_secs_f64() / n as f64);
+        }
+    }
+    let cost = (median(&through) - median(&direct)) * 1e6;
+    Ok(Row::info(
+        S,
+        "dispatcher alone, per notification (no-op provider, no network)",
+        format!("{cost:.2} µs"),
+        cost,
+        "us",
+    ))
 }
 
 /// A Gotify notifier under another name, so one route can hold two of them.
