@@ -333,6 +333,22 @@ async fn throughput() {
     }
     let one_by_one = single.len() as f64 / t.elapsed().as_secs_f64();
 
+    let concurrent: Vec<_> = (0..4_000).map(|i| notification(&format!("c{i}"))).collect();
+    let t = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for part in concurrent.chunks(concurrent.len() / 64) {
+        let (outbox, part) = (outbox.clone(), part.to_vec());
+        tasks.spawn(async move {
+            for n in &part {
+                outbox.enqueue(n, now).await.unwrap();
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+    let concurrent_single = concurrent.len() as f64 / t.elapsed().as_secs_f64();
+
     let t = Instant::now();
     let mut settled = 0;
     loop {
@@ -350,7 +366,7 @@ async fn throughput() {
     }
     let claim_ack = settled as f64 / t.elapsed().as_secs_f64();
     println!(
-        "sqlite on {}: batched enqueue {batched:.0}/s (500 per batch), one-at-a-time enqueue {one_by_one:.0}/s, claim(100)+ack {claim_ack:.0}/s",
+        "sqlite on {}: batched enqueue {batched:.0}/s (500 per batch), one-at-a-time enqueue {one_by_one:.0}/s sequential, {concurrent_single:.0}/s from 64 concurrent tasks, claim(100)+ack {claim_ack:.0}/s",
         dir.path().display()
     );
 }
