@@ -884,6 +884,35 @@ impl Config {
                 "outbox.backend",
                 "this build has no `sqlite` feature".into(),
             )),
+            #[cfg(feature = "redis")]
+            OutboxBackend::Redis => {
+                let raw = self.outbox.redis_url.clone().unwrap_or_default();
+                let mut url = url::Url::parse(&raw)
+                    .map_err(|e| invalid("outbox.redis_url", format!("not a URL: {e}")))?;
+                if let Some(pw) = &self.outbox.redis_password {
+                    url.set_password(Some(pw.expose())).map_err(|()| {
+                        invalid("outbox.redis_url", "cannot carry a password".into())
+                    })?;
+                }
+                let outbox = mesh_notify_outbox_redis::RedisOutbox::connect(
+                    url.as_str(),
+                    &self.outbox.redis_prefix,
+                )
+                .await
+                .map_err(|e| invalid("outbox.redis_url", e.to_string()))?;
+                tracing::info!(
+                    "outbox: redis {} (prefix {})",
+                    outbox.target(),
+                    self.outbox.redis_prefix
+                );
+                if let mesh_notify_core::Health::Degraded(why) =
+                    mesh_notify_core::Outbox::health(&outbox).await
+                {
+                    tracing::warn!("outbox: {why}");
+                }
+                Ok(Some(Arc::new(outbox)))
+            }
+            #[cfg(not(feature = "redis"))]
             OutboxBackend::Redis => Err(invalid(
                 "outbox.backend",
                 "this build has no `redis` feature".into(),
