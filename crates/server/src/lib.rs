@@ -165,10 +165,13 @@ pub async fn start(
             tracing::warn!("outbox.backend = \"none\": notifications are not durable");
             (None, NotifyPath::Submit)
         }
-        OutboxBackend::Redis => return Err(ServerError::Outbox(
-            "\"redis\" is not supported by mesh-server yet; use \"sqlite\" (default) or \"none\""
-                .into(),
-        )),
+        OutboxBackend::Redis => {
+            // Shared by several instances: the message commits first, its
+            // notifications are submitted right after (not in the same transaction).
+            let outbox = config.open_outbox(figment).await?;
+            tracing::info!("outbox: redis, shared by every instance; notifications submitted right after each message commits");
+            (outbox, NotifyPath::Submit)
+        }
     };
 
     let (dead_tx, dead_rx) = mpsc::unbounded_channel::<DeadAddress>();

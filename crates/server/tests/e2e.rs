@@ -387,3 +387,44 @@ async fn a_hung_gotify_does_not_slow_chat() {
     drop(alice);
     server.shutdown().await.unwrap();
 }
+
+/// With the Redis outbox (several instances share it), Seed Test 2 still gives Bob
+/// exactly one notification. Needs REDIS_URL (scripts/test starts redis-server).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_test_2_with_the_redis_outbox() {
+    let url = match std::env::var("REDIS_URL") {
+        Ok(u) if !u.is_empty() => u,
+        _ if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("REDIS_URL is not set: under CI the Redis tests must run")
+        }
+        _ => {
+            eprintln!("SKIPPED: REDIS_URL not set (run scripts/test)");
+            return;
+        }
+    };
+    let gotify = fake().await;
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = format!("e2e-{}", mesh_notify::core::NotificationId::new());
+    let extra = format!(
+        "[outbox]\nbackend = \"redis\"\nredis_url = \"{url}\"\nredis_prefix = \"{prefix}\"\n[routes]\nchat = [\"gotify\"]\n"
+    );
+    let server = start(&figment(&gotify.url(), dir.path(), &extra)).await;
+    let s = scene(&server).await;
+    let mut alice = Ws::connect(&server, &s.alice.token).await;
+    assert_eq!(alice.join(s.room).await["type"], "ack");
+    assert_eq!(alice.say(s.room, "Bob, via Redis").await["type"], "ack");
+    eventually("one notification at the fake", || {
+        gotify.messages().len() == 1
+    })
+    .await;
+    outbox_drained(&server).await;
+    let msgs = gotify.messages();
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(msgs[0].title, "💬 Alice dans Test Gotify");
+    assert_eq!(msgs[0].message, "Bob, via Redis");
+    assert_eq!(
+        server.dispatcher().outbox().map(|o| o.backend()),
+        Some("redis")
+    );
+    server.shutdown().await.unwrap();
+}
