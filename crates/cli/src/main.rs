@@ -10,7 +10,6 @@ use mesh_notify::core::{
     Room, Timestamp,
 };
 use mesh_notify::{Config, ConfigError};
-use tracing_subscriber::EnvFilter;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -94,23 +93,9 @@ enum OutboxCommand {
     PurgeDead,
 }
 
-fn init_logging(level: Option<&str>) {
-    let filter = level
-        .map(str::to_owned)
-        .or_else(|| std::env::var("LOG_LEVEL").ok())
-        .map(EnvFilter::new)
-        .or_else(|| EnvFilter::try_from_default_env().ok())
-        .unwrap_or_else(|| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_level.as_deref());
+    mesh_notify::init_logging(cli.log_level.as_deref());
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -135,3 +135,37 @@ impl NotifyError {
         }
     }
 }
+
+/// An error with its chain of sources on one line (`a: b: c`), skipping a source
+/// whose text its parent already contains. Providers use it to explain transport
+/// failures (reqwest and lettre nest the useful part several levels deep).
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        let text = e.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = e.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer")]
+    struct Outer(#[source] Inner);
+    #[derive(Debug, thiserror::Error)]
+    #[error("inner")]
+    struct Inner;
+
+    #[test]
+    fn chain_joins_sources() {
+        assert_eq!(error_chain(&Outer(Inner)), "outer: inner");
+    }
+}

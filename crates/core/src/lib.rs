@@ -31,7 +31,7 @@ mod secret;
 mod text;
 
 pub use compose::{Composer, Language, TemplateError, Templates};
-pub use error::{ErrorClass, NotifyError};
+pub use error::{error_chain, ErrorClass, NotifyError};
 pub use notification::{
     Address, AddressKind, BodyFormat, Kind, Notification, NotificationId, Priority, PriorityError,
     Recipient, Room, Timestamp,

@@ -31,6 +31,8 @@ mod breaker;
 mod config;
 mod dispatcher;
 mod log_provider;
+#[cfg(feature = "logging")]
+mod logging;
 mod queue;
 mod ratelimit;
 
@@ -45,6 +47,8 @@ pub use dispatcher::{
 };
 pub use figment::Figment;
 pub use log_provider::LogNotifier;
+#[cfg(feature = "logging")]
+pub use logging::init_logging;
 pub use mesh_notify_core as core;
 pub use queue::{QueuePolicy, Submitted, Workers};
 pub use ratelimit::{RateLimitConfig, RateLimiter};

@@ -5,7 +5,6 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use mesh_notify::Config;
-use tracing_subscriber::EnvFilter;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -21,20 +20,6 @@ struct Cli {
     /// Log filter, e.g. `info` or `mesh_server=debug` (else LOG_LEVEL, else RUST_LOG, else info).
     #[arg(long)]
     log_level: Option<String>,
-}
-
-fn init_logging(level: Option<&str>) {
-    let filter = level
-        .map(str::to_owned)
-        .or_else(|| std::env::var("LOG_LEVEL").ok())
-        .map(EnvFilter::new)
-        .or_else(|| EnvFilter::try_from_default_env().ok())
-        .unwrap_or_else(|| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
 }
 
 async fn stop_signal() {
@@ -74,7 +59,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_level.as_deref());
+    mesh_notify::init_logging(cli.log_level.as_deref());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -297,16 +297,7 @@ fn classify_transport(err: &reqwest::Error, timeout: Duration) -> NotifyError {
     }
 }
 
-fn source_chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut cur = err.source();
-    while let Some(e) = cur {
-        out.push_str(": ");
-        out.push_str(&e.to_string());
-        cur = e.source();
-    }
-    out
-}
+use mesh_notify_core::error_chain as source_chain;
 
 #[derive(Deserialize)]
 struct CreatedMessage {

@@ -126,19 +126,7 @@ fn is_certificate_failure(err: &SmtpError) -> bool {
     false
 }
 
-fn source_chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut cur = err.source();
-    while let Some(e) = cur {
-        let text = e.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        cur = e.source();
-    }
-    out
-}
+use mesh_notify_core::error_chain as source_chain;
 
 #[cfg(test)]
 mod tests {

@@ -1,0 +1,20 @@
+//! Log set-up shared by the `mesh-notify` and `mesh-server` binaries (feature
+//! `logging`).
+
+use tracing_subscriber::EnvFilter;
+
+/// Installs a stderr `tracing` subscriber. The filter is `level` (a `--log-level`
+/// flag), else `LOG_LEVEL`, else `RUST_LOG`, else `info`.
+pub fn init_logging(level: Option<&str>) {
+    let filter = level
+        .map(str::to_owned)
+        .or_else(|| std::env::var("LOG_LEVEL").ok())
+        .map(EnvFilter::new)
+        .or_else(|| EnvFilter::try_from_default_env().ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
