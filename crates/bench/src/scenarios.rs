@@ -248,29 +248,91 @@ pub async fn dispatch(b: &mut Bench) -> Result<Vec<Row>, BenchError> {
     let client = baseline_client(PROVIDER_TIMEOUT).map_err(setup(S))?;
     let base = baseline_op(client, message_url);
     let disp = dispatch_op(healthy_dispatcher(&url, S)?);
+    // Decomposition at c=1: the provider alone, and the provider inside the same
+    // `tokio::time::timeout` the dispatcher wraps every send in.
+    let provider: Arc<dyn Notifier> = Arc::new(gotify(&url, PROVIDER_TIMEOUT, S)?);
+    let direct: Op = {
+        let provider = Arc::clone(&provider);
+        Arc::new(move |n: Notification| {
+            let p = Arc::clone(&provider);
+            Box::pin(async move {
+                p.send(&n)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| format!("provider did not deliver: {e}"))
+            })
+        })
+    };
+    let send_timeout = RetryPolicy::default().send_timeout;
+    let direct_timeout: Op = Arc::new(move |n: Notification| {
+        let p = Arc::clone(&provider);
+        Box::pin(async move {
+            tokio::time::timeout(send_timeout, p.send(&n))
+                .await
+                .map_err(|_| "provider timed out".to_string())?
+                .map(|_| ())
+                .map_err(|e| format!("provider did not deliver: {e}"))
+        })
+    });
     let tpl = template();
     let mut rows = Vec::new();
+    let mut decomposition = Vec::new();
     for (c, total) in [(1usize, b.sizes.c1), (64, b.sizes.c64)] {
+        let mut ops = vec![Arc::clone(&base), Arc::clone(&disp)];
+        if c == 1 {
+            ops.push(Arc::clone(&direct));
+            ops.push(Arc::clone(&direct_timeout));
+        }
         // Warm-up (connections, allocator, caches): not recorded.
         let warm = (total / 4).max(c);
-        load::run(c, warm, &tpl, Arc::clone(&base))
-            .await
-            .map_err(run_err(S))?;
-        load::run(c, warm, &tpl, Arc::clone(&disp))
-            .await
-            .map_err(run_err(S))?;
-        let (mut bs, mut ds, mut added) = (Vec::new(), Vec::new(), Vec::new());
+        for op in &ops {
+            load::run(c, warm, &tpl, Arc::clone(op))
+                .await
+                .map_err(run_err(S))?;
+        }
+        // Interleaved so that drift in the machine's load hits all alike.
+        let mut runs: Vec<Vec<Load>> = vec![Vec::new(); ops.len()];
         for _ in 0..b.sizes.reps {
-            // Interleaved so that drift in the machine's load hits both alike.
-            let bl = load::run(c, total, &tpl, Arc::clone(&base))
-                .await
-                .map_err(run_err(S))?;
-            let dl = load::run(c, total, &tpl, Arc::clone(&disp))
-                .await
-                .map_err(run_err(S))?;
-            added.push(dl.latency.mean.as_secs_f64() - bl.latency.mean.as_secs_f64());
-            bs.push(bl);
-            ds.push(dl);
+            for (op, out) in ops.iter().zip(runs.iter_mut()) {
+                out.push(
+                    load::run(c, total, &tpl, Arc::clone(op))
+                        .await
+                        .map_err(run_err(S))?,
+                );
+            }
+        }
+        // Added mean latency over the baseline, median over the paired repetitions.
+        let added_over_base = |i: usize| {
+            let d: Vec<f64> = runs[i]
+                .iter()
+                .zip(&runs[0])
+                .map(|(x, b)| x.latency.mean.as_secs_f64() - b.latency.mean.as_secs_f64())
+                .collect();
+            median(&d) * 1e6
+        };
+        let added = vec![added_over_base(1) / 1e6];
+        let (bs, ds) = (runs[0].clone(), runs[1].clone());
+        if c == 1 {
+            for (i, what) in [
+                (2, "Gotify provider called directly (no dispatcher), c=1"),
+                (
+                    3,
+                    "Gotify provider inside tokio::time::timeout (no dispatcher), c=1",
+                ),
+            ] {
+                let l = median_load(&runs[i]);
+                decomposition.push(Row::info(
+                    S,
+                    what,
+                    format!(
+                        "{} · {:+.1} µs over the baseline (mean)",
+                        fmt_load(&l),
+                        added_over_base(i)
+                    ),
+                    added_over_base(i),
+                    "us",
+                ));
+            }
         }
         let (bl, dl) = (median_load(&bs), median_load(&ds));
         let ratio = dl.throughput / bl.throughput.max(f64::MIN_POSITIVE);
@@ -305,6 +367,7 @@ pub async fn dispatch(b: &mut Bench) -> Result<Vec<Row>, BenchError> {
                 )
                 .target("≤ 10 µs", added_us <= 10.0),
             );
+            rows.append(&mut decomposition);
         }
     }
     rows.push(dispatcher_alone(b.sizes.c1 * 50, &tpl).await?);
