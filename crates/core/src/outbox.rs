@@ -147,6 +147,16 @@ pub trait Outbox: Send + Sync {
     /// Delivered: removes the entry.
     async fn ack(&self, claim: &Claim) -> Result<(), OutboxError>;
 
+    /// Delivered, many at once (one durable write where the backend allows): one
+    /// result per claim, in order, each as `ack` would give it.
+    async fn ack_batch(&self, claims: &[Claim]) -> Vec<Result<(), OutboxError>> {
+        let mut out = Vec::with_capacity(claims.len());
+        for c in claims {
+            out.push(self.ack(c).await);
+        }
+        out
+    }
+
     /// Not delivered: releases the lease and makes the entry due again at `when`.
     async fn retry_at(&self, claim: &Claim, when: Timestamp, why: &str) -> Result<(), OutboxError>;
 

@@ -43,6 +43,7 @@ checks!(
     cancel,
     stats,
     survives_reopen,
+    ack_batch_settles_each_claim,
 );
 
 #[tokio::test]

@@ -166,12 +166,31 @@ impl Dispatcher {
             .claim(worker, policy.batch.max(1), policy.lease)
             .await?;
         let n = claims.len();
-        join_all(claims.iter().map(|c| self.deliver_claim(c))).await;
+        let delivered = join_all(claims.iter().map(|c| self.deliver_claim(c))).await;
+        // Acknowledge the delivered ones together: one durable write per batch.
+        let to_ack: Vec<Claim> = claims
+            .into_iter()
+            .zip(delivered)
+            .filter_map(|(c, ok)| ok.then_some(c))
+            .collect();
+        if !to_ack.is_empty() {
+            for (claim, r) in to_ack.iter().zip(outbox.ack_batch(&to_ack).await) {
+                if let Err(e) = r {
+                    // LeaseLost: another worker took it over and may deliver it again
+                    // (at-least-once); otherwise the lease expires and it is retried.
+                    tracing::warn!(id = %claim.id(), error = %e, "could not acknowledge a delivered notification");
+                }
+            }
+        }
         Ok(n)
     }
 
-    async fn deliver_claim(&self, claim: &Claim) {
-        let Some(outbox) = self.outbox() else { return };
+    /// Delivers one claimed entry. Returns `true` when it was delivered (the caller
+    /// acknowledges it, in a batch); otherwise settles it here (retry or dead letter).
+    async fn deliver_claim(&self, claim: &Claim) -> bool {
+        let Some(outbox) = self.outbox() else {
+            return false;
+        };
         let n = &claim.entry.notification;
         let now = Timestamp::now();
         let settle = |r: Result<(), OutboxError>| {
@@ -187,7 +206,7 @@ impl Dispatcher {
                     .dead_letter(claim, "expired before it could be delivered")
                     .await,
             );
-            return;
+            return false;
         }
         let age = Duration::from_millis(
             u64::try_from(now.as_millis() - n.created_at.as_millis()).unwrap_or(0),
@@ -203,13 +222,14 @@ impl Dispatcher {
                     claim.entry.last_error.as_deref().unwrap_or("none")
                 );
                 settle(outbox.dead_letter(claim, &why).await);
-                return;
+                return false;
             }
         }
         let outcome = self.try_route(n).await;
         if outcome.is_delivered() {
-            settle(outbox.ack(claim).await);
-        } else if outcome.expired {
+            return true;
+        }
+        if outcome.expired {
             metrics::counter!("mesh_notify_dead_letters_total", "reason" => "expired").increment(1);
             settle(
                 outbox
@@ -234,6 +254,7 @@ impl Dispatcher {
                     .await,
             );
         }
+        false
     }
 }
 

@@ -82,6 +82,7 @@ pub async fn run_all<H: OutboxHarness + ?Sized>(h: &mut H) {
     cancel(h).await;
     stats(h).await;
     survives_reopen(h).await;
+    ack_batch_settles_each_claim(h).await;
 }
 
 /// A notification tagged `tag` (in its title), with an address so the round trip
@@ -430,6 +431,41 @@ pub async fn lease_expiry_and_takeover<H: OutboxHarness + ?Sized>(h: &mut H) {
     );
     o.ack(new).await.expect("the new holder acks");
     assert_eq!(stats_of(&*o).await, OutboxStats::default());
+}
+
+/// `ack_batch` acknowledges every claim it is given and reports a claim whose lease
+/// was taken over as `LeaseLost`, without failing the others.
+pub async fn ack_batch_settles_each_claim<H: OutboxHarness + ?Sized>(h: &mut H) {
+    let o = h.open().await;
+    let a = notification("batch-a");
+    let b = notification("batch-b");
+    let c = notification("batch-c");
+    assert!(o.enqueue(&c, ago(20)).await.expect("enqueue"));
+    assert!(o.enqueue(&a, ago(0)).await.expect("enqueue"));
+    assert!(o.enqueue(&b, ago(0)).await.expect("enqueue"));
+    // w1 holds c on a short lease, a and b on a long one.
+    let short = o.claim("w1", 1, LEASE).await.expect("claim");
+    assert_eq!(ids(&short), vec![c.id], "oldest due first");
+    let long = o.claim("w1", 10, LONG_LEASE).await.expect("claim");
+    assert_eq!(long.len(), 2);
+    // c's lease expires and w2 takes it over: w1's claim on c is now stale.
+    let taken = claim_within(&*o, "w2", TAKEOVER_DEADLINE).await;
+    assert_eq!(ids(&taken), vec![c.id]);
+    let w1: Vec<_> = long.iter().chain(short.iter()).cloned().collect();
+    let results = o.ack_batch(&w1).await;
+    assert_eq!(results.len(), 3, "one result per claim, in order");
+    assert!(results[0].is_ok() && results[1].is_ok(), "{results:?}");
+    assert_lease_lost(results[2].clone(), c.id, "stale claim in a batch");
+    let st = stats_of(&*o).await;
+    assert_eq!(
+        (st.pending, st.in_flight),
+        (1, 1),
+        "only c is left, held by w2"
+    );
+    let results = o.ack_batch(&taken).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(stats_of(&*o).await, OutboxStats::default());
+    assert!(o.ack_batch(&[]).await.is_empty());
 }
 
 /// A worker whose lease expired but was not taken over can still settle it.

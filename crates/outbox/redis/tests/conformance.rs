@@ -60,4 +60,5 @@ checks!(
     cancel,
     stats,
     survives_reopen,
+    ack_batch_settles_each_claim,
 );

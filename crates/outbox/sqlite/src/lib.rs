@@ -441,6 +441,43 @@ impl Outbox for SqliteOutbox {
         .await
     }
 
+    async fn ack_batch(&self, claims: &[Claim]) -> Vec<Result<(), OutboxError>> {
+        let claims = claims.to_vec();
+        let n = claims.len();
+        let result = self
+            .with_conn(move |conn| {
+                // One transaction: one fsync for the whole batch.
+                let tx = conn
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(unavailable)?;
+                let mut results = Vec::with_capacity(claims.len());
+                {
+                    let mut stmt = tx
+                        .prepare_cached(
+                            "DELETE FROM mesh_notify_outbox WHERE id = ?1 AND lease_id = ?2",
+                        )
+                        .map_err(unavailable)?;
+                    for claim in &claims {
+                        let deleted = stmt
+                            .execute(params![claim.id().to_string(), claim.lease_id])
+                            .map_err(unavailable)?;
+                        results.push(if deleted == 1 {
+                            Ok(())
+                        } else {
+                            Err(OutboxError::LeaseLost(claim.id()))
+                        });
+                    }
+                }
+                tx.commit().map_err(unavailable)?;
+                Ok(results)
+            })
+            .await;
+        match result {
+            Ok(results) => results,
+            Err(e) => vec![Err(e); n],
+        }
+    }
+
     async fn retry_at(&self, claim: &Claim, when: Timestamp, why: &str) -> Result<(), OutboxError> {
         let claim = claim.clone();
         let why = why.to_owned();
