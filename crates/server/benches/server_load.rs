@@ -684,8 +684,16 @@ async fn rss_scenario(sizes: &Sizes) -> BenchResult<(Vec<Row>, Vec<String>)> {
             "MiB",
         ),
         Row::info(
-            format!("server RSS with {n} WebSockets (delta after start)"),
-            (with.saturating_sub(before)) as f64 / 1024.0,
+            format!(
+                "server RSS added by registering (8 at a time) and logging in {} users",
+                sizes.conn_users
+            ),
+            (pre.saturating_sub(idle)) as f64 / 1024.0,
+            "MiB",
+        ),
+        Row::info(
+            format!("server RSS added by {n} connected WebSockets"),
+            (with.saturating_sub(pre)) as f64 / 1024.0,
             "MiB",
         ),
         Row {
@@ -715,9 +723,10 @@ async fn rss_scenario(sizes: &Sizes) -> BenchResult<(Vec<Row>, Vec<String>)> {
             gauge.map(|g| format!("{g:.0}")).unwrap_or_else(|| "n/a".into())
         ),
         format!(
-            "rss: the clients run in a child process (this binary, --child-clients), so the server process's VmRSS holds only the server side; per connection = (VmRSS with the connections - VmRSS after registering the users) / {n}. Process VmRSS: {:.1} MiB before start, {:.1} MiB idle, {:.1} MiB with the connections",
+            "rss: the clients run in a child process (this binary, --child-clients), so the server process's VmRSS holds only the server side; per connection = (VmRSS with the connections - VmRSS after registering the users) / {n}. Process VmRSS: {:.1} MiB before start, {:.1} MiB idle, {:.1} MiB after the users' registration, {:.1} MiB with the connections",
             before as f64 / 1024.0,
             idle as f64 / 1024.0,
+            pre as f64 / 1024.0,
             with as f64 / 1024.0
         ),
         "rss: the baseline echo server (tokio-tungstenite accept + one task per connection echoing text frames) runs in another child process, measured the same way; it is a floor for any WebSocket server on this stack, not a target".into(),
@@ -1050,18 +1059,40 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+/// One chat case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Case {
+    /// Same room and load without absent members: nothing is queued.
+    Reference,
+    /// Absent members, Gotify answers normally.
+    Healthy,
+    /// Absent members, Gotify accepts and never answers.
+    Hung,
+}
+
+impl Case {
+    fn label(self) -> &'static str {
+        match self {
+            Case::Reference => "reference",
+            Case::Healthy => "healthy",
+            Case::Hung => "hung",
+        }
+    }
+}
+
 async fn chat_scenario(sizes: &Sizes) -> BenchResult<(Vec<Row>, Vec<String>)> {
+    let mut reference = Vec::new();
     let mut healthy = Vec::new();
     let mut hung = Vec::new();
-    // Interleaved, so drift in the machine's load hits both cases alike.
+    // Interleaved, so drift in the machine's load hits every case alike.
     for rep in 0..sizes.reps {
-        for is_hung in [false, true] {
-            let label = if is_hung { "hung" } else { "healthy" };
-            let r = chat_case(sizes, is_hung)
+        for case in [Case::Reference, Case::Healthy, Case::Hung] {
+            let label = case.label();
+            let r = chat_case(sizes, case)
                 .await
-                .map_err(|e| format!("{label} Gotify, repetition {}: {e}", rep + 1))?;
+                .map_err(|e| format!("{label} case, repetition {}: {e}", rep + 1))?;
             eprintln!(
-                "  {label:7} rep {}: p50 {:.2} ms, p99 {:.2} ms ({} samples, Gotify requests during the run {}, setup {:.1} s)",
+                "  {label:9} rep {}: p50 {:.2} ms, p99 {:.2} ms ({} samples, Gotify requests during the run {}, setup {:.1} s)",
                 rep + 1,
                 r.p50_ms,
                 r.p99_ms,
@@ -1069,38 +1100,57 @@ async fn chat_scenario(sizes: &Sizes) -> BenchResult<(Vec<Row>, Vec<String>)> {
                 r.gotify_requests,
                 r.setup.as_secs_f64()
             );
-            if is_hung {
-                if r.gotify_requests == 0 {
-                    return Err("hung case: the workers never reached the hung Gotify".into());
+            match case {
+                Case::Reference => reference.push(r),
+                Case::Healthy => healthy.push(r),
+                Case::Hung => {
+                    if r.gotify_requests == 0 {
+                        return Err("hung case: the workers never reached the hung Gotify".into());
+                    }
+                    hung.push(r)
                 }
-                hung.push(r);
-            } else {
-                healthy.push(r);
             }
         }
     }
     let med = |v: &[CaseResult], f: fn(&CaseResult) -> f64| median(v.iter().map(f).collect());
+    let (r50, r99) = (med(&reference, |r| r.p50_ms), med(&reference, |r| r.p99_ms));
     let (h50, h99) = (med(&healthy, |r| r.p50_ms), med(&healthy, |r| r.p99_ms));
     let (g50, g99) = (med(&hung, |r| r.p50_ms), med(&hung, |r| r.p99_ms));
     let ratio99 = g99 / h99;
     let ab = sizes.absent;
     let rows = vec![
         Row::info(
-            format!("chat broadcast p50, {ab} absent members, Gotify healthy"),
-            h50,
+            "chat broadcast p50, reference: no absent members",
+            r50,
             "ms",
         ),
         Row::info(
-            format!("chat broadcast p99, {ab} absent members, Gotify healthy"),
-            h99,
+            "chat broadcast p99, reference: no absent members",
+            r99,
             "ms",
         ),
+        Row {
+            figure: format!("chat broadcast p50, {ab} absent members, Gotify healthy"),
+            value: h50,
+            unit: "ms",
+            ratio: Some(h50 / r50),
+            target: "ratio vs reference (info)".into(),
+            pass: None,
+        },
+        Row {
+            figure: format!("chat broadcast p99, {ab} absent members, Gotify healthy"),
+            value: h99,
+            unit: "ms",
+            ratio: Some(h99 / r99),
+            target: "ratio vs reference (info)".into(),
+            pass: None,
+        },
         Row {
             figure: format!("chat broadcast p50, {ab} absent members, Gotify hung"),
             value: g50,
             unit: "ms",
             ratio: Some(g50 / h50),
-            target: String::new(),
+            target: "ratio vs healthy (info)".into(),
             pass: None,
         },
         Row {
@@ -1112,15 +1162,16 @@ async fn chat_scenario(sizes: &Sizes) -> BenchResult<(Vec<Row>, Vec<String>)> {
             pass: Some(ratio99 <= 1.2),
         },
     ];
-    let list = |v: &[CaseResult]| {
-        v.iter()
-            .map(|r| format!("{:.2}", r.p99_ms))
-            .collect::<Vec<_>>()
-            .join(", ")
+    let list = |v: &[CaseResult], f: fn(&CaseResult) -> String| {
+        v.iter().map(f).collect::<Vec<_>>().join(", ")
     };
+    let p50s = |v: &[CaseResult]| list(v, |r| format!("{:.2}", r.p50_ms));
+    let p99s = |v: &[CaseResult]| list(v, |r| format!("{:.2}", r.p99_ms));
+    let reqs = |v: &[CaseResult]| list(v, |r| r.gotify_requests.to_string());
+    let pend = |v: &[CaseResult]| list(v, |r| r.outbox_pending_after.to_string());
     let notes = vec![
         format!(
-            "chat: one room, 1 sender + {} present members (one WebSocket each, joined) + {} absent members (registered, invited, never connected); the sender sends {} messages {} ms apart, the first {} are warm-up and not counted; latency = sender's send to `chat.message` arriving at each present member ({} samples per repetition); each message queues {} chat notifications in the same SQLite transaction",
+            "chat: one room, 1 sender + {} present members (one WebSocket each, joined) + {} absent members (registered, invited, never connected); the sender sends {} messages {} ms apart, the first {} are warm-up and not counted; latency = sender's send to `chat.message` arriving at each present member ({} samples per repetition); each message queues {} chat notifications in the same SQLite transaction. Reference: the same without absent members",
             sizes.present,
             sizes.absent,
             sizes.messages,
@@ -1130,31 +1181,40 @@ async fn chat_scenario(sizes: &Sizes) -> BenchResult<(Vec<Row>, Vec<String>)> {
             healthy.first().map(|r| r.queued / sizes.messages.max(1)).unwrap_or(0),
         ),
         format!(
-            "chat: {} repetitions per case, interleaved (healthy, hung, ...), fresh data dir, server and fake Gotify each; figures are medians of the per-repetition percentiles. p99 per repetition: healthy [{}], hung [{}]",
+            "chat: {} repetitions per case, interleaved (reference, healthy, hung, ...), fresh data dir, server and fake Gotify each; figures are medians of the per-repetition percentiles. p50 per repetition: reference [{}], healthy [{}], hung [{}]; p99 per repetition: reference [{}], healthy [{}], hung [{}]",
             sizes.reps,
-            list(&healthy),
-            list(&hung)
+            p50s(&reference),
+            p50s(&healthy),
+            p50s(&hung),
+            p99s(&reference),
+            p99s(&healthy),
+            p99s(&hung)
         ),
         format!(
             "chat: provider timeout {} s, retry.attempts_per_provider = 1, breaker disabled (every queued notification goes to Gotify), delivery workers at the queue defaults; route chat = [gotify]. Gotify requests during a repetition: healthy [{}], hung [{}]; outbox entries still pending at the end: healthy [{}], hung [{}]",
             sizes.hung_timeout.as_secs_f64(),
-            healthy.iter().map(|r| r.gotify_requests.to_string()).collect::<Vec<_>>().join(", "),
-            hung.iter().map(|r| r.gotify_requests.to_string()).collect::<Vec<_>>().join(", "),
-            healthy.iter().map(|r| r.outbox_pending_after.to_string()).collect::<Vec<_>>().join(", "),
-            hung.iter().map(|r| r.outbox_pending_after.to_string()).collect::<Vec<_>>().join(", "),
+            reqs(&healthy),
+            reqs(&hung),
+            pend(&healthy),
+            pend(&hung),
         ),
     ];
     Ok((rows, notes))
 }
 
-async fn chat_case(sizes: &Sizes, hung: bool) -> BenchResult<CaseResult> {
+async fn chat_case(sizes: &Sizes, case: Case) -> BenchResult<CaseResult> {
     let setup_start = Instant::now();
     let gotify = FakeGotify::start(&[(APP_TOKEN, 1)])
         .await
         .map_err(|e| format!("fake gotify: {e}"))?;
-    if hung {
+    if case == Case::Hung {
         gotify.set_mode(Mode::Hang);
     }
+    let absent = if case == Case::Reference {
+        0
+    } else {
+        sizes.absent
+    };
     let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
     let server = start_server(&bench_figment(
         &gotify.url(),
@@ -1162,7 +1222,7 @@ async fn chat_case(sizes: &Sizes, hung: bool) -> BenchResult<CaseResult> {
         sizes.hung_timeout,
     ))
     .await?;
-    let result = chat_measure(sizes, &server, &gotify, setup_start).await;
+    let result = chat_measure(sizes, absent, &server, &gotify, setup_start).await;
     // With a hung Gotify the workers finish their batch at the provider timeout.
     let stopped = stop_server(server, sizes.hung_timeout * 2 + Duration::from_secs(10)).await;
     let r = result?;
@@ -1172,6 +1232,7 @@ async fn chat_case(sizes: &Sizes, hung: bool) -> BenchResult<CaseResult> {
 
 async fn chat_measure(
     sizes: &Sizes,
+    absent: usize,
     server: &ServerHandle,
     gotify: &FakeGotify,
     setup_start: Instant,
@@ -1179,7 +1240,7 @@ async fn chat_measure(
     let api = Api::new(server.addr())?;
     let mut present_names = vec!["sender".to_string()];
     present_names.extend((0..sizes.present).map(|i| format!("present{i}")));
-    let absent_names: Vec<String> = (0..sizes.absent).map(|i| format!("absent{i}")).collect();
+    let absent_names: Vec<String> = (0..absent).map(|i| format!("absent{i}")).collect();
     register_all(&api, &present_names).await?;
     register_all(&api, &absent_names).await?;
     let mut users = Vec::new();
@@ -1257,7 +1318,7 @@ async fn chat_measure(
         p50_ms: percentile(&lat, 0.50),
         p99_ms: percentile(&lat, 0.99),
         samples: lat.len(),
-        queued: n * sizes.absent,
+        queued: n * absent,
         gotify_requests,
         outbox_pending_after,
         setup,
