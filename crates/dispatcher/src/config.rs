@@ -200,8 +200,10 @@ pub struct QueueSection {
     pub max_backoff: Duration,
     /// Delivery workers per process (default 2).
     pub workers: usize,
-    /// Entries one worker claims and delivers concurrently (default 32).
+    /// Entries one worker claims and acknowledges at once (default 128).
     pub batch: usize,
+    /// Of a claimed batch, how many one worker delivers at the same time (default 32).
+    pub concurrency: usize,
     /// Lease on a claimed entry before another worker may take it over (default 60s).
     #[serde(with = "humantime_serde")]
     pub lease: Duration,
@@ -252,6 +254,7 @@ impl Default for QueueSection {
             max_backoff: q.max_backoff,
             workers: q.workers,
             batch: q.batch,
+            concurrency: q.concurrency,
             lease: q.lease,
             poll_interval: q.poll_interval,
             max_age: MaxAgeSection::default(),
@@ -715,6 +718,7 @@ impl Config {
             ]),
             workers: q.workers,
             batch: q.batch,
+            concurrency: q.concurrency,
             lease: q.lease,
             poll_interval: q.poll_interval,
         }

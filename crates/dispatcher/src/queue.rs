@@ -24,8 +24,10 @@ pub struct QueuePolicy {
     pub max_age: BTreeMap<Kind, Duration>,
     /// Delivery workers per process.
     pub workers: usize,
-    /// Entries claimed at once by one worker (delivered concurrently).
+    /// Entries claimed (and acknowledged) at once by one worker.
     pub batch: usize,
+    /// Of a claimed batch, how many one worker delivers at the same time.
+    pub concurrency: usize,
     /// Lease on a claimed entry; another worker takes it over after this.
     pub lease: Duration,
     /// How often an idle worker looks for due entries (a local `submit` wakes it at once).
@@ -45,7 +47,8 @@ impl Default for QueuePolicy {
                 (Kind::Call, Duration::from_secs(60)),
             ]),
             workers: 2,
-            batch: 32,
+            batch: 128,
+            concurrency: 32,
             lease: Duration::from_secs(60),
             poll_interval: Duration::from_millis(250),
         }
@@ -166,7 +169,10 @@ impl Dispatcher {
             .claim(worker, policy.batch.max(1), policy.lease)
             .await?;
         let n = claims.len();
-        let delivered = join_all(claims.iter().map(|c| self.deliver_claim(c))).await;
+        let mut delivered = Vec::with_capacity(n);
+        for chunk in claims.chunks(policy.concurrency.max(1)) {
+            delivered.extend(join_all(chunk.iter().map(|c| self.deliver_claim(c))).await);
+        }
         // Acknowledge the delivered ones together: one durable write per batch.
         let to_ack: Vec<Claim> = claims
             .into_iter()

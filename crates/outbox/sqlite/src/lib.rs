@@ -210,6 +210,29 @@ impl SqliteOutbox {
         &self.path
     }
 
+    /// Like [`with_conn`](Self::with_conn), with `synchronous=NORMAL` for the
+    /// duration of `f`: its commits are not fsync'd one by one (WAL mode keeps them
+    /// consistent; the next `FULL` commit, e.g. an enqueue, makes them durable).
+    /// Used for leases and acknowledgements only: losing one in a power cut means a
+    /// lease taken again or a notification delivered again (at-least-once), never a
+    /// lost notification.
+    async fn with_conn_relaxed<T, F>(&self, f: F) -> Result<T, OutboxError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, OutboxError> + Send + 'static,
+    {
+        self.with_conn(move |conn| {
+            conn.pragma_update(None, "synchronous", "NORMAL")
+                .map_err(unavailable)?;
+            let result = f(conn);
+            let restored = conn.pragma_update(None, "synchronous", "FULL");
+            let value = result?;
+            restored.map_err(unavailable)?;
+            Ok(value)
+        })
+        .await
+    }
+
     /// Runs `f` on the connection on the blocking pool.
     async fn with_conn<T, F>(&self, f: F) -> Result<T, OutboxError>
     where
@@ -377,7 +400,7 @@ impl Outbox for SqliteOutbox {
             return Ok(Vec::new());
         }
         let worker = worker.to_owned();
-        self.with_conn(move |conn| {
+        self.with_conn_relaxed(move |conn| {
             let now = Timestamp::now();
             let until = now.plus(lease);
             let tx = immediate(conn)?;
@@ -445,8 +468,8 @@ impl Outbox for SqliteOutbox {
         let claims = claims.to_vec();
         let n = claims.len();
         let result = self
-            .with_conn(move |conn| {
-                // One transaction: one fsync for the whole batch.
+            .with_conn_relaxed(move |conn| {
+                // One transaction for the whole batch, not fsync'd on its own.
                 let tx = conn
                     .transaction_with_behavior(TransactionBehavior::Immediate)
                     .map_err(unavailable)?;
