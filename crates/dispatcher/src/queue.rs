@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures_util::future::join_all;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use mesh_notify_core::{Claim, Kind, Notification, OutboxError, Timestamp};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -169,9 +169,21 @@ impl Dispatcher {
             .claim(worker, policy.batch.max(1), policy.lease)
             .await?;
         let n = claims.len();
-        let mut delivered = Vec::with_capacity(n);
-        for chunk in claims.chunks(policy.concurrency.max(1)) {
-            delivered.extend(join_all(chunk.iter().map(|c| self.deliver_claim(c))).await);
+        // Deliver with at most `concurrency` in flight, starting the next as soon as
+        // one finishes (no waiting for the slowest of a chunk).
+        let mut delivered = vec![false; n];
+        {
+            let mut in_flight = FuturesUnordered::new();
+            let mut pending = claims.iter().enumerate();
+            for (i, c) in pending.by_ref().take(policy.concurrency.max(1)) {
+                in_flight.push(self.deliver_indexed(i, c));
+            }
+            while let Some((i, ok)) = in_flight.next().await {
+                delivered[i] = ok;
+                if let Some((j, c)) = pending.next() {
+                    in_flight.push(self.deliver_indexed(j, c));
+                }
+            }
         }
         // Acknowledge the delivered ones together: one durable write per batch.
         let to_ack: Vec<Claim> = claims
@@ -189,6 +201,10 @@ impl Dispatcher {
             }
         }
         Ok(n)
+    }
+
+    async fn deliver_indexed(&self, i: usize, claim: &Claim) -> (usize, bool) {
+        (i, self.deliver_claim(claim).await)
     }
 
     /// Delivers one claimed entry. Returns `true` when it was delivered (the caller

@@ -43,8 +43,12 @@ pub(crate) async fn upgrade(
     // Frames up to 4x the limit are read and refused with a clean 1009 close; larger
     // ones are cut off by the WebSocket layer itself.
     let hard_limit = state.config.max_frame_bytes.saturating_mul(4);
+    // Small per-connection buffers: the library default (128 KiB read buffer) made
+    // each idle connection cost ~135 KiB of RSS (docs/benchmarks.md).
     ws.max_message_size(hard_limit)
         .max_frame_size(hard_limit)
+        .read_buffer_size(8 * 1024)
+        .write_buffer_size(8 * 1024)
         .on_upgrade(move |socket| connection(state, user, socket))
 }
 
