@@ -135,13 +135,31 @@ async fn register(
         .map(|d| d.trim().to_string())
         .unwrap_or_else(|| username.clone());
     check_len("display_name", &display_name, 1, 64)?;
+    let taken = || {
+        AppError::new(
+            StatusCode::CONFLICT,
+            "username_taken",
+            "this username is taken",
+        )
+        .field("username")
+    };
+    let name = username.clone();
+    let exists = state
+        .store
+        .call(move |conn| Ok(store::user_by_name(conn, &name)?.is_some()))
+        .await?;
+    if exists {
+        return Err(taken());
+    }
+    // Hash outside the database lock: argon2 takes tens of milliseconds and must not
+    // hold up chat writes.
+    let hash = auth::hash_password_async(req.password).await?;
     let user = state
         .store
         .call(move |conn| {
             if store::user_by_name(conn, &username)?.is_some() {
-                return Err(AppError::new(StatusCode::CONFLICT, "username_taken", "this username is taken").field("username"));
+                return Err(taken());
             }
-            let hash = auth::hash_password(&req.password)?;
             conn.execute(
                 "INSERT INTO users (username, display_name, password_hash, created_at) VALUES (?1, ?2, ?3, ?4)",
                 params![username, display_name, hash, now_ms()],
@@ -169,27 +187,38 @@ async fn login(
     ApiJson(req): ApiJson<LoginRequest>,
 ) -> Result<Json<Value>, AppError> {
     let ttl_ms = i64::try_from(state.config.session_ttl.as_millis()).unwrap_or(i64::MAX);
-    let (user, token, expires_at) = state
+    let refused = || {
+        AppError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_credentials",
+            "unknown username or wrong password",
+        )
+    };
+    let name = req.username.trim().to_string();
+    let found = state
+        .store
+        .call(move |conn| Ok(store::user_by_name(conn, &name)?))
+        .await?;
+    // Verify outside the database lock; an unknown user costs the same argon2 work,
+    // so response times do not reveal which usernames exist.
+    let phc = found.as_ref().map(|(_, phc)| phc.clone());
+    let password_ok = auth::verify_password_async(req.password, phc).await;
+    let Some((user, _)) = found.filter(|_| password_ok) else {
+        return Err(refused());
+    };
+    let user_id = user.id;
+    let (token, expires_at) = state
         .store
         .call(move |conn| {
-            let refused = || {
-                AppError::new(StatusCode::UNAUTHORIZED, "invalid_credentials", "unknown username or wrong password")
-            };
-            let Some((user, phc)) = store::user_by_name(conn, req.username.trim())? else {
-                return Err(refused());
-            };
-            if !auth::verify_password(&req.password, &phc) {
-                return Err(refused());
-            }
             let token = auth::new_token()?;
             let now = now_ms();
             let expires_at = now.saturating_add(ttl_ms);
             conn.execute(
                 "INSERT INTO sessions (token_hash, user_id, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
-                params![auth::token_hash(&token), user.id, now, expires_at],
+                params![auth::token_hash(&token), user_id, now, expires_at],
             )?;
             conn.execute("DELETE FROM sessions WHERE expires_at <= ?1", [now])?;
-            Ok((user, token, expires_at))
+            Ok((token, expires_at))
         })
         .await?;
     tracing::info!(user = user.id, "logged in");

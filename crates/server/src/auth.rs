@@ -31,6 +31,45 @@ pub(crate) fn verify_password(password: &str, phc: &str) -> bool {
     }
 }
 
+/// At most two argon2 computations at a time (each uses 19 MiB and a core): bounds
+/// memory and keeps logins from starving everything else on a small machine.
+static HASHING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
+/// [`hash_password`] on the blocking pool, at most two at a time.
+pub(crate) async fn hash_password_async(password: String) -> Result<String, AppError> {
+    let _permit = HASHING
+        .acquire()
+        .await
+        .map_err(|e| AppError::internal(format!("password hashing unavailable: {e}")))?;
+    tokio::task::spawn_blocking(move || hash_password(&password))
+        .await
+        .map_err(|e| AppError::internal(format!("password hashing failed: {e}")))?
+}
+
+/// [`verify_password`] on the blocking pool, at most two at a time. Without a stored
+/// hash (unknown user) it verifies against a dummy hash, so the answer takes as long.
+pub(crate) async fn verify_password_async(password: String, phc: Option<String>) -> bool {
+    let Ok(_permit) = HASHING.acquire().await else {
+        return false;
+    };
+    tokio::task::spawn_blocking(move || match phc {
+        Some(phc) => verify_password(&password, &phc),
+        None => {
+            let _ = dummy_hash().map(|d| verify_password(&password, d));
+            false
+        }
+    })
+    .await
+    .unwrap_or(false)
+}
+
+fn dummy_hash() -> Option<&'static str> {
+    static DUMMY: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    DUMMY
+        .get_or_init(|| hash_password("mesh-server timing equaliser").ok())
+        .as_deref()
+}
+
 /// A new session token: 32 random bytes, hex.
 pub(crate) fn new_token() -> Result<String, AppError> {
     let mut bytes = [0u8; 32];
