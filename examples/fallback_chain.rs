@@ -19,7 +19,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     let dispatcher = Dispatcher::builder()
         .notifier(Arc::new(gotify))
-        .notifier(Arc::new(LogNotifier))
+        // Terminal for this demo: the log counts as a delivery. The default log
+        // provider does not while a real provider (here Gotify) could deliver
+        // later: the notification would wait in the outbox for Gotify instead.
+        .notifier(Arc::new(LogNotifier::terminal()))
         .route(Kind::Call, ["gotify", "log"])
         .policy(RetryPolicy {
             attempts_per_provider: 2,

@@ -534,7 +534,7 @@ pub async fn failover(b: &mut Bench) -> Result<Vec<Row>, BenchError> {
     };
     let no_breaker = BreakerConfig {
         failure_threshold: 0,
-        cool_down: Duration::ZERO,
+        ..BreakerConfig::default()
     };
     let ok = || gotify(&ok_url, PROVIDER_TIMEOUT, S);
 
@@ -562,7 +562,8 @@ pub async fn failover(b: &mut Bench) -> Result<Vec<Row>, BenchError> {
         one_try,
         BreakerConfig {
             failure_threshold: threshold,
-            cool_down: Duration::from_secs(600),
+            probe_interval: Duration::from_secs(600),
+            probe_max_interval: Duration::from_secs(600),
         },
     )?;
     let ops = [

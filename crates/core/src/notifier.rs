@@ -61,6 +61,14 @@ pub trait Notifier: Send + Sync {
         true
     }
 
+    /// Whether a delivery by this provider reaches a person. The built-in `log`
+    /// provider answers `false`: the dispatcher then counts it as the delivery
+    /// only for notifications that no real provider of the route can reach, and
+    /// otherwise keeps them queued until a real provider delivers them.
+    fn reaches_people(&self) -> bool {
+        true
+    }
+
     /// Sends one notification.
     async fn send(&self, notification: &Notification) -> Result<Receipt, NotifyError>;
 

@@ -14,6 +14,11 @@
 //!   [`OutboxError::LeaseLost`] if the lease expired and the entry was claimed
 //!   again meanwhile, so a slow worker cannot settle somebody else's claim.
 //! * Dead letters are kept and inspectable until purged or re-queued.
+//! * `park` releases a claim without counting it as an attempt and keeps the entry
+//!   out of `claim` until `unpark` names one of the providers it waits for, or
+//!   until its give-up time (then it is handed out again, to be dead-lettered).
+//!   Claiming an entry ends its parking.
+//! * `renew` extends a lease that is still held, so a slow delivery keeps it.
 
 use std::time::Duration;
 
@@ -35,6 +40,10 @@ pub struct OutboxEntry {
     pub enqueued_at: Timestamp,
     /// Why the last attempt failed, if one did.
     pub last_error: Option<String>,
+    /// While parked: the providers it waits for (it becomes due again as soon as
+    /// one of them is back, see [`Outbox::unpark`]). Empty when not parked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parked_on: Vec<String>,
 }
 
 /// A leased entry. Settle it with `ack`, `retry_at` or `dead_letter`.
@@ -79,6 +88,10 @@ pub struct OutboxStats {
     pub dead: u64,
     /// Age of the oldest due entry's due time, in milliseconds (0 when none is due).
     pub oldest_due_age_ms: u64,
+    /// Of the pending entries, how many are parked (waiting for a provider to come
+    /// back, see [`Outbox::park`]); parked entries are not due.
+    #[serde(default)]
+    pub parked: u64,
 }
 
 /// Outbox failures.
@@ -159,6 +172,29 @@ pub trait Outbox: Send + Sync {
 
     /// Not delivered: releases the lease and makes the entry due again at `when`.
     async fn retry_at(&self, claim: &Claim, when: Timestamp, why: &str) -> Result<(), OutboxError>;
+
+    /// Not delivered because every provider that could deliver it is down (circuit
+    /// open, paused): releases the lease **without counting this attempt**
+    /// (`attempts` goes back to its value before the claim) and parks the entry on
+    /// `providers` with `why` as its last error. A parked entry is not claimed
+    /// until [`unpark`](Self::unpark) names one of `providers`, or until `until`
+    /// (its give-up time), when it is handed out again to be dead-lettered.
+    async fn park(
+        &self,
+        claim: &Claim,
+        providers: &[String],
+        until: Timestamp,
+        why: &str,
+    ) -> Result<(), OutboxError>;
+
+    /// Makes up to `limit` parked entries that wait for `provider` (any provider
+    /// when `None`) due now, oldest first; returns how many.
+    async fn unpark(&self, provider: Option<&str>, limit: usize) -> Result<u64, OutboxError>;
+
+    /// Extends a lease that `claim` still holds to `lease` from now (a slow
+    /// delivery keeps its entry). `LeaseLost` when another worker took it over or
+    /// the entry is gone: the caller must then not deliver it.
+    async fn renew(&self, claim: &Claim, lease: Duration) -> Result<(), OutboxError>;
 
     /// Given up: moves the entry to the dead letters with `why`.
     async fn dead_letter(&self, claim: &Claim, why: &str) -> Result<(), OutboxError>;

@@ -44,6 +44,11 @@ checks!(
     stats,
     survives_reopen,
     ack_batch_settles_each_claim,
+    parked_entries_keep_their_attempt_count,
+    unpark_by_provider_and_limit,
+    parked_entry_comes_back_at_its_give_up_time,
+    renew_keeps_the_lease_and_reports_a_lost_one,
+    ack_per_entry,
 );
 
 #[tokio::test]

@@ -81,6 +81,12 @@ pub struct LogConfig {
     /// Whether the built-in log provider is available to routes (default true).
     #[serde(default = "yes")]
     pub enabled: bool,
+    /// Whether writing a notification to the log counts as its delivery even when
+    /// a real provider of the route could deliver it later (default false: the
+    /// log delivers only where no real provider can reach the recipient, and
+    /// otherwise the notification waits in the outbox for the real provider).
+    #[serde(default)]
+    pub terminal: bool,
 }
 
 fn yes() -> bool {
@@ -89,7 +95,10 @@ fn yes() -> bool {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { enabled: true }
+        Self {
+            enabled: true,
+            terminal: false,
+        }
     }
 }
 
@@ -162,9 +171,14 @@ impl RoutesConfig {
 pub struct BreakerSection {
     /// Consecutive transient failures that open a provider's circuit (0 = off; default 5).
     pub failure_threshold: u32,
-    /// How long an open circuit skips the provider before one probe (default 30s).
+    /// Wait between opening and the first probe (default 1s); doubles after each
+    /// failed probe. `cool_down` is accepted as its former name.
+    #[serde(with = "humantime_serde", alias = "cool_down")]
+    pub probe_interval: Duration,
+    /// Longest wait between two probes of a provider that is down (default 5s):
+    /// the longest a backlog waits after the provider is back.
     #[serde(with = "humantime_serde")]
-    pub cool_down: Duration,
+    pub probe_max_interval: Duration,
 }
 
 impl Default for BreakerSection {
@@ -172,7 +186,8 @@ impl Default for BreakerSection {
         let b = BreakerConfig::default();
         Self {
             failure_threshold: b.failure_threshold,
-            cool_down: b.cool_down,
+            probe_interval: b.probe_interval,
+            probe_max_interval: b.probe_max_interval,
         }
     }
 }
@@ -619,6 +634,33 @@ impl Config {
                 "initial_backoff must be > 0 and max_backoff >= initial_backoff".into(),
             ));
         }
+        if self.breaker.probe_interval.is_zero() {
+            return Err(invalid(
+                "breaker.probe_interval",
+                "must be greater than zero".into(),
+            ));
+        }
+        if self.breaker.probe_max_interval < self.breaker.probe_interval {
+            return Err(invalid(
+                "breaker.probe_interval",
+                format!(
+                    "must be at most breaker.probe_max_interval ({:?}) (`cool_down` is its former name)",
+                    self.breaker.probe_max_interval
+                ),
+            ));
+        }
+        if self.breaker.probe_max_interval > Duration::from_secs(24 * 3600) {
+            return Err(invalid(
+                "breaker.probe_max_interval",
+                "must be at most 24h".into(),
+            ));
+        }
+        if self.queue.lease < Duration::from_millis(100) {
+            return Err(invalid(
+                "queue.lease",
+                "must be at least 100ms (it is renewed while a delivery is in flight)".into(),
+            ));
+        }
         if self.outbox.backend == OutboxBackend::Redis && self.outbox.redis_url.is_none() {
             return Err(invalid(
                 "outbox.redis_url",
@@ -732,7 +774,8 @@ impl Config {
             .queue_policy(self.queue_policy())
             .breaker(BreakerConfig {
                 failure_threshold: self.breaker.failure_threshold,
-                cool_down: self.breaker.cool_down,
+                probe_interval: self.breaker.probe_interval,
+                probe_max_interval: self.breaker.probe_max_interval,
             });
         for (name, rl) in &self.rate_limits {
             let burst = rl
@@ -826,7 +869,14 @@ impl Config {
         }
 
         if self.providers.log.enabled {
-            builder = builder.notifier(Arc::new(LogNotifier));
+            if self.providers.log.terminal {
+                tracing::warn!(
+                    "providers.log.terminal = true: a notification written to the log counts as delivered, so one that arrives while every real provider is down is never sent to them"
+                );
+                builder = builder.notifier(Arc::new(LogNotifier::terminal()));
+            } else {
+                builder = builder.notifier(Arc::new(LogNotifier::new()));
+            }
             enabled.push("log");
         }
         for name in KNOWN_PROVIDERS {

@@ -16,7 +16,7 @@
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
 //! let dispatcher = Dispatcher::builder()
-//!     .notifier(Arc::new(LogNotifier::default()))
+//!     .notifier(Arc::new(LogNotifier::new()))
 //!     .disabled("gotify") // known, but not configured here
 //!     .route(Kind::Chat, ["gotify", "log"])
 //!     .build()
@@ -29,26 +29,27 @@
 
 mod breaker;
 mod config;
+mod delivery;
 mod dispatcher;
 mod log_provider;
 #[cfg(feature = "logging")]
 mod logging;
-mod queue;
 mod ratelimit;
+mod router;
 
-pub use breaker::{BreakerConfig, BreakerState, CircuitBreaker};
+pub use breaker::{Admission, BreakerConfig, BreakerState, CircuitBreaker};
 pub use config::{
     BreakerSection, Config, ConfigError, MaxAgeSection, OutboxBackend, OutboxSection, Profile,
     ProvidersConfig, QueueSection, RateLimitSection, RetryConfig, RoutesConfig, TemplatesOverride,
 };
-pub use dispatcher::{
-    Attempt, BuildError, DeadAddress, Dispatcher, DispatcherBuilder, Outcome, RetryPolicy, Skip,
-    SkipReason,
-};
+pub use delivery::{QueuePolicy, Submitted, Workers};
+pub use dispatcher::{Dispatcher, DispatcherBuilder};
 pub use figment::Figment;
 pub use log_provider::LogNotifier;
 #[cfg(feature = "logging")]
 pub use logging::init_logging;
 pub use mesh_notify_core as core;
-pub use queue::{QueuePolicy, Submitted, Workers};
 pub use ratelimit::{RateLimitConfig, RateLimiter};
+pub use router::{
+    Attempt, BuildError, DeadAddress, Outcome, RetryPolicy, Router, Skip, SkipReason,
+};

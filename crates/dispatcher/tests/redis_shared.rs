@@ -42,7 +42,8 @@ async fn instance(
         })
         .breaker(BreakerConfig {
             failure_threshold: 5,
-            cool_down: Duration::from_millis(50),
+            probe_interval: Duration::from_millis(50),
+            probe_max_interval: Duration::from_millis(50),
         })
         .queue_policy(QueuePolicy {
             initial_backoff: Duration::from_millis(20),

@@ -84,7 +84,8 @@ async fn wait_until(what: &str, deadline: Duration, mut cond: impl FnMut() -> bo
 
 const NO_BREAKER: BreakerConfig = BreakerConfig {
     failure_threshold: 0,
-    cool_down: Duration::ZERO,
+    probe_interval: Duration::from_secs(1),
+    probe_max_interval: Duration::from_secs(5),
 };
 
 #[tokio::test]
@@ -124,7 +125,8 @@ async fn refused_hung_and_503_primaries_fall_back() {
 async fn breaker_opens_skips_the_hung_primary_without_waiting_and_closes_on_recovery() {
     let breaker = BreakerConfig {
         failure_threshold: 2,
-        cool_down: Duration::from_millis(300),
+        probe_interval: Duration::from_millis(300),
+        probe_max_interval: Duration::from_millis(300),
     };
     let s = setup(&["gotify", "fallback"], Duration::from_millis(200), breaker).await;
     s.fake.set_mode(Mode::Hang);

@@ -107,6 +107,7 @@ impl Outbox for MemoryOutbox {
             due_at,
             enqueued_at: Timestamp::now(),
             last_error: None,
+            parked_on: Vec::new(),
         };
         state.pending.insert(n.id, Record { entry, lease: None });
         Ok(true)
@@ -129,6 +130,7 @@ impl Outbox for MemoryOutbox {
         let mut claims = Vec::new();
         for record in ready.into_iter().take(max) {
             record.entry.attempts += 1;
+            record.entry.parked_on.clear();
             let lease = Lease {
                 id: format!("mem-{}", self.leases.fetch_add(1, Ordering::Relaxed)),
                 worker: worker.to_owned(),
@@ -156,6 +158,62 @@ impl Outbox for MemoryOutbox {
         record.entry.last_error = Some(why.to_owned());
         state.pending.insert(claim.id(), record);
         Ok(())
+    }
+
+    async fn park(
+        &self,
+        claim: &Claim,
+        providers: &[String],
+        until: Timestamp,
+        why: &str,
+    ) -> Result<(), OutboxError> {
+        let mut state = self.state();
+        let mut record = Self::take_leased(&mut state, claim)?;
+        record.lease = None;
+        record.entry.attempts = record.entry.attempts.saturating_sub(1);
+        record.entry.due_at = until;
+        record.entry.last_error = Some(why.to_owned());
+        record.entry.parked_on = providers.to_vec();
+        state.pending.insert(claim.id(), record);
+        Ok(())
+    }
+
+    async fn unpark(&self, provider: Option<&str>, limit: usize) -> Result<u64, OutboxError> {
+        let now = Timestamp::now();
+        let mut state = self.state();
+        let mut parked: Vec<&mut Record> = state
+            .pending
+            .values_mut()
+            .filter(|r| {
+                !r.leased_at(now)
+                    && !r.entry.parked_on.is_empty()
+                    && provider.is_none_or(|p| r.entry.parked_on.iter().any(|q| q == p))
+            })
+            .collect();
+        parked.sort_by_key(|r| r.entry.notification.id);
+        let mut n = 0;
+        for r in parked.into_iter().take(limit) {
+            r.entry.parked_on.clear();
+            r.entry.due_at = now;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    async fn renew(&self, claim: &Claim, lease: Duration) -> Result<(), OutboxError> {
+        let mut state = self.state();
+        let lease_until = Timestamp::now().plus(lease);
+        match state
+            .pending
+            .get_mut(&claim.id())
+            .and_then(|r| r.lease.as_mut())
+        {
+            Some(l) if l.id == claim.lease_id => {
+                l.until = lease_until;
+                Ok(())
+            }
+            _ => Err(OutboxError::LeaseLost(claim.id())),
+        }
     }
 
     async fn dead_letter(&self, claim: &Claim, why: &str) -> Result<(), OutboxError> {
@@ -186,6 +244,8 @@ impl Outbox for MemoryOutbox {
         for r in state.pending.values() {
             if r.leased_at(now) {
                 stats.in_flight += 1;
+            } else if !r.entry.parked_on.is_empty() && r.entry.due_at > now {
+                stats.parked += 1;
             } else if r.entry.due_at <= now {
                 stats.due += 1;
                 oldest = Some(oldest.map_or(r.entry.due_at, |o| o.min(r.entry.due_at)));
@@ -229,6 +289,7 @@ impl Outbox for MemoryOutbox {
         let dead = state.dead.remove(pos);
         let mut entry = dead.entry;
         entry.attempts = 0;
+        entry.parked_on.clear();
         entry.due_at = Timestamp::now();
         state
             .pending

@@ -83,6 +83,11 @@ pub async fn run_all<H: OutboxHarness + ?Sized>(h: &mut H) {
     stats(h).await;
     survives_reopen(h).await;
     ack_batch_settles_each_claim(h).await;
+    parked_entries_keep_their_attempt_count(h).await;
+    unpark_by_provider_and_limit(h).await;
+    parked_entry_comes_back_at_its_give_up_time(h).await;
+    renew_keeps_the_lease_and_reports_a_lost_one(h).await;
+    ack_per_entry(h).await;
 }
 
 /// A notification tagged `tag` (in its title), with an address so the round trip
@@ -703,4 +708,163 @@ pub async fn survives_reopen<H: OutboxHarness + ?Sized>(h: &mut H) {
     );
     assert!(o.requeue_dead(dead.id).await.expect("requeue after reopen"));
     assert_eq!(o.purge_dead().await.expect("purge"), 0);
+}
+
+fn names(ps: &[&str]) -> Vec<String> {
+    ps.iter().map(|p| (*p).to_owned()).collect()
+}
+
+/// A parked entry keeps its attempt count (the claim that parked it does not
+/// count), is not claimed while parked, is counted as parked (not due), and comes
+/// back due at once, attempts unchanged, when `unpark` names its provider.
+pub async fn parked_entries_keep_their_attempt_count<H: OutboxHarness + ?Sized>(h: &mut H) {
+    let o = h.open().await;
+    let n = notification("park");
+    assert!(o.enqueue(&n, ago(0)).await.expect("enqueue"));
+    // A real failure first: attempts 1 after the retry.
+    let c = o.claim("w1", 10, LONG_LEASE).await.expect("claim");
+    assert_eq!(c[0].entry.attempts, 1);
+    o.retry_at(&c[0], ago(0), "503").await.expect("retry");
+    // Then parked three times in a row: attempts stay at 1.
+    for round in 0..3 {
+        let c = o.claim("w1", 10, LONG_LEASE).await.expect("claim");
+        assert_eq!(ids(&c), vec![n.id], "round {round}: claimable again");
+        assert_eq!(c[0].entry.attempts, 2, "round {round}: parking burned no attempt");
+        o.park(&c[0], &names(&["gotify"]), in_ms(3_600_000), "gotify: circuit open")
+            .await
+            .expect("park");
+        assert!(
+            o.claim("w2", 10, LONG_LEASE).await.expect("claim").is_empty(),
+            "round {round}: a parked entry is not claimed"
+        );
+        let st = stats_of(&*o).await;
+        assert_eq!(
+            (st.pending, st.in_flight, st.due, st.parked),
+            (1, 0, 0, 1),
+            "round {round}: {st:?}"
+        );
+        let listed = o.pending(10).await.expect("pending");
+        assert_eq!(listed[0].attempts, 1, "round {round}");
+        assert_eq!(listed[0].parked_on, names(&["gotify"]));
+        assert_eq!(listed[0].last_error.as_deref(), Some("gotify: circuit open"));
+        assert_eq!(o.unpark(Some("gotify"), 100).await.expect("unpark"), 1);
+        let st = stats_of(&*o).await;
+        assert_eq!((st.due, st.parked), (1, 0), "round {round}: due at once");
+    }
+    let c = o.claim("w1", 10, LONG_LEASE).await.expect("claim");
+    assert_eq!(c[0].entry.attempts, 2);
+    assert!(c[0].entry.parked_on.is_empty(), "claiming ends the parking");
+    o.ack(&c[0]).await.expect("ack");
+    assert_eq!(stats_of(&*o).await, OutboxStats::default());
+}
+
+/// `unpark` wakes only entries waiting for the named provider (any of their
+/// providers), at most `limit` of them, oldest first; `None` wakes any.
+pub async fn unpark_by_provider_and_limit<H: OutboxHarness + ?Sized>(h: &mut H) {
+    let o = h.open().await;
+    let a = notification("a");
+    let b = notification("b");
+    let c = notification("c");
+    let d = notification("d");
+    for n in [&a, &b, &c, &d] {
+        assert!(o.enqueue(n, ago(0)).await.expect("enqueue"));
+    }
+    let claims = o.claim("w1", 10, LONG_LEASE).await.expect("claim");
+    assert_eq!(claims.len(), 4);
+    let by_id = |id: NotificationId| claims.iter().find(|c| c.id() == id).expect("claimed");
+    let far = in_ms(3_600_000);
+    o.park(by_id(a.id), &names(&["gotify"]), far, "down").await.expect("park a");
+    o.park(by_id(b.id), &names(&["gotify", "fcm"]), far, "down").await.expect("park b");
+    o.park(by_id(c.id), &names(&["gotify"]), far, "down").await.expect("park c");
+    o.park(by_id(d.id), &names(&["apns"]), far, "down").await.expect("park d");
+    assert_eq!(stats_of(&*o).await.parked, 4);
+    assert_eq!(o.unpark(Some("smtp"), 100).await.expect("unpark"), 0, "nobody waits for smtp");
+    assert_eq!(o.unpark(Some("fcm"), 100).await.expect("unpark"), 1, "b waits for fcm too");
+    assert_eq!(ids(&o.claim("w1", 10, LONG_LEASE).await.expect("claim")), vec![b.id]);
+    assert_eq!(o.unpark(Some("gotify"), 1).await.expect("unpark"), 1, "limit 1");
+    assert_eq!(
+        ids(&o.claim("w1", 10, LONG_LEASE).await.expect("claim")),
+        vec![a.id],
+        "oldest first"
+    );
+    assert_eq!(o.unpark(None, 100).await.expect("unpark"), 2, "None wakes any");
+    let got = o.claim("w1", 10, LONG_LEASE).await.expect("claim");
+    let got: HashSet<NotificationId> = ids(&got).into_iter().collect();
+    assert_eq!(got, HashSet::from([c.id, d.id]));
+    assert_eq!(stats_of(&*o).await.parked, 0);
+}
+
+/// A parked entry whose give-up time passes is handed out again (to be
+/// dead-lettered) even though nobody unparked it; a stale claim cannot park.
+pub async fn parked_entry_comes_back_at_its_give_up_time<H: OutboxHarness + ?Sized>(h: &mut H) {
+    let o = h.open().await;
+    let n = notification("expiring");
+    assert!(o.enqueue(&n, ago(0)).await.expect("enqueue"));
+    let c = o.claim("w1", 10, LONG_LEASE).await.expect("claim");
+    o.park(&c[0], &names(&["gotify"]), in_ms(300), "down").await.expect("park");
+    assert_lease_lost(
+        o.park(&c[0], &names(&["gotify"]), in_ms(300), "down").await,
+        n.id,
+        "parking twice with the same claim",
+    );
+    assert!(o.claim("w1", 10, LONG_LEASE).await.expect("claim").is_empty());
+    let back = claim_within(&*o, "w2", TAKEOVER_DEADLINE).await;
+    assert_eq!(ids(&back), vec![n.id]);
+    assert_eq!(back[0].entry.attempts, 1);
+    o.dead_letter(&back[0], "expired").await.expect("dead");
+    assert_eq!(stats_of(&*o).await.dead, 1);
+}
+
+/// `renew` keeps a slow delivery's lease: nobody takes the entry over while the
+/// holder renews, and once the lease was lost (expired and claimed by another
+/// worker) `renew` says `LeaseLost`, so the old holder never sends it a second time.
+pub async fn renew_keeps_the_lease_and_reports_a_lost_one<H: OutboxHarness + ?Sized>(
+    h: &mut H,
+) {
+    let o = h.open().await;
+    let n = notification("slow");
+    assert!(o.enqueue(&n, ago(0)).await.expect("enqueue"));
+    let c = o.claim("w1", 10, LEASE).await.expect("claim");
+    assert_eq!(ids(&c), vec![n.id]);
+    let c = &c[0];
+    // Renew for three lease lengths: the entry is never claimable meanwhile.
+    let until = Instant::now() + LEASE * 3;
+    while Instant::now() < until {
+        o.renew(c, LEASE).await.expect("renew while held");
+        assert!(
+            o.claim("w2", 10, LEASE).await.expect("claim").is_empty(),
+            "a renewed lease is not taken over"
+        );
+        tokio::time::sleep(LEASE / 4).await;
+    }
+    assert_eq!(stats_of(&*o).await.in_flight, 1);
+    // Stop renewing: the lease runs out and w2 takes it over.
+    let taken = claim_within(&*o, "w2", TAKEOVER_DEADLINE).await;
+    assert_eq!(ids(&taken), vec![n.id]);
+    assert_lease_lost(o.renew(c, LONG_LEASE).await, n.id, "renew after takeover");
+    assert_lease_lost(o.ack(c).await, n.id, "ack after takeover");
+    o.ack(&taken[0]).await.expect("the new holder acks");
+    assert_lease_lost(o.renew(&taken[0], LEASE).await, n.id, "renew of an acked entry");
+}
+
+/// Entries of one claim are acknowledged one by one as each delivery finishes,
+/// interleaved with new claims; each ack removes exactly its own entry.
+pub async fn ack_per_entry<H: OutboxHarness + ?Sized>(h: &mut H) {
+    let o = h.open().await;
+    let ns: Vec<Notification> = (0..5).map(|i| notification(&format!("e{i}"))).collect();
+    for n in &ns {
+        assert!(o.enqueue(n, ago(0)).await.expect("enqueue"));
+    }
+    let first = o.claim("w1", 3, LONG_LEASE).await.expect("claim");
+    assert_eq!(first.len(), 3);
+    o.ack(&first[1]).await.expect("ack the one that finished first");
+    let st = stats_of(&*o).await;
+    assert_eq!((st.pending, st.in_flight, st.due), (4, 2, 2));
+    let second = o.claim("w1", 10, LONG_LEASE).await.expect("claim");
+    assert_eq!(second.len(), 2, "the rest, while two are still in flight");
+    for c in second.iter().chain([&first[2], &first[0]]) {
+        o.ack(c).await.expect("ack");
+    }
+    assert_eq!(stats_of(&*o).await, OutboxStats::default());
+    assert_lease_lost(o.ack(&first[1]).await, first[1].id(), "second ack");
 }

@@ -60,7 +60,8 @@ CREATE TABLE IF NOT EXISTS mesh_notify_outbox (
     worker      TEXT,
     attempts    INTEGER NOT NULL DEFAULT 0,
     enqueued_at INTEGER NOT NULL,
-    last_error  TEXT
+    last_error  TEXT,
+    parked_on   TEXT
 );
 CREATE INDEX IF NOT EXISTS mesh_notify_outbox_due ON mesh_notify_outbox (due_at, id);
 CREATE TABLE IF NOT EXISTS mesh_notify_outbox_dead (
@@ -75,6 +76,11 @@ CREATE TABLE IF NOT EXISTS mesh_notify_outbox_dead (
 );
 CREATE INDEX IF NOT EXISTS mesh_notify_outbox_dead_died ON mesh_notify_outbox_dead (died_at);
 ";
+
+/// Added after the first release: entries parked while their providers are down
+/// (`,gotify,fcm,`: delimited so `LIKE '%,gotify,%'` matches whole names).
+const PARKED_INDEX: &str = "CREATE INDEX IF NOT EXISTS mesh_notify_outbox_parked
+    ON mesh_notify_outbox (id) WHERE parked_on IS NOT NULL";
 
 const INSERT: &str = "INSERT INTO mesh_notify_outbox (id, payload, due_at, attempts, enqueued_at)
      VALUES (?1, ?2, ?3, 0, ?4) ON CONFLICT (id) DO NOTHING";
@@ -118,8 +124,39 @@ fn configure(conn: &Connection, busy_timeout: Duration) -> Result<(), String> {
 /// Creates the outbox tables and indexes if missing (idempotent). Both the outbox
 /// and a chat server sharing the file may call it.
 pub fn install_schema(conn: &Connection) -> Result<(), OutboxError> {
-    conn.execute_batch(SCHEMA)
-        .map_err(|e| OutboxError::Unavailable(format!("cannot create the outbox tables: {e}")))
+    let failed = |e: rusqlite::Error| {
+        OutboxError::Unavailable(format!("cannot create the outbox tables: {e}"))
+    };
+    conn.execute_batch(SCHEMA).map_err(failed)?;
+    // Files created before parking existed lack the column.
+    let has_parked: bool = conn
+        .prepare("SELECT 1 FROM pragma_table_info('mesh_notify_outbox') WHERE name = 'parked_on'")
+        .and_then(|mut s| s.exists([]))
+        .map_err(failed)?;
+    if !has_parked {
+        conn.execute_batch("ALTER TABLE mesh_notify_outbox ADD COLUMN parked_on TEXT")
+            .map_err(failed)?;
+    }
+    conn.execute_batch(PARKED_INDEX).map_err(failed)
+}
+
+/// `,a,b,` for `[a, b]`.
+fn parked_list(providers: &[String]) -> String {
+    let mut s = String::from(",");
+    for p in providers {
+        s.push_str(p);
+        s.push(',');
+    }
+    s
+}
+
+/// A `LIKE` pattern matching a parked list that contains `provider`.
+fn parked_pattern(provider: &str) -> String {
+    let escaped = provider
+        .replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_");
+    format!("%,{escaped},%")
 }
 
 /// Enqueues `n` inside the caller's transaction (the outbox tables must exist, see
@@ -277,11 +314,13 @@ struct RawEntry {
     attempts: i64,
     enqueued_at: i64,
     last_error: Option<String>,
+    parked_on: Option<String>,
 }
 
 impl RawEntry {
-    /// Reads columns `id, payload, due_at, attempts, enqueued_at, last_error`.
-    fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+    /// Reads columns `id, payload, due_at, attempts, enqueued_at, last_error`
+    /// (and `parked_on` when `with_parked`).
+    fn read(r: &rusqlite::Row<'_>, with_parked: bool) -> rusqlite::Result<Self> {
         Ok(Self {
             id: r.get(0)?,
             payload: r.get(1)?,
@@ -289,7 +328,18 @@ impl RawEntry {
             attempts: r.get(3)?,
             enqueued_at: r.get(4)?,
             last_error: r.get(5)?,
+            parked_on: if with_parked { r.get(6)? } else { None },
         })
+    }
+
+    /// A pending row (`ENTRY_COLUMNS, parked_on`).
+    fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Self::read(r, true)
+    }
+
+    /// A dead row (`ENTRY_COLUMNS, ...`).
+    fn from_dead_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Self::read(r, false)
     }
 
     fn decode(&self) -> Result<OutboxEntry, OutboxError> {
@@ -309,11 +359,22 @@ impl RawEntry {
             due_at: Timestamp(self.due_at),
             enqueued_at: Timestamp(self.enqueued_at),
             last_error: self.last_error.clone(),
+            parked_on: self
+                .parked_on
+                .as_deref()
+                .map(|p| {
+                    p.split(',')
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default(),
         })
     }
 }
 
 const ENTRY_COLUMNS: &str = "id, payload, due_at, attempts, enqueued_at, last_error";
+const PENDING_COLUMNS: &str = "id, payload, due_at, attempts, enqueued_at, last_error, parked_on";
 
 /// Settles a claim: runs `f` only if `claim` still holds its lease.
 fn holds_lease(tx: &Transaction<'_>, claim: &Claim) -> Result<(), OutboxError> {
@@ -407,7 +468,7 @@ impl Outbox for SqliteOutbox {
             let rows: Vec<RawEntry> = {
                 let mut stmt = tx
                     .prepare_cached(&format!(
-                        "SELECT {ENTRY_COLUMNS} FROM mesh_notify_outbox
+                        "SELECT {PENDING_COLUMNS} FROM mesh_notify_outbox
                          WHERE due_at <= ?1 AND (lease_until IS NULL OR lease_until <= ?1)
                          ORDER BY due_at, id LIMIT ?2"
                     ))
@@ -428,10 +489,12 @@ impl Outbox for SqliteOutbox {
                     }
                 };
                 entry.attempts += 1;
+                entry.parked_on.clear();
                 let lease_id = uuid::Uuid::now_v7().to_string();
                 tx.prepare_cached(
                     "UPDATE mesh_notify_outbox
-                     SET lease_id = ?2, lease_until = ?3, worker = ?4, attempts = attempts + 1
+                     SET lease_id = ?2, lease_until = ?3, worker = ?4, attempts = attempts + 1,
+                         parked_on = NULL
                      WHERE id = ?1",
                 )
                 .and_then(|mut s| s.execute(params![raw.id, lease_id, until.as_millis(), worker]))
@@ -524,6 +587,89 @@ impl Outbox for SqliteOutbox {
         .await
     }
 
+    async fn park(
+        &self,
+        claim: &Claim,
+        providers: &[String],
+        until: Timestamp,
+        why: &str,
+    ) -> Result<(), OutboxError> {
+        let claim = claim.clone();
+        let why = why.to_owned();
+        let parked = parked_list(providers);
+        self.with_conn_relaxed(move |conn| {
+            let updated = conn
+                .prepare_cached(
+                    "UPDATE mesh_notify_outbox
+                     SET due_at = ?3, last_error = ?4, parked_on = ?5, attempts = MAX(attempts - 1, 0),
+                         lease_id = NULL, lease_until = NULL, worker = NULL
+                     WHERE id = ?1 AND lease_id = ?2",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![
+                        claim.id().to_string(),
+                        claim.lease_id,
+                        until.as_millis(),
+                        why,
+                        parked
+                    ])
+                })
+                .map_err(unavailable)?;
+            if updated == 1 {
+                Ok(())
+            } else {
+                Err(OutboxError::LeaseLost(claim.id()))
+            }
+        })
+        .await
+    }
+
+    async fn unpark(&self, provider: Option<&str>, limit: usize) -> Result<u64, OutboxError> {
+        let pattern = provider.map_or_else(|| "%".to_owned(), parked_pattern);
+        self.with_conn(move |conn| {
+            let now = Timestamp::now().as_millis();
+            conn.prepare_cached(
+                "UPDATE mesh_notify_outbox SET due_at = ?1, parked_on = NULL
+                 WHERE id IN (
+                     SELECT id FROM mesh_notify_outbox
+                     WHERE parked_on IS NOT NULL AND parked_on LIKE ?2 ESCAPE '\\'
+                       AND (lease_until IS NULL OR lease_until <= ?1)
+                     ORDER BY id LIMIT ?3)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    now,
+                    pattern,
+                    i64::try_from(limit).unwrap_or(i64::MAX)
+                ])
+            })
+            .map(|n| n as u64)
+            .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn renew(&self, claim: &Claim, lease: Duration) -> Result<(), OutboxError> {
+        let claim = claim.clone();
+        self.with_conn_relaxed(move |conn| {
+            let until = Timestamp::now().plus(lease);
+            let updated = conn
+                .prepare_cached(
+                    "UPDATE mesh_notify_outbox SET lease_until = ?3 WHERE id = ?1 AND lease_id = ?2",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![claim.id().to_string(), claim.lease_id, until.as_millis()])
+                })
+                .map_err(unavailable)?;
+            if updated == 1 {
+                Ok(())
+            } else {
+                Err(OutboxError::LeaseLost(claim.id()))
+            }
+        })
+        .await
+    }
+
     async fn dead_letter(&self, claim: &Claim, why: &str) -> Result<(), OutboxError> {
         let claim = claim.clone();
         let why = why.to_owned();
@@ -551,16 +697,18 @@ impl Outbox for SqliteOutbox {
         self.with_conn(move |conn| {
             let now = Timestamp::now().as_millis();
             let tx = conn.transaction().map_err(unavailable)?;
-            let (pending, in_flight, due, oldest): (i64, i64, i64, Option<i64>) = tx
+            let (pending, in_flight, due, oldest, parked): (i64, i64, i64, Option<i64>, i64) = tx
                 .prepare_cached(
                     "SELECT COUNT(*),
                         COALESCE(SUM(lease_until > ?1), 0),
                         COALESCE(SUM(due_at <= ?1 AND (lease_until IS NULL OR lease_until <= ?1)), 0),
                         MIN(CASE WHEN due_at <= ?1 AND (lease_until IS NULL OR lease_until <= ?1)
-                            THEN due_at END)
+                            THEN due_at END),
+                        COALESCE(SUM(parked_on IS NOT NULL AND due_at > ?1
+                            AND (lease_until IS NULL OR lease_until <= ?1)), 0)
                      FROM mesh_notify_outbox",
                 )
-                .and_then(|mut s| s.query_row(params![now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))))
+                .and_then(|mut s| s.query_row(params![now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))))
                 .map_err(unavailable)?;
             let dead: i64 = tx
                 .prepare_cached("SELECT COUNT(*) FROM mesh_notify_outbox_dead")
@@ -572,6 +720,7 @@ impl Outbox for SqliteOutbox {
                 due: to_u64(due),
                 dead: to_u64(dead),
                 oldest_due_age_ms: oldest.map_or(0, |o| to_u64(now - o)),
+                parked: to_u64(parked),
             })
         })
         .await
@@ -581,7 +730,7 @@ impl Outbox for SqliteOutbox {
         self.with_conn(move |conn| {
             let mut stmt = conn
                 .prepare_cached(&format!(
-                    "SELECT {ENTRY_COLUMNS} FROM mesh_notify_outbox ORDER BY due_at, id LIMIT ?1"
+                    "SELECT {PENDING_COLUMNS} FROM mesh_notify_outbox ORDER BY due_at, id LIMIT ?1"
                 ))
                 .map_err(unavailable)?;
             let rows: Vec<RawEntry> = stmt
@@ -606,7 +755,7 @@ impl Outbox for SqliteOutbox {
                 .map_err(unavailable)?;
             let rows: Vec<(RawEntry, String, i64)> = stmt
                 .query_map(params![i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
-                    Ok((RawEntry::from_row(r)?, r.get(6)?, r.get(7)?))
+                    Ok((RawEntry::from_dead_row(r)?, r.get(6)?, r.get(7)?))
                 })
                 .and_then(|rows| rows.collect::<Result<_, _>>())
                 .map_err(unavailable)?;
