@@ -999,7 +999,7 @@ async fn redis_cleanup(
         let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
             .arg(cursor)
             .arg("MATCH")
-            .arg(format!("{prefix}:*"))
+            .arg(format!("{{{prefix}}}:*"))
             .arg("COUNT")
             .arg(1000)
             .query_async(conn)

@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::time::Duration;
 use common::*;
 use mesh_notify_testkit::gotify::{FakeGotify, Mode};
 use serde_json::{json, Value};
@@ -266,7 +267,9 @@ async fn rejoining_the_room_cancels_the_queued_chat_notification() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gotify_down_the_log_fallback_delivers() {
+async fn gotify_down_the_log_does_not_swallow_it_the_message_waits_for_gotify() {
+    // The route is [gotify, log]: the log must not count as delivery while Gotify
+    // (configured, and able to reach Bob) is down.
     let mut gotify = fake().await;
     gotify.stop(); // connection refused
     let dir = tempfile::tempdir().unwrap();
@@ -274,12 +277,45 @@ async fn gotify_down_the_log_fallback_delivers() {
     let s = scene(&server).await;
     let mut alice = Ws::connect(&server, &s.alice.token).await;
     alice.join(s.room).await;
-    assert_eq!(alice.say(s.room, "via le journal").await["type"], "ack");
-    // Nothing pending and nothing dead: the route's fallback (log) delivered it.
+    assert_eq!(alice.say(s.room, "pas dans le journal").await["type"], "ack");
+    let outbox = server.dispatcher().outbox().unwrap().clone();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let pending = outbox.pending(10).await.unwrap();
+        if pending.first().is_some_and(|e| e.attempts >= 1 || !e.parked_on.is_empty()) {
+            assert!(
+                pending[0].last_error.as_deref().unwrap_or("").contains("gotify"),
+                "{pending:?}"
+            );
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never tried: {pending:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(outbox_stats(&server).await.pending, 1, "still queued for Gotify");
+    assert!(outbox.dead(10).await.unwrap().is_empty());
+    gotify.restart().await.unwrap();
+    eventually("delivered to Gotify once it is back", || {
+        gotify.messages().len() == 1
+    })
+    .await;
+    outbox_drained(&server).await;
+    assert_eq!(gotify.messages()[0].message, "pas dans le journal");
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_real_provider_the_log_delivers() {
+    let dir = tempfile::tempdir().unwrap();
+    let fig = figment("", dir.path(), "");
+    let server = start(&fig).await;
+    let s = scene(&server).await;
+    let mut alice = Ws::connect(&server, &s.alice.token).await;
+    alice.join(s.room).await;
+    assert_eq!(alice.say(s.room, "dans le journal").await["type"], "ack");
     outbox_drained(&server).await;
     let outbox = server.dispatcher().outbox().unwrap();
     assert!(outbox.dead(10).await.unwrap().is_empty());
-    assert!(gotify.messages().is_empty());
     server.shutdown().await.unwrap();
 }
 

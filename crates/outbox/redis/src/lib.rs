@@ -4,25 +4,38 @@
 //! group, so any number of dispatcher instances share one queue and a crashed
 //! worker's entries are taken over by another once their lease expires.
 //!
-//! * Entries wait in a sorted set by due time (not-yet-due enqueues and retries
-//!   alike) and are moved into the stream atomically (Lua) by the `claim` that
-//!   hands them out, oldest due first, so `claim` honours due order exactly.
+//! * Entries wait in a sorted set by due time (not-yet-due enqueues, retries and
+//!   parked entries alike) and are moved into the stream atomically (Lua) by the
+//!   `claim` that hands them out, oldest due first, so `claim` honours due order
+//!   exactly. Every `claim` also reads stream entries that were never delivered,
+//!   so an entry added to the stream is never stranded there.
 //! * A claim is the stream entry in the worker's pending list plus a lease token
-//!   (`<stream id>/<attempt>`) and deadline stored with the entry; `ack`,
-//!   `retry_at` and `dead_letter` check the token, so a worker whose lease was
-//!   taken over gets [`OutboxError::LeaseLost`]. Expired leases are found through
-//!   a sorted set of deadlines and moved to the new worker with `XCLAIM`, so each
-//!   claim's own lease duration is honoured (not the group-wide idle time).
+//!   (`<stream id>/<attempt>`) stored with the entry and a deadline in a sorted
+//!   set; `ack`, `retry_at`, `park`, `renew` and `dead_letter` check the token, so
+//!   a worker whose lease was taken over gets [`OutboxError::LeaseLost`]. Expired
+//!   leases are found through that sorted set and moved to the new worker with
+//!   `XCLAIM`, so each claim's own lease duration is honoured (not the group-wide
+//!   idle time); `renew` pushes the deadline back.
+//! * Lease deadlines and due checks use the Redis server's clock (`TIME` inside the
+//!   scripts), so workers whose clocks disagree still agree on leases; due times
+//!   chosen by the caller (`enqueue`, `retry_at`, `park`) are taken as given.
+//! * `park` puts the entry back in the waiting set with its give-up time as due
+//!   time (so it comes back by itself then, to be dead-lettered) and records the
+//!   providers it waits for; `unpark` makes such entries due now, oldest first.
 //! * Stream entries are deleted (`XDEL`) only after `XACK`; the stream is never
-//!   trimmed with `MAXLEN`.
-//! * Dead letters are kept in a hash per entry plus a sorted set (most recent
+//!   trimmed with `MAXLEN`. `ack_batch` settles a whole batch in one script call.
+//! * Dead letters are kept in their own hashes plus a sorted set (most recent
 //!   first), re-queued by id or purged.
 //! * Durability is Redis's: run it with `appendonly yes` (and `appendfsync always`
 //!   for `enqueue` to return only after fsync); [`Outbox::health`] reports
 //!   `Degraded` when AOF is off.
 //!
-//! All keys live under a configurable prefix, so several outboxes (or tests) can
-//! share one server.
+//! All keys are `{prefix}:<name>`: several outboxes (or tests) can share one server
+//! under different prefixes, and the braces make the prefix the Redis Cluster hash
+//! tag, so one outbox's keys share a slot. Every script declares every key it
+//! touches in `KEYS` (the layout is documented in the `scripts` module), so the
+//! scripts are Cluster-safe. (This layout replaced the per-entry `prefix:e:<id>`
+//! hashes of earlier versions; entries stored by those are not read.)
 //!
 //! ```no_run
 //! use mesh_notify_core::{Kind, Notification, Outbox, Recipient, Timestamp};
@@ -52,7 +65,7 @@ use mesh_notify_core::{
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, Script, ScriptInvocation};
 
-use scripts::Scripts;
+use scripts::{Scripts, KEY_NAMES};
 
 /// The consumer group every worker reads through.
 pub const GROUP: &str = "mesh-notify";
@@ -60,8 +73,19 @@ pub const GROUP: &str = "mesh-notify";
 /// How many entries one `enqueue_batch` script call stores.
 const BATCH_CHUNK: usize = 500;
 
+/// How many claims one `ack_batch` script call settles.
+const ACK_CHUNK: usize = 500;
+
 /// How many dead letters one purge step deletes.
 const PURGE_CHUNK: usize = 1000;
+
+/// Largest `max`/`limit` handed to the scripts: larger counts reach Redis as
+/// floats it does not take for integers (and could never be filled anyway).
+const MAX_COUNT: usize = 1 << 31;
+
+/// Longest lease handed to the scripts (ms; ~31,700 years), so the deadline stays
+/// an exact integer in Lua's doubles.
+const MAX_LEASE_MS: u64 = 1_000_000_000_000_000;
 
 /// Connection tuning for [`RedisOutbox::connect_with`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,37 +105,22 @@ impl Default for RedisOutboxConfig {
     }
 }
 
-/// Key names under one prefix.
+/// Key names under one prefix: `{prefix}:<name>` for each of [`KEY_NAMES`], in
+/// that order (the order of `KEYS` in every script).
 #[derive(Debug, Clone)]
 struct Keys {
-    stream: String,
-    delayed: String,
-    leases: String,
-    dead: String,
-    dead_seq: String,
-    entry_prefix: String,
-    dead_prefix: String,
+    all: [String; KEY_NAMES.len()],
 }
 
 impl Keys {
     fn new(prefix: &str) -> Self {
         Self {
-            stream: format!("{prefix}:stream"),
-            delayed: format!("{prefix}:delayed"),
-            leases: format!("{prefix}:leases"),
-            dead: format!("{prefix}:dead"),
-            dead_seq: format!("{prefix}:deadseq"),
-            entry_prefix: format!("{prefix}:e:"),
-            dead_prefix: format!("{prefix}:d:"),
+            all: KEY_NAMES.map(|name| format!("{{{prefix}}}:{name}")),
         }
     }
 
-    fn entry(&self, id: &str) -> String {
-        format!("{}{id}", self.entry_prefix)
-    }
-
-    fn dead_entry(&self, id: &str) -> String {
-        format!("{}{id}", self.dead_prefix)
+    fn stream(&self) -> &str {
+        &self.all[0]
     }
 }
 
@@ -129,7 +138,7 @@ impl std::fmt::Debug for RedisOutbox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisOutbox")
             .field("target", &self.target)
-            .field("stream", &self.keys.stream)
+            .field("stream", &self.keys.stream())
             .finish()
     }
 }
@@ -152,31 +161,45 @@ fn unavailable(e: RedisError) -> OutboxError {
     OutboxError::Unavailable(format!("redis: {e}"))
 }
 
-fn now_ms() -> i64 {
-    Timestamp::now().as_millis()
-}
-
-type EntryRow = (String, String, i64, i64, u32, Option<String>);
+/// One pending entry as the scripts return it: id, notification JSON, due,
+/// enqueued, attempts, last error, parked-on providers (JSON array).
+type EntryRow = (
+    String,
+    Option<String>,
+    i64,
+    i64,
+    u32,
+    Option<String>,
+    Option<String>,
+);
 
 fn decode_entry(
     id: &str,
-    json: &str,
+    json: Option<&str>,
     due: i64,
     enq: i64,
     attempts: u32,
     err: Option<String>,
+    park: Option<&str>,
 ) -> Result<OutboxEntry, OutboxError> {
+    let corrupt = |reason: String| OutboxError::Corrupt {
+        id: id.to_owned(),
+        reason,
+    };
+    let json = json.ok_or_else(|| corrupt("notification JSON missing".into()))?;
     let notification: Notification =
-        serde_json::from_str(json).map_err(|e| OutboxError::Corrupt {
-            id: id.to_owned(),
-            reason: format!("notification JSON: {e}"),
-        })?;
+        serde_json::from_str(json).map_err(|e| corrupt(format!("notification JSON: {e}")))?;
+    let parked_on = match park {
+        Some(p) => serde_json::from_str(p).map_err(|e| corrupt(format!("parked-on list: {e}")))?,
+        None => Vec::new(),
+    };
     Ok(OutboxEntry {
         notification,
         attempts,
         due_at: Timestamp(due),
         enqueued_at: Timestamp(enq),
         last_error: err,
+        parked_on,
     })
 }
 
@@ -185,7 +208,9 @@ impl RedisOutbox {
     /// `prefix`, with the default [`RedisOutboxConfig`].
     ///
     /// Fails with [`OutboxError::Open`] naming the URL (password hidden) if the
-    /// URL is invalid or the server does not answer within the connect timeout.
+    /// URL is invalid or the server does not answer within the connect timeout,
+    /// and if `prefix` is empty or contains `{` or `}` (it becomes the keys' Redis
+    /// Cluster hash tag).
     pub async fn connect(url: &str, prefix: &str) -> Result<Self, OutboxError> {
         Self::connect_with(url, prefix, &RedisOutboxConfig::default()).await
     }
@@ -204,6 +229,12 @@ impl RedisOutbox {
         if prefix.is_empty() {
             return Err(open_err("the key prefix must not be empty".into()));
         }
+        if prefix.contains(['{', '}']) {
+            return Err(open_err(format!(
+                "the key prefix {prefix:?} must not contain '{{' or '}}' (the outbox puts it \
+                 in braces itself, as the Redis Cluster hash tag)"
+            )));
+        }
         // The client's own parse errors may quote the URL: keep them out.
         let client = redis::Client::open(url)
             .map_err(|e| open_err(format!("invalid Redis URL ({:?})", e.kind())))?;
@@ -216,7 +247,7 @@ impl RedisOutbox {
             let keys = Keys::new(prefix);
             let created: Result<(), RedisError> = redis::cmd("XGROUP")
                 .arg("CREATE")
-                .arg(&keys.stream)
+                .arg(keys.stream())
                 .arg(GROUP)
                 .arg("0")
                 .arg("MKSTREAM")
@@ -255,10 +286,11 @@ impl RedisOutbox {
             .map_err(unavailable)
     }
 
-    fn prepare<'a>(script: &'a Script, keys: &[&str]) -> ScriptInvocation<'a> {
+    /// An invocation of `script` with every key declared.
+    fn prepare<'a>(&self, script: &'a Script) -> ScriptInvocation<'a> {
         let mut inv = script.prepare_invoke();
-        for k in keys {
-            inv.key(*k);
+        for k in &self.keys.all {
+            inv.key(k);
         }
         inv
     }
@@ -268,11 +300,9 @@ impl RedisOutbox {
         &self,
         ns: &[Notification],
         due_at: Timestamp,
-        now: i64,
     ) -> Result<usize, OutboxError> {
-        let k = &self.keys;
-        let mut inv = Self::prepare(&self.scripts.enqueue, &[&k.delayed]);
-        inv.arg(&k.entry_prefix).arg(due_at.as_millis()).arg(now);
+        let mut inv = self.prepare(&self.scripts.enqueue);
+        inv.arg(due_at.as_millis());
         for n in ns {
             let json = serde_json::to_string(n).map_err(|e| {
                 OutboxError::Unavailable(format!("cannot encode notification {}: {e}", n.id))
@@ -282,12 +312,44 @@ impl RedisOutbox {
         self.run(&inv).await
     }
 
+    /// Acks one chunk in one script call: one result per claim, in order.
+    async fn ack_chunk(&self, claims: &[Claim]) -> Vec<Result<(), OutboxError>> {
+        let mut inv = self.prepare(&self.scripts.ack);
+        inv.arg(GROUP);
+        for c in claims {
+            inv.arg(c.id().to_string()).arg(&c.lease_id);
+        }
+        match self.run::<Vec<i64>>(&inv).await {
+            Ok(done) => claims
+                .iter()
+                .enumerate()
+                .map(|(i, c)| match done.get(i) {
+                    Some(1) => Ok(()),
+                    _ => Err(OutboxError::LeaseLost(c.id())),
+                })
+                .collect(),
+            Err(e) => claims.iter().map(|_| Err(e.clone())).collect(),
+        }
+    }
+
     /// Settles `claim` with `script` (which answers 1, or 0 for a lost lease).
     async fn settle(&self, inv: &ScriptInvocation<'_>, claim: &Claim) -> Result<(), OutboxError> {
         match self.run::<i64>(inv).await? {
             1 => Ok(()),
             _ => Err(OutboxError::LeaseLost(claim.id())),
         }
+    }
+
+    /// Moves a claimed entry to the dead letters (lease token `lease_id`).
+    async fn dead_letter_by_token(
+        &self,
+        id: &str,
+        lease_id: &str,
+        why: &str,
+    ) -> Result<i64, OutboxError> {
+        let mut inv = self.prepare(&self.scripts.dead_letter);
+        inv.arg(GROUP).arg(id).arg(lease_id).arg(why);
+        self.run(&inv).await
     }
 }
 
@@ -298,10 +360,7 @@ impl Outbox for RedisOutbox {
     }
 
     async fn enqueue(&self, n: &Notification, due_at: Timestamp) -> Result<bool, OutboxError> {
-        Ok(self
-            .enqueue_chunk(std::slice::from_ref(n), due_at, now_ms())
-            .await?
-            == 1)
+        Ok(self.enqueue_chunk(std::slice::from_ref(n), due_at).await? == 1)
     }
 
     async fn enqueue_batch(
@@ -309,11 +368,10 @@ impl Outbox for RedisOutbox {
         ns: &[Notification],
         due_at: Timestamp,
     ) -> Result<usize, OutboxError> {
-        let now = now_ms();
         // Chunks go out together on the multiplexed connection (pipelined).
         let added = futures_util::future::try_join_all(
             ns.chunks(BATCH_CHUNK)
-                .map(|chunk| self.enqueue_chunk(chunk, due_at, now)),
+                .map(|chunk| self.enqueue_chunk(chunk, due_at)),
         )
         .await?;
         Ok(added.into_iter().sum())
@@ -328,45 +386,40 @@ impl Outbox for RedisOutbox {
         if max == 0 {
             return Ok(Vec::new());
         }
-        let k = &self.keys;
-        let mut inv = Self::prepare(&self.scripts.claim, &[&k.stream, &k.delayed, &k.leases]);
-        let lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut inv = self.prepare(&self.scripts.claim);
+        let lease_ms = u64::try_from(lease.as_millis())
+            .unwrap_or(u64::MAX)
+            .clamp(1, MAX_LEASE_MS);
         inv.arg(GROUP)
             .arg(worker)
-            .arg(max)
-            .arg(lease_ms)
-            .arg(now_ms())
-            .arg(&k.entry_prefix);
-        type Row = (String, String, u32, String, i64, i64, Option<String>);
+            .arg(max.min(MAX_COUNT))
+            .arg(lease_ms);
+        type Row = (
+            String,
+            String,
+            u32,
+            Option<String>,
+            i64,
+            i64,
+            Option<String>,
+        );
         let rows: Vec<Row> = self.run(&inv).await?;
         let mut claims = Vec::with_capacity(rows.len());
         for (id, lease_id, attempts, json, due, enq, err) in rows {
-            let claim = decode_entry(&id, &json, due, enq, attempts, err).map(|entry| Claim {
-                entry,
-                lease_id: lease_id.clone(),
-                worker: worker.to_owned(),
-            });
+            let claim =
+                decode_entry(&id, json.as_deref(), due, enq, attempts, err, None).map(|entry| {
+                    Claim {
+                        entry,
+                        lease_id: lease_id.clone(),
+                        worker: worker.to_owned(),
+                    }
+                });
             match claim {
                 Ok(claim) => claims.push(claim),
                 Err(corrupt) => {
                     // Quarantine it so it cannot block the queue; `dead` reports it.
-                    let mut inv = Self::prepare(
-                        &self.scripts.dead_letter,
-                        &[
-                            &k.stream,
-                            &k.leases,
-                            &k.entry(&id),
-                            &k.dead_entry(&id),
-                            &k.dead,
-                            &k.dead_seq,
-                        ],
-                    );
-                    inv.arg(GROUP)
-                        .arg(&id)
-                        .arg(&lease_id)
-                        .arg(corrupt.to_string())
-                        .arg(now_ms());
-                    self.run::<i64>(&inv).await?;
+                    self.dead_letter_by_token(&id, &lease_id, &corrupt.to_string())
+                        .await?;
                 }
             }
         }
@@ -374,68 +427,100 @@ impl Outbox for RedisOutbox {
     }
 
     async fn ack(&self, claim: &Claim) -> Result<(), OutboxError> {
-        let k = &self.keys;
-        let id = claim.id().to_string();
-        let mut inv = Self::prepare(&self.scripts.ack, &[&k.stream, &k.leases, &k.entry(&id)]);
-        inv.arg(GROUP).arg(&id).arg(&claim.lease_id);
-        self.settle(&inv, claim).await
+        self.ack_chunk(std::slice::from_ref(claim))
+            .await
+            .pop()
+            .unwrap_or(Err(OutboxError::LeaseLost(claim.id())))
+    }
+
+    async fn ack_batch(&self, claims: &[Claim]) -> Vec<Result<(), OutboxError>> {
+        // One script call per chunk; chunks go out together (pipelined).
+        futures_util::future::join_all(claims.chunks(ACK_CHUNK).map(|c| self.ack_chunk(c)))
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
     }
 
     async fn retry_at(&self, claim: &Claim, when: Timestamp, why: &str) -> Result<(), OutboxError> {
-        let k = &self.keys;
-        let id = claim.id().to_string();
-        let mut inv = Self::prepare(
-            &self.scripts.retry,
-            &[&k.stream, &k.delayed, &k.leases, &k.entry(&id)],
-        );
+        let mut inv = self.prepare(&self.scripts.retry);
         inv.arg(GROUP)
-            .arg(&id)
+            .arg(claim.id().to_string())
             .arg(&claim.lease_id)
             .arg(when.as_millis())
             .arg(why);
         self.settle(&inv, claim).await
     }
 
-    async fn dead_letter(&self, claim: &Claim, why: &str) -> Result<(), OutboxError> {
-        let k = &self.keys;
-        let id = claim.id().to_string();
-        let mut inv = Self::prepare(
-            &self.scripts.dead_letter,
-            &[
-                &k.stream,
-                &k.leases,
-                &k.entry(&id),
-                &k.dead_entry(&id),
-                &k.dead,
-                &k.dead_seq,
-            ],
-        );
+    async fn park(
+        &self,
+        claim: &Claim,
+        providers: &[String],
+        until: Timestamp,
+        why: &str,
+    ) -> Result<(), OutboxError> {
+        let mut inv = self.prepare(&self.scripts.park);
         inv.arg(GROUP)
-            .arg(&id)
+            .arg(claim.id().to_string())
             .arg(&claim.lease_id)
-            .arg(why)
-            .arg(now_ms());
+            .arg(until.as_millis())
+            .arg(why);
+        for p in providers {
+            inv.arg(p);
+        }
         self.settle(&inv, claim).await
     }
 
+    async fn unpark(&self, provider: Option<&str>, limit: usize) -> Result<u64, OutboxError> {
+        if limit == 0 {
+            return Ok(0);
+        }
+        let mut inv = self.prepare(&self.scripts.unpark);
+        inv.arg(limit.min(MAX_COUNT));
+        if let Some(p) = provider {
+            inv.arg(p);
+        }
+        self.run(&inv).await
+    }
+
+    async fn renew(&self, claim: &Claim, lease: Duration) -> Result<(), OutboxError> {
+        let lease_ms = u64::try_from(lease.as_millis())
+            .unwrap_or(u64::MAX)
+            .clamp(1, MAX_LEASE_MS);
+        let mut inv = self.prepare(&self.scripts.renew);
+        inv.arg(claim.id().to_string())
+            .arg(&claim.lease_id)
+            .arg(lease_ms);
+        self.settle(&inv, claim).await
+    }
+
+    async fn dead_letter(&self, claim: &Claim, why: &str) -> Result<(), OutboxError> {
+        match self
+            .dead_letter_by_token(&claim.id().to_string(), &claim.lease_id, why)
+            .await?
+        {
+            1 => Ok(()),
+            _ => Err(OutboxError::LeaseLost(claim.id())),
+        }
+    }
+
     async fn cancel(&self, id: NotificationId) -> Result<bool, OutboxError> {
-        let k = &self.keys;
-        let id = id.to_string();
-        let mut inv = Self::prepare(
-            &self.scripts.cancel,
-            &[&k.stream, &k.delayed, &k.leases, &k.entry(&id)],
-        );
-        inv.arg(GROUP).arg(&id);
+        let mut inv = self.prepare(&self.scripts.cancel);
+        inv.arg(GROUP).arg(id.to_string());
         Ok(self.run::<i64>(&inv).await? == 1)
     }
 
     async fn stats(&self) -> Result<OutboxStats, OutboxError> {
-        let k = &self.keys;
-        let now = now_ms();
-        let mut inv = Self::prepare(&self.scripts.stats, &[&k.delayed, &k.leases, &k.dead]);
-        inv.arg(now).arg(&k.entry_prefix);
-        let (pending, in_flight, due, dead, oldest): (u64, u64, u64, u64, i64) =
-            self.run(&inv).await?;
+        let inv = self.prepare(&self.scripts.stats);
+        let (pending, in_flight, due, dead, oldest, parked, now): (
+            u64,
+            u64,
+            u64,
+            u64,
+            i64,
+            u64,
+            i64,
+        ) = self.run(&inv).await?;
         Ok(OutboxStats {
             pending,
             in_flight,
@@ -444,8 +529,9 @@ impl Outbox for RedisOutbox {
             oldest_due_age_ms: if oldest < 0 {
                 0
             } else {
-                u64::try_from(now - oldest).unwrap_or(0)
+                u64::try_from(now.saturating_sub(oldest)).unwrap_or(0)
             },
+            parked,
         })
     }
 
@@ -453,12 +539,13 @@ impl Outbox for RedisOutbox {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let k = &self.keys;
-        let mut inv = Self::prepare(&self.scripts.pending, &[&k.delayed, &k.leases]);
-        inv.arg(&k.entry_prefix).arg(limit);
+        let mut inv = self.prepare(&self.scripts.pending);
+        inv.arg(limit.min(MAX_COUNT));
         let rows: Vec<EntryRow> = self.run(&inv).await?;
         rows.into_iter()
-            .map(|(id, json, due, enq, att, err)| decode_entry(&id, &json, due, enq, att, err))
+            .map(|(id, json, due, enq, att, err, park)| {
+                decode_entry(&id, json.as_deref(), due, enq, att, err, park.as_deref())
+            })
             .collect()
     }
 
@@ -466,15 +553,23 @@ impl Outbox for RedisOutbox {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let k = &self.keys;
-        let mut inv = Self::prepare(&self.scripts.dead, &[&k.dead]);
-        inv.arg(&k.dead_prefix).arg(limit);
-        type Row = (String, String, i64, i64, u32, Option<String>, String, i64);
+        let mut inv = self.prepare(&self.scripts.dead);
+        inv.arg(limit.min(MAX_COUNT));
+        type Row = (
+            String,
+            Option<String>,
+            i64,
+            i64,
+            u32,
+            Option<String>,
+            String,
+            i64,
+        );
         let rows: Vec<Row> = self.run(&inv).await?;
         rows.into_iter()
             .map(|(id, json, due, enq, att, err, reason, died)| {
                 Ok(DeadEntry {
-                    entry: decode_entry(&id, &json, due, enq, att, err)?,
+                    entry: decode_entry(&id, json.as_deref(), due, enq, att, err, None)?,
                     reason,
                     died_at: Timestamp(died),
                 })
@@ -483,22 +578,16 @@ impl Outbox for RedisOutbox {
     }
 
     async fn requeue_dead(&self, id: NotificationId) -> Result<bool, OutboxError> {
-        let k = &self.keys;
-        let id = id.to_string();
-        let mut inv = Self::prepare(
-            &self.scripts.requeue,
-            &[&k.delayed, &k.dead, &k.dead_entry(&id), &k.entry(&id)],
-        );
-        inv.arg(&id).arg(now_ms());
+        let mut inv = self.prepare(&self.scripts.requeue);
+        inv.arg(id.to_string());
         Ok(self.run::<i64>(&inv).await? == 1)
     }
 
     async fn purge_dead(&self) -> Result<u64, OutboxError> {
-        let k = &self.keys;
         let mut total = 0;
         loop {
-            let mut inv = Self::prepare(&self.scripts.purge, &[&k.dead]);
-            inv.arg(&k.dead_prefix).arg(PURGE_CHUNK);
+            let mut inv = self.prepare(&self.scripts.purge);
+            inv.arg(PURGE_CHUNK);
             let n: u64 = self.run(&inv).await?;
             total += n;
             if n < PURGE_CHUNK as u64 {

@@ -14,6 +14,11 @@ fn ago(ms: i64) -> Timestamp {
     Timestamp(Timestamp::now().as_millis() - ms)
 }
 
+/// The name of one of the outbox's keys (layout in the crate's `scripts` module).
+fn key(prefix: &str, name: &str) -> String {
+    format!("{{{prefix}}}:{name}")
+}
+
 #[tokio::test]
 async fn an_unreachable_server_fails_at_start_up_naming_the_url_without_password() {
     let port = support::free_port(); // nothing listens there
@@ -52,6 +57,19 @@ async fn an_invalid_url_fails_at_start_up_without_leaking_the_password() {
     assert_eq!(redact_url("redis://:pw@h:1/0"), "redis://:***@h:1/0");
     assert_eq!(redact_url("redis://h:1/"), "redis://h:1/");
     assert_eq!(redact_url("not a url pw"), "<unparsable Redis URL>");
+}
+
+#[tokio::test]
+async fn a_prefix_with_braces_is_refused() {
+    for prefix in ["{mesh}", "a}b", "x{"] {
+        let err = RedisOutbox::connect("redis://127.0.0.1:1/", prefix)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, OutboxError::Open { reason, .. } if reason.contains("prefix")),
+            "{prefix}: {err:?}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -154,7 +172,7 @@ async fn health_is_degraded_without_aof() {
 async fn stream_state(url: &str, prefix: &str) -> (u64, Vec<(String, String)>) {
     let client = redis::Client::open(url).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let stream = format!("{prefix}:stream");
+    let stream = key(prefix, "stream");
     let len: u64 = redis::cmd("XLEN")
         .arg(&stream)
         .query_async(&mut conn)
@@ -259,8 +277,8 @@ async fn a_corrupt_entry_is_quarantined_and_does_not_block_the_queue() {
     let client = redis::Client::open(url.as_str()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let () = redis::cmd("HSET")
-        .arg(format!("{prefix}:e:{}", bad.id))
-        .arg("n")
+        .arg(key(&prefix, "n"))
+        .arg(bad.id.to_string())
         .arg("{not json")
         .query_async(&mut conn)
         .await
@@ -286,4 +304,191 @@ async fn a_corrupt_entry_is_quarantined_and_does_not_block_the_queue() {
         other => panic!("expected Corrupt, got {other:?}"),
     }
     assert_eq!(outbox.purge_dead().await.unwrap(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_entry_left_unread_is_still_claimed() {
+    let Some(url) = redis_url() else { return };
+    let prefix = unique_prefix("stranded");
+    let outbox = RedisOutbox::connect(&url, &prefix).await.unwrap();
+    // Far from due: the claim's move from the waiting set would never pick it.
+    let n = notification("stranded");
+    let later = Timestamp(Timestamp::now().as_millis() + 3_600_000);
+    assert!(outbox.enqueue(&n, later).await.unwrap());
+    // Move it into the stream by hand, as the claim script does, without reading
+    // it: an entry added to the stream and left undelivered.
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let removed: u64 = redis::cmd("ZREM")
+        .arg(key(&prefix, "delayed"))
+        .arg(n.id.to_string())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(removed, 1);
+    let _sid: String = redis::cmd("XADD")
+        .arg(key(&prefix, "stream"))
+        .arg("*")
+        .arg("id")
+        .arg(n.id.to_string())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(stream_state(&url, &prefix).await, (1, vec![]), "unread");
+
+    let claims = outbox
+        .claim("w1", 10, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(claims.len(), 1, "the unread stream entry is claimed");
+    assert_eq!(claims[0].entry.notification, n);
+    assert_eq!(claims[0].entry.attempts, 1);
+    let (len, pel) = stream_state(&url, &prefix).await;
+    assert_eq!((len, pel.len()), (1, 1));
+    assert_eq!(pel[0].1, "w1");
+    outbox.ack(&claims[0]).await.unwrap();
+    assert_eq!(stream_state(&url, &prefix).await, (0, vec![]));
+    assert_eq!(outbox.stats().await.unwrap(), Default::default());
+
+    // Stale stream entries (their id is no longer pending), more of them than the
+    // claim asks for, are dropped, not claimed, and do not stop a due entry from
+    // being claimed in the same call.
+    let due = notification("due");
+    assert!(outbox.enqueue(&due, ago(0)).await.unwrap());
+    for _ in 0..3 {
+        let _sid: String = redis::cmd("XADD")
+            .arg(key(&prefix, "stream"))
+            .arg("*")
+            .arg("id")
+            .arg(n.id.to_string())
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let claims = outbox
+        .claim("w1", 2, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(claims.len(), 1);
+    assert_eq!(claims[0].id(), due.id);
+    outbox.ack(&claims[0]).await.unwrap();
+    assert_eq!(stream_state(&url, &prefix).await, (0, vec![]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_key_carries_the_prefix_as_its_cluster_hash_tag() {
+    let Some(url) = redis_url() else { return };
+    let prefix = unique_prefix("hashtag");
+    let outbox = RedisOutbox::connect(&url, &prefix).await.unwrap();
+    let ns: Vec<_> = (0..4).map(|i| notification(&format!("k{i}"))).collect();
+    outbox.enqueue_batch(&ns, ago(0)).await.unwrap();
+    let claims = outbox
+        .claim("w1", 10, Duration::from_secs(60))
+        .await
+        .unwrap();
+    outbox
+        .park(
+            &claims[0],
+            &["gotify".to_owned()],
+            Timestamp(Timestamp::now().as_millis() + 60_000),
+            "down",
+        )
+        .await
+        .unwrap();
+    outbox.dead_letter(&claims[1], "refused").await.unwrap();
+    outbox.retry_at(&claims[2], ago(0), "503").await.unwrap();
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut found: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("*{prefix}*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    found.sort();
+    let tag = format!("{{{prefix}}}:");
+    assert!(found.iter().all(|k| k.starts_with(&tag)), "{found:?}");
+    let slots: std::collections::HashSet<u16> = found
+        .iter()
+        .map(|k| {
+            // CRC16 of the hash tag, as Redis Cluster computes it.
+            let open = k.find('{').unwrap();
+            let close = open + 1 + k[open + 1..].find('}').unwrap();
+            crc16(&k.as_bytes()[open + 1..close]) % 16384
+        })
+        .collect();
+    assert_eq!(slots.len(), 1, "one slot for {found:?}");
+    assert!(found.len() >= 8, "{found:?}");
+}
+
+/// CRC16-CCITT (XMODEM), Redis Cluster's key hash.
+fn crc16(bytes: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for &b in bytes {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_follow_the_redis_server_clock() {
+    let Some(url) = redis_url() else { return };
+    let prefix = unique_prefix("clock");
+    let outbox = RedisOutbox::connect(&url, &prefix).await.unwrap();
+    let n = notification("clock");
+    assert!(outbox.enqueue(&n, ago(0)).await.unwrap());
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let (secs, micros): (i64, i64) = redis::cmd("TIME").query_async(&mut conn).await.unwrap();
+    let server_now = secs * 1000 + micros / 1000;
+    let claims = outbox
+        .claim("w1", 1, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(claims.len(), 1);
+    let deadline: f64 = redis::cmd("ZSCORE")
+        .arg(key(&prefix, "leases"))
+        .arg(n.id.to_string())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let offset = deadline as i64 - server_now;
+    assert!(
+        (60_000..62_000).contains(&offset),
+        "deadline = server time + lease: {offset}"
+    );
+    outbox
+        .renew(&claims[0], Duration::from_secs(600))
+        .await
+        .unwrap();
+    let renewed: f64 = redis::cmd("ZSCORE")
+        .arg(key(&prefix, "leases"))
+        .arg(n.id.to_string())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(renewed as i64 - server_now >= 600_000, "renewed: {renewed}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_limits_are_accepted() {
+    let Some(url) = redis_url() else { return };
+    let outbox = RedisOutbox::connect(&url, &unique_prefix("limits"))
+        .await
+        .unwrap();
+    let n = notification("limits");
+    assert!(outbox.enqueue(&n, ago(0)).await.unwrap());
+    assert_eq!(outbox.pending(usize::MAX).await.unwrap().len(), 1);
+    assert!(outbox.dead(usize::MAX).await.unwrap().is_empty());
+    assert_eq!(outbox.unpark(None, usize::MAX).await.unwrap(), 0);
+    let claims = outbox.claim("w1", usize::MAX, Duration::MAX).await.unwrap();
+    assert_eq!(claims.len(), 1);
+    outbox.renew(&claims[0], Duration::MAX).await.unwrap();
+    outbox.ack(&claims[0]).await.unwrap();
 }
