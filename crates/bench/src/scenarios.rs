@@ -78,6 +78,10 @@ pub struct Sizes {
     pub queued: usize,
     /// Upper bound for waiting on the backlog drain.
     pub drain_deadline: Duration,
+    /// Recovery figure: how long the only provider is down, workers running.
+    pub outage: Duration,
+    /// Recovery figure: notifications submitted during the outage.
+    pub outage_backlog: usize,
 }
 
 impl Sizes {
@@ -96,6 +100,8 @@ impl Sizes {
             backlog: 100_000,
             queued: 100_000,
             drain_deadline: Duration::from_secs(600),
+            outage: Duration::from_secs(60),
+            outage_backlog: 10_000,
         }
     }
 
@@ -114,6 +120,8 @@ impl Sizes {
             backlog: 2_000,
             queued: 2_000,
             drain_deadline: Duration::from_secs(60),
+            outage: Duration::from_secs(3),
+            outage_backlog: 500,
         }
     }
 }
@@ -835,6 +843,7 @@ pub async fn outbox(b: &mut Bench) -> Result<Vec<Row>, BenchError> {
     let queue = QueuePolicy::default();
     let disk = drain(b, dir.path(), &queue, &tpl).await?;
     rows.push(drain_row(b, &disk, live, "").target("≥ 0.8× live", disk.rate / live >= 0.8));
+    rows.push(recovery(b, dir.path(), live, &tpl).await?);
     // Diagnostic: the same on tmpfs, where fsync costs nothing. The gap between the
     // two rows is what durable per-entry acks cost on this disk.
     let shm = std::path::Path::new("/dev/shm");
@@ -852,7 +861,7 @@ pub async fn outbox(b: &mut Bench) -> Result<Vec<Row>, BenchError> {
         ));
     }
     b.notes.push(format!(
-        "outbox: SQLite files in {} (WAL, synchronous=FULL); one-at-a-time = {} sequential enqueues, batched = {} per repetition, median of {}. Drain: {} workers × batch {} (QueuePolicy defaults), timed from worker start until the outbox is empty; live = dispatcher c=64.",
+        "outbox: SQLite files in {} (WAL, synchronous=FULL); one-at-a-time = {} sequential enqueues, batched = {} per repetition, median of {}. Backlog drain: {} workers × batch {} (QueuePolicy defaults) started only after the sink is back (workers stopped during the outage: the raw drain rate, not what a user sees); live = dispatcher c=64. Recovery: what a user sees: the workers run through the whole outage (sink refusing connections, default breaker: probes 1 s doubling to 5 s), notifications are submitted one by one throughout it, and the figure is the time from the sink answering again to the last delivery (target: probe_max_interval + 2 × backlog / live rate).",
         std::env::temp_dir().display(),
         b.sizes.durable,
         b.sizes.batched,
@@ -861,6 +870,116 @@ pub async fn outbox(b: &mut Bench) -> Result<Vec<Row>, BenchError> {
         queue.batch
     ));
     Ok(rows)
+}
+
+/// The recovery figure: the only provider is down for `sizes.outage` while the
+/// workers keep running and `sizes.outage_backlog` notifications are submitted
+/// evenly through the outage; then the provider comes back. Measured: time from
+/// the provider answering again to the last delivery, and duplicates.
+async fn recovery(
+    b: &Bench,
+    dir: &std::path::Path,
+    live: f64,
+    tpl: &Notification,
+) -> Result<Row, BenchError> {
+    const S: &str = "outbox";
+    let sink = Sink::start(b.sink_rt.clone()).await?;
+    let outbox = SqliteOutbox::open(dir.join("recovery.db"))
+        .map(Arc::new)
+        .map_err(|e| setup(S)(e.to_string()))?;
+    let breaker = BreakerConfig::default();
+    let d = Arc::new(
+        Dispatcher::builder()
+            .notifier(Arc::new(gotify(&sink.url(), PROVIDER_TIMEOUT, S)?))
+            .route(Kind::Chat, ["gotify"])
+            .outbox(outbox.clone())
+            .queue_policy(QueuePolicy::default())
+            .breaker(breaker)
+            .build()
+            .map_err(|e| setup(S)(e.to_string()))?,
+    );
+    let workers = d.start_workers();
+    sink.down().await;
+    let total = b.sizes.outage_backlog;
+    let started = Instant::now();
+    for i in 0..total {
+        // Evenly through the outage.
+        let at = b.sizes.outage.mul_f64(i as f64 / total as f64);
+        if let Some(wait) = at.checked_sub(started.elapsed()) {
+            tokio::time::sleep(wait).await;
+        }
+        d.submit(fresh(tpl))
+            .await
+            .map_err(|e| run_err(S)(e.to_string()))?;
+    }
+    if let Some(wait) = b.sizes.outage.checked_sub(started.elapsed()) {
+        tokio::time::sleep(wait).await;
+    }
+    let before = outbox
+        .stats()
+        .await
+        .map_err(|e| run_err(S)(e.to_string()))?;
+    let max_attempts = outbox
+        .pending(total)
+        .await
+        .map_err(|e| run_err(S)(e.to_string()))?
+        .iter()
+        .map(|e| e.attempts)
+        .max()
+        .unwrap_or(0);
+    sink.up().await?;
+    let back = Instant::now();
+    let target = u64::try_from(total).unwrap_or(u64::MAX);
+    let deadline = back + b.sizes.drain_deadline;
+    while sink.delivered() < target {
+        if Instant::now() > deadline {
+            workers.shutdown().await;
+            return Err(run_err(S)(format!(
+                "recovery: {} of {} delivered after {:?}",
+                sink.delivered(),
+                target,
+                b.sizes.drain_deadline
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let last = back.elapsed();
+    // Anything delivered twice shows up while the outbox empties.
+    loop {
+        let s = outbox
+            .stats()
+            .await
+            .map_err(|e| run_err(S)(e.to_string()))?;
+        if s.pending == 0 || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    workers.shutdown().await;
+    let dupes = sink.delivered().saturating_sub(target);
+    let budget = breaker.probe_max_interval + Duration::from_secs_f64(2.0 * total as f64 / live);
+    Ok(Row::info(
+        S,
+        format!(
+            "recovery: {} notifications queued during a {} outage (workers running), provider back → last delivery",
+            thousands(total as f64),
+            fmt_duration(b.sizes.outage)
+        ),
+        format!(
+            "{} (budget {} = probe max {} + 2 × backlog / live {}/s; {} parked at recovery, max attempts {}; {} delivered twice)",
+            fmt_duration(last),
+            fmt_duration(budget),
+            fmt_duration(breaker.probe_max_interval),
+            thousands(live),
+            before.parked,
+            max_attempts,
+            dupes
+        ),
+        last.as_secs_f64(),
+        "seconds",
+    )
+    .ratio(last.as_secs_f64() / budget.as_secs_f64())
+    .target("≤ probe max + 2 × backlog / live", last <= budget && dupes == 0))
 }
 
 struct Drained {
@@ -874,7 +993,7 @@ fn drain_row(b: &Bench, d: &Drained, live: f64, suffix: &str) -> Row {
     Row::info(
         "outbox",
         format!(
-            "backlog drain, {} entries after recovery{suffix}",
+            "backlog drain, {} entries, workers started after recovery{suffix}",
             thousands(b.sizes.backlog as f64)
         ),
         format!(
