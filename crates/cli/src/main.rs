@@ -263,9 +263,43 @@ fn check_config(config: &Config, figment: &mesh_notify::Figment) -> ExitCode {
         println!("  {name} disabled (not configured)");
     }
     println!("routes:");
+    let enabled: Vec<std::sync::Arc<dyn mesh_notify::core::Notifier>> = dispatcher.providers();
     for kind in Kind::ALL {
-        println!("  {kind}: {}", dispatcher.route(kind).join(" -> "));
+        let route = dispatcher.route(kind);
+        let real: Vec<&str> = route
+            .iter()
+            .filter(|n| enabled.iter().any(|p| p.name() == n.as_str() && p.reaches_people()))
+            .map(String::as_str)
+            .collect();
+        let has_log = route.iter().any(|n| {
+            enabled
+                .iter()
+                .any(|p| p.name() == n.as_str() && !p.reaches_people())
+        });
+        let terminal_log = config.providers.log.enabled
+            && config.providers.log.terminal
+            && route.iter().any(|n| n == "log");
+        let note = if terminal_log {
+            "  (log is terminal: what it writes counts as delivered, even while a real provider is down)".to_string()
+        } else if has_log && real.is_empty() {
+            "  (no real provider enabled: the log is the delivery)".to_string()
+        } else if has_log {
+            format!(
+                "  (the log counts only for recipients that {} cannot reach; otherwise a notification waits in the outbox until {} delivers it)",
+                real.join("/"),
+                real.join(" or ")
+            )
+        } else if real.is_empty() {
+            "  (no enabled provider: these notifications wait in the outbox)".to_string()
+        } else {
+            String::new()
+        };
+        println!("  {kind}: {}{note}", route.join(" -> "));
     }
+    println!(
+        "breaker: opens after {} transient failures; probes after {:?}, doubling up to {:?}; notifications waiting for a provider that is down are parked (no attempt burned) and all released when it answers",
+        config.breaker.failure_threshold, config.breaker.probe_interval, config.breaker.probe_max_interval
+    );
     match config.outbox.backend {
         mesh_notify::OutboxBackend::Sqlite => {
             println!("outbox: sqlite {}", config.outbox.path.display())
@@ -303,6 +337,7 @@ async fn outbox_command(
                 println!("pending: {}", s.pending);
                 println!("in_flight: {}", s.in_flight);
                 println!("due: {}", s.due);
+                println!("parked: {}", s.parked);
                 println!("dead: {}", s.dead);
                 println!(
                     "oldest_due_age: {:.1}s",
@@ -312,13 +347,20 @@ async fn outbox_command(
             OutboxCommand::List { limit } => {
                 for e in outbox.pending(limit).await? {
                     let n = &e.notification;
+                    let when = if e.parked_on.is_empty() {
+                        format!(
+                            "due_in={:.1}s",
+                            (e.due_at.as_millis() - Timestamp::now().as_millis()) as f64 / 1000.0
+                        )
+                    } else {
+                        format!("parked_on={}", e.parked_on.join(","))
+                    };
                     println!(
-                        "{}  {:<6} to={:<12} attempts={} due_in={:.1}s  {}{}",
+                        "{}  {:<6} to={:<12} attempts={} {when}  {}{}",
                         n.id,
                         n.kind,
                         n.recipient.user_id,
                         e.attempts,
-                        (e.due_at.as_millis() - Timestamp::now().as_millis()) as f64 / 1000.0,
                         n.title,
                         e.last_error
                             .as_deref()
