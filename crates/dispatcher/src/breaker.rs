@@ -364,7 +364,11 @@ mod tests {
         assert!(!b.is_healthy());
         let at = b.next_try_at().expect("paused");
         tokio::time::advance(Duration::from_secs(9)).await;
-        assert_eq!(b.allow(), Admission::Paused, "a shorter pause does not shorten");
+        assert_eq!(
+            b.allow(),
+            Admission::Paused,
+            "a shorter pause does not shorten"
+        );
         tokio::time::advance(Duration::from_secs(1)).await;
         assert!(Instant::now() >= at);
         assert_eq!(b.allow(), Admission::Go);

@@ -167,7 +167,7 @@ async fn stop_asked(stop: &mut watch::Receiver<bool>) {
 /// How one claimed entry ended.
 enum Settled {
     /// Delivered: acknowledge it.
-    Delivered(Claim),
+    Delivered(Box<Claim>),
     /// Retried later, parked or dead-lettered (already written).
     Done,
     /// The lease was lost: another worker holds the entry now.
@@ -219,7 +219,9 @@ impl Delivery {
     }
 
     fn parked_hint(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
-        self.parked_on.lock().unwrap_or_else(PoisonError::into_inner)
+        self.parked_on
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Tries the route now; when nothing delivers and some provider may deliver
@@ -246,7 +248,10 @@ impl Delivery {
     }
 
     /// Hands a notification over for delivery and returns once it is durable.
-    pub(crate) async fn submit(self: &Arc<Self>, n: Notification) -> Result<Submitted, OutboxError> {
+    pub(crate) async fn submit(
+        self: &Arc<Self>,
+        n: Notification,
+    ) -> Result<Submitted, OutboxError> {
         let Some(outbox) = &self.outbox else {
             let me = Arc::clone(self);
             tokio::spawn(async move {
@@ -396,7 +401,7 @@ impl Delivery {
         }
         let outcome = self.router.try_route(n).await;
         if outcome.is_delivered() {
-            return Settled::Delivered(claim.clone());
+            return Settled::Delivered(Box::new(claim.clone()));
         }
         if outcome.expired {
             metrics::counter!("mesh_notify_dead_letters_total", "reason" => "expired").increment(1);
@@ -439,7 +444,11 @@ impl Delivery {
     /// paused) or held back by a rate limit: the failure is the providers', not
     /// this notification's. Returns the providers to wait for and when to look
     /// again at the latest.
-    fn park_decision(&self, n: &Notification, outcome: &Outcome) -> Option<(Vec<String>, Timestamp)> {
+    fn park_decision(
+        &self,
+        n: &Notification,
+        outcome: &Outcome,
+    ) -> Option<(Vec<String>, Timestamp)> {
         let candidates = self.router.candidates(n);
         if candidates.is_empty() {
             return None;
@@ -574,7 +583,7 @@ async fn worker_loop(
             match done {
                 Ok((id, Settled::Delivered(claim))) => {
                     claims_by_task.remove(&id);
-                    to_ack.push(claim);
+                    to_ack.push(*claim);
                 }
                 Ok((id, _)) => {
                     claims_by_task.remove(&id);
@@ -684,7 +693,9 @@ async fn monitor_loop(d: Arc<Delivery>, outbox: Arc<dyn Outbox>, mut stop: watch
                             tracing::debug!(provider = %p, "probing {p} with one parked notification");
                             d.wake.notify_one();
                         }
-                        Err(e) => tracing::warn!(provider = %p, error = %e, "could not release a probe"),
+                        Err(e) => {
+                            tracing::warn!(provider = %p, error = %e, "could not release a probe")
+                        }
                     }
                 }
                 Some(at) => next = next.min(at),
@@ -715,8 +726,12 @@ async fn stats_loop(d: Arc<Delivery>, outbox: Arc<dyn Outbox>, mut stop: watch::
                 if s.parked > 0 && d.parked_hint().is_empty() {
                     // Parked by another instance (or before a restart): watch
                     // every provider so they are released once it is back.
-                    let names: Vec<String> =
-                        d.router.providers().iter().map(|p| p.name().to_owned()).collect();
+                    let names: Vec<String> = d
+                        .router
+                        .providers()
+                        .iter()
+                        .map(|p| p.name().to_owned())
+                        .collect();
                     d.parked_hint().extend(names);
                 }
             }

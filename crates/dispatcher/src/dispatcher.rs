@@ -25,10 +25,7 @@ impl fmt::Debug for Dispatcher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Dispatcher")
             .field("router", &self.router)
-            .field(
-                "outbox",
-                &self.delivery.outbox().map(|o| o.backend()),
-            )
+            .field("outbox", &self.delivery.outbox().map(|o| o.backend()))
             .field("queue", self.delivery.queue_policy())
             .finish()
     }
@@ -130,11 +127,7 @@ impl DispatcherBuilder {
             breaker_overrides: self.breaker_overrides,
             rate_limits: self.rate_limits,
         })?);
-        let delivery = Arc::new(Delivery::new(
-            Arc::clone(&router),
-            self.outbox,
-            self.queue,
-        ));
+        let delivery = Arc::new(Delivery::new(Arc::clone(&router), self.outbox, self.queue));
         Ok(Dispatcher { router, delivery })
     }
 }

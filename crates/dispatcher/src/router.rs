@@ -153,15 +153,12 @@ impl Outcome {
         if self.is_delivered() {
             return false;
         }
-        let passing_skip = self
-            .skipped
-            .iter()
-            .any(|s| {
-                matches!(
-                    s.reason,
-                    SkipReason::CircuitOpen | SkipReason::RateLimited | SkipReason::Paused
-                )
-            });
+        let passing_skip = self.skipped.iter().any(|s| {
+            matches!(
+                s.reason,
+                SkipReason::CircuitOpen | SkipReason::RateLimited | SkipReason::Paused
+            )
+        });
         let retryable_attempt = self.attempts.iter().any(|a| {
             matches!(
                 a.error_class,
@@ -227,15 +224,18 @@ pub(crate) type DeadAddressHook = Arc<dyn Fn(DeadAddress) + Send + Sync>;
 /// the dead address does not try that provider with it again.
 #[derive(Default)]
 struct DeadAddresses {
-    seen: Mutex<HashMap<(String, String), Vec<(AddressKind, String)>>>,
+    seen: Mutex<DeadMap>,
 }
+
+/// (provider, user id) → the addresses that provider reported dead.
+type DeadMap = HashMap<(String, String), Vec<(AddressKind, String)>>;
 
 impl DeadAddresses {
     /// Bound on remembered recipients (the owner deletes the addresses; this only
     /// dedups).
     const MAX: usize = 100_000;
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Vec<(AddressKind, String)>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, DeadMap> {
         self.seen.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -297,7 +297,12 @@ impl HealthEvents {
 
     /// Providers that came back since the last call.
     pub(crate) fn take_recovered(&self) -> Vec<String> {
-        std::mem::take(&mut *self.recovered.lock().unwrap_or_else(PoisonError::into_inner))
+        std::mem::take(
+            &mut *self
+                .recovered
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        )
     }
 
     /// Resolves at the next change (or at once if one happened since the last wait).
@@ -478,7 +483,9 @@ impl Router {
 
     /// When an unhealthy provider may be tried again (next probe, end of a pause).
     pub(crate) fn next_try_at(&self, provider: &str) -> Option<tokio::time::Instant> {
-        self.breakers.get(provider).and_then(CircuitBreaker::next_try_at)
+        self.breakers
+            .get(provider)
+            .and_then(CircuitBreaker::next_try_at)
     }
 
     /// The providers of `n`'s route that could deliver it to a person: enabled,

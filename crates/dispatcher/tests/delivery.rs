@@ -172,9 +172,11 @@ async fn parked_while_down_released_at_once_when_back() {
         "parking burns no attempts (max attempts {max_attempts})"
     );
     s.fake.set_mode(Mode::Normal);
-    wait_until("every parked notification delivered", Duration::from_secs(10), || {
-        s.fake.messages().len() >= 60
-    })
+    wait_until(
+        "every parked notification delivered",
+        Duration::from_secs(10),
+        || s.fake.messages().len() >= 60,
+    )
     .await;
     stats_until(&s.outbox, "outbox empty", |st| st.pending == 0).await;
     assert_eq!(delivered_ids(&s.fake), ids, "each exactly once");
@@ -252,8 +254,7 @@ async fn the_log_never_swallows_what_gotify_can_deliver_later() {
 #[tokio::test]
 async fn the_log_delivers_where_no_real_provider_can() {
     let fake = FakeGotify::start(&[(TOKEN, 1)]).await.unwrap();
-    let no_default =
-        GotifyNotifier::new(&fake.url(), None, Duration::from_millis(300)).unwrap();
+    let no_default = GotifyNotifier::new(&fake.url(), None, Duration::from_millis(300)).unwrap();
     let d = Dispatcher::builder()
         .notifier(Arc::new(no_default))
         .notifier(Arc::new(LogNotifier::new()))
@@ -265,8 +266,12 @@ async fn the_log_delivers_where_no_real_provider_can() {
 
     let mut fake = fake;
     fake.stop();
-    let down = GotifyNotifier::new(&fake.url(), Some(Secret::new(TOKEN)), Duration::from_millis(300))
-        .unwrap();
+    let down = GotifyNotifier::new(
+        &fake.url(),
+        Some(Secret::new(TOKEN)),
+        Duration::from_millis(300),
+    )
+    .unwrap();
     let d = Dispatcher::builder()
         .notifier(Arc::new(down))
         .notifier(Arc::new(LogNotifier::terminal()))
@@ -275,7 +280,11 @@ async fn the_log_delivers_where_no_real_provider_can() {
         .build()
         .unwrap();
     let o = d.dispatch(chat(2)).await;
-    assert_eq!(o.delivered.unwrap().provider, "log", "terminal: always counts");
+    assert_eq!(
+        o.delivered.unwrap().provider,
+        "log",
+        "terminal: always counts"
+    );
 }
 
 /// A provider that answers after `delay`, counting sends per notification.
