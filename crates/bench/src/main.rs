@@ -90,6 +90,9 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Option<Args>, String
 }
 
 fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some(sink::SERVE_SINK_ARG) {
+        return sink::serve_sink_main();
+    }
     let args = match parse_args(std::env::args().skip(1)) {
         Ok(Some(a)) => a,
         Ok(None) => {
@@ -187,7 +190,7 @@ fn run(args: &Args) -> Result<Report, BenchError> {
     report.rows = rows;
     report.notes = notes;
     report.notes.push(format!(
-        "client and sink run in this one process on separate Tokio runtimes of {cores} threads each, sharing the cores."
+        "dispatch: the sink is a separate process. failover, outbox, memory: client and sink run in this one process on separate Tokio runtimes of {cores} threads each, sharing the cores (these scenarios switch the sink's modes and count its deliveries; their figures are ratios against a baseline on the same sink)."
     ));
     report.machine.load_at_end = report::load_average();
     Ok(report)

@@ -370,3 +370,97 @@ mod tests {
         assert_eq!(sink.delivered(), 2);
     }
 }
+
+/// The sink in a child process (this program re-executed with `--serve-sink`), as
+/// a user's Gotify would be: the client's figures then include the real cost of
+/// crossing a process boundary (wake-ups, context switches) and the sink does not
+/// share the client's runtime or allocator. Killed on drop.
+pub struct SinkProcess {
+    child: std::process::Child,
+    url: String,
+}
+
+/// The argument that makes this program serve a sink (internal).
+pub const SERVE_SINK_ARG: &str = "--serve-sink";
+
+impl SinkProcess {
+    /// Starts the child and waits for the URL it prints.
+    pub fn start() -> Result<Self, String> {
+        use std::io::BufRead;
+        let exe = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
+        let mut child = std::process::Command::new(exe)
+            .arg(SERVE_SINK_ARG)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("cannot start the sink process: {e}"))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or("the sink process has no stdout")?;
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .map_err(|e| format!("the sink process did not say where it listens: {e}"))?;
+        let url = line.trim().to_owned();
+        if !url.starts_with("http://") {
+            let _ = child.kill();
+            return Err(format!(
+                "the sink process printed {url:?}, expected its URL"
+            ));
+        }
+        Ok(Self { child, url })
+    }
+
+    /// The base URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+impl Drop for SinkProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `--serve-sink`: serves a sink on a runtime as wide as the machine, prints its
+/// URL on stdout, and runs until stdin is closed (the parent exits or drops it).
+pub fn serve_sink_main() -> std::process::ExitCode {
+    use std::io::{Read, Write};
+    let threads = std::thread::available_parallelism().map_or(2, usize::from);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .thread_name("sink")
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sink: cannot start a runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let sink = match rt.block_on(Sink::start(rt.handle().clone())) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("sink: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let mut out = std::io::stdout();
+    if writeln!(out, "{}", sink.url())
+        .and_then(|_| out.flush())
+        .is_err()
+    {
+        return std::process::ExitCode::FAILURE;
+    }
+    // Block until the parent goes away.
+    let mut buf = [0u8; 64];
+    while matches!(std::io::stdin().read(&mut buf), Ok(n) if n > 0) {}
+    drop(sink);
+    rt.shutdown_background();
+    std::process::ExitCode::SUCCESS
+}

@@ -63,20 +63,14 @@ impl Queued {
     }
 }
 
-/// Cancels the queued chat/file notifications of `user_id` for `room_id` (they came
-/// back into the room and see the messages).
-pub(crate) async fn cancel_pending(state: &AppState, user_id: i64, room_id: i64) {
-    let ids = match state
-        .store
-        .call(move |conn| Ok(crate::store::take_pending(conn, user_id, room_id)?))
-        .await
-    {
-        Ok(ids) => ids,
-        Err(e) => {
-            tracing::warn!(error = %e.message, "could not read pending notifications");
-            return;
-        }
-    };
+/// Cancels queued chat/file notifications of `user_id` for `room_id`: the ids the
+/// rejoin took from `pending_notifications` (see `ws::join`), after that rejoin was
+/// committed. Best effort: an entry a delivery worker has already claimed may still
+/// be delivered (documented in docs/decisions.md).
+pub(crate) async fn cancel_queued(state: &AppState, user_id: i64, room_id: i64, ids: Vec<String>) {
+    if ids.is_empty() {
+        return;
+    }
     let Some(outbox) = state.dispatcher.outbox() else {
         return;
     };

@@ -3,11 +3,22 @@
 //! A user may have several connections (tabs, phone). A user is *in a room* while
 //! any of their connections has joined it; *absent* means not in the room
 //! (connected elsewhere or offline).
+//!
+//! Room presence changes (join, leave, a connection going away) happen only while
+//! the chat database's connection is held, inside [`Store::call`]: the methods
+//! that change it, and [`Presence::reserve_room`], take that `&Connection` as
+//! proof. A message is stored, its absent members decided and its live event
+//! handed to the present connections in one such call, so no join or leave can
+//! fall between "who is absent" and "who gets the live event" (see
+//! docs/decisions.md, "mesh-server: presence decided with the message").
+//!
+//! [`Store::call`]: crate::store::Store::call
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
+use crate::rusqlite::Connection;
 use axum::extract::ws::Utf8Bytes;
 use tokio::sync::mpsc;
 
@@ -87,8 +98,9 @@ impl Presence {
         id
     }
 
-    /// Removes a connection; returns the rooms its user is no longer in.
-    pub(crate) fn unregister(&self, id: ConnId) -> Vec<i64> {
+    /// Removes a connection; returns the rooms its user is no longer in. `_store`:
+    /// the chat database's connection, held by the caller (see the module docs).
+    pub(crate) fn unregister(&self, _store: &Connection, id: ConnId) -> Vec<i64> {
         let mut inner = self.lock();
         let Some(conn) = inner.conns.remove(&id) else {
             return Vec::new();
@@ -116,7 +128,8 @@ impl Presence {
     }
 
     /// The connection joins a room; `true` when its user was not in the room before.
-    pub(crate) fn join(&self, id: ConnId, room_id: i64) -> bool {
+    /// `_store`: the chat database's connection, held by the caller.
+    pub(crate) fn join(&self, _store: &Connection, id: ConnId, room_id: i64) -> bool {
         let mut inner = self.lock();
         let Some(user_id) = inner.conns.get(&id).map(|c| c.user_id) else {
             return false;
@@ -130,7 +143,8 @@ impl Presence {
     }
 
     /// The connection leaves a room; `true` when its user is no longer in it.
-    pub(crate) fn leave(&self, id: ConnId, room_id: i64) -> bool {
+    /// `_store`: the chat database's connection, held by the caller.
+    pub(crate) fn leave(&self, _store: &Connection, id: ConnId, room_id: i64) -> bool {
         let mut inner = self.lock();
         let Some(conn) = inner.conns.get_mut(&id) else {
             return false;
@@ -176,6 +190,41 @@ impl Presence {
         self.lock().by_user.contains_key(&user_id)
     }
 
+    /// Reserves a slot in the outgoing queue of every connection in the room, and
+    /// notes whose connections they are. A user counts as present only if at least
+    /// one of their connections in the room has a slot: a connection that is
+    /// closing or too slow to take the event makes its user absent for it.
+    /// `_store`: the chat database's connection, held by the caller until
+    /// [`Reserved::send`], so that no join or leave falls in between.
+    pub(crate) fn reserve_room(&self, _store: &Connection, room_id: i64) -> Reserved {
+        let inner = self.lock();
+        let mut reserved = Reserved::default();
+        let Some(ids) = inner.by_room.get(&room_id) else {
+            return reserved;
+        };
+        for id in ids {
+            let Some(conn) = inner.conns.get(id) else {
+                continue;
+            };
+            match conn.tx.clone().try_reserve_owned() {
+                Ok(permit) => {
+                    reserved.permits.push(permit);
+                    reserved.users.insert(conn.user_id);
+                }
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    metrics::counter!("mesh_server_ws_dropped_total").increment(1);
+                    tracing::warn!(
+                        conn = id,
+                        user = conn.user_id,
+                        "slow connection: event not sent live"
+                    );
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+        reserved
+    }
+
     /// Sends to every connection in the room; returns how many got it.
     pub(crate) fn send_room(&self, room_id: i64, msg: &Utf8Bytes) -> usize {
         let inner = self.lock();
@@ -200,27 +249,77 @@ impl Presence {
     }
 }
 
+/// Slots reserved by [`Presence::reserve_room`]: the connections that will get a
+/// room event live. Dropping it unused releases the slots.
+#[derive(Default)]
+pub(crate) struct Reserved {
+    permits: Vec<mpsc::OwnedPermit<Utf8Bytes>>,
+    users: HashSet<i64>,
+}
+
+impl Reserved {
+    /// Whether the event reaches `user_id` live (one of their connections).
+    pub(crate) fn has_user(&self, user_id: i64) -> bool {
+        self.users.contains(&user_id)
+    }
+
+    /// Sends `msg` into every reserved slot; returns how many (the slots were
+    /// reserved, so none fails).
+    pub(crate) fn send(self, msg: &Utf8Bytes) -> usize {
+        let n = self.permits.len();
+        for permit in self.permits {
+            let _ = permit.send(msg.clone());
+        }
+        n
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn a_user_is_in_the_room_while_any_connection_is() {
+        let db = Connection::open_in_memory().unwrap();
         let p = Presence::default();
         let (tx, mut rx) = mpsc::channel(8);
         let tab = p.register(1, tx.clone());
         let phone = p.register(1, tx);
-        assert!(p.join(tab, 10));
-        assert!(!p.join(phone, 10), "already present through the tab");
-        assert!(!p.leave(tab, 10), "still present through the phone");
+        assert!(p.join(&db, tab, 10));
+        assert!(!p.join(&db, phone, 10), "already present through the tab");
+        assert!(!p.leave(&db, tab, 10), "still present through the phone");
         assert!(p.users_in_room(10).contains(&1));
         assert_eq!(p.send_room(10, &Utf8Bytes::from_static("x")), 1);
         assert_eq!(rx.try_recv().unwrap().as_str(), "x");
-        assert_eq!(p.unregister(phone), vec![10]);
+        assert_eq!(p.unregister(&db, phone), vec![10]);
         assert!(p.users_in_room(10).is_empty());
         assert!(p.is_connected(1));
-        p.unregister(tab);
+        p.unregister(&db, tab);
         assert!(!p.is_connected(1));
         assert_eq!(p.connections(), 0);
+    }
+
+    #[test]
+    fn a_user_whose_connections_cannot_take_the_event_is_absent_for_it() {
+        let db = Connection::open_in_memory().unwrap();
+        let p = Presence::default();
+        let (full_tx, _full_rx) = mpsc::channel(1);
+        let (ok_tx, mut ok_rx) = mpsc::channel(8);
+        let (closed_tx, closed_rx) = mpsc::channel(8);
+        drop(closed_rx);
+        let slow = p.register(1, full_tx.clone());
+        let fine = p.register(2, ok_tx);
+        let gone = p.register(3, closed_tx);
+        for id in [slow, fine, gone] {
+            p.join(&db, id, 10);
+        }
+        full_tx.try_send(Utf8Bytes::from_static("filler")).unwrap();
+        let live = p.reserve_room(&db, 10);
+        assert!(!live.has_user(1), "queue full");
+        assert!(live.has_user(2));
+        assert!(!live.has_user(3), "connection closed");
+        assert!(!live.has_user(4), "not in the room");
+        assert_eq!(live.send(&Utf8Bytes::from_static("m")), 1);
+        assert_eq!(ok_rx.try_recv().unwrap().as_str(), "m");
     }
 }

@@ -6,6 +6,14 @@
 //!
 //! The handler only writes to SQLite (one short local transaction) and broadcasts;
 //! it never waits on a notification provider.
+//!
+//! Room presence and messages are serialised on the chat database's connection:
+//! `room.join`, `room.leave` and a closing connection change presence inside
+//! [`Store::call`](crate::store::Store::call), and a message decides who is absent,
+//! commits with their notifications and hands its live event to the present
+//! connections inside one such call. So for every message each member other than
+//! the sender gets exactly one of the live event or a queued notification, even
+//! when they join or leave at that instant.
 
 use std::time::Instant;
 
@@ -21,7 +29,7 @@ use tokio::sync::mpsc;
 
 use crate::auth;
 use crate::error::AppError;
-use crate::notify::{cancel_pending, Queued};
+use crate::notify::{cancel_queued, Queued};
 use crate::presence::ConnId;
 use crate::state::AppState;
 use crate::store::{self, now_ms, StoredMessage, User};
@@ -185,7 +193,19 @@ async fn connection(state: AppState, user: User, mut socket: WebSocket) {
             }
         }
     }
-    for room_id in state.presence.unregister(conn.id) {
+    let id = conn.id;
+    let st = state.clone();
+    let left = match state
+        .store
+        .call(move |c| Ok(st.presence.unregister(c, id)))
+        .await
+    {
+        Ok(left) => left,
+        // The blocking pool refused the task (runtime shutting down): still
+        // unregister, under the same connection, from this thread.
+        Err(_) => state.store.call_sync(|c| state.presence.unregister(c, id)),
+    };
+    for room_id in left {
         broadcast_presence(&state, room_id, &conn.user, "left");
     }
     tracing::debug!(conn = conn.id, user = conn.user.id, "websocket closed");
@@ -233,7 +253,7 @@ async fn handle(state: &AppState, conn: &Conn, raw: &str) -> Option<Value> {
     };
     let result = match ty.as_str() {
         "room.join" => join(state, conn, value).await,
-        "room.leave" => leave(state, conn, value),
+        "room.leave" => leave(state, conn, value).await,
         "chat.message.send" => chat(state, conn, value).await,
         "file.share" => file_share(state, conn, value).await,
         "rtc.offer" | "rtc.answer" | "rtc.ice" => rtc(state, conn, &ty, value).await,
@@ -262,36 +282,64 @@ struct RoomRef {
     room_id: i64,
 }
 
+/// `room.join`: (1) marks the connection present and (2) takes the user's pending
+/// notification records for the room in a committed transaction, both under the
+/// store's connection (so every message is stored either wholly before: notified,
+/// its record taken here; or wholly after: live); (3) then cancels those
+/// notifications in the outbox; (4) then acknowledges.
 async fn join(state: &AppState, conn: &Conn, value: Value) -> Result<Option<Value>, AppError> {
     let RoomRef { room_id } = parse(value)?;
     let user_id = conn.user.id;
-    let room = state
+    let conn_id = conn.id;
+    let st = state.clone();
+    let (room, newly, taken, present) = state
         .store
-        .call(move |c| store::room_for_member(c, room_id, user_id))
+        .call(move |c| {
+            let room = store::room_for_member(c, room_id, user_id)?;
+            let newly = st.presence.join(c, conn_id, room_id);
+            // They are back and will see the messages: the notifications queued
+            // while they were away are no longer wanted.
+            let taken = if newly {
+                store::take_pending(c, user_id, room_id).unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "could not read pending notifications");
+                    Vec::new()
+                })
+            } else {
+                Vec::new()
+            };
+            let mut present: Vec<i64> = st.presence.users_in_room(room_id).into_iter().collect();
+            present.sort_unstable();
+            Ok((room, newly, taken, present))
+        })
         .await?;
-    if state.presence.join(conn.id, room_id) {
+    if newly {
         broadcast_presence(state, room_id, &conn.user, "joined");
-        // They are back and will see the messages: drop the queued notifications.
-        cancel_pending(state, user_id, room_id).await;
     }
-    let mut present: Vec<i64> = state.presence.users_in_room(room_id).into_iter().collect();
-    present.sort_unstable();
+    cancel_queued(state, user_id, room_id, taken).await;
     Ok(Some(
         json!({"type": "ack", "for": "room.join", "room": room, "present": present}),
     ))
 }
 
-fn leave(state: &AppState, conn: &Conn, value: Value) -> Result<Option<Value>, AppError> {
+async fn leave(state: &AppState, conn: &Conn, value: Value) -> Result<Option<Value>, AppError> {
     let RoomRef { room_id } = parse(value)?;
-    if !state.presence.has_joined(conn.id, room_id) {
-        return Err(AppError::new(
-            StatusCode::BAD_REQUEST,
-            "not_joined",
-            "this connection has not joined the room",
-        )
-        .field("room_id"));
-    }
-    if state.presence.leave(conn.id, room_id) {
+    let conn_id = conn.id;
+    let st = state.clone();
+    let left = state
+        .store
+        .call(move |c| {
+            if !st.presence.has_joined(conn_id, room_id) {
+                return Err(AppError::new(
+                    StatusCode::BAD_REQUEST,
+                    "not_joined",
+                    "this connection has not joined the room",
+                )
+                .field("room_id"));
+            }
+            Ok(st.presence.leave(c, conn_id, room_id))
+        })
+        .await?;
+    if left {
         broadcast_presence(state, room_id, &conn.user, "left");
     }
     Ok(Some(
@@ -324,7 +372,9 @@ enum Notify {
 }
 
 /// Stores a chat message or file share and queues notifications for every member
-/// who is not in the room, except the sender, in one transaction.
+/// who is not in the room, except the sender, in one transaction; then hands the
+/// live event to exactly the connections that were counted as present, before the
+/// store's connection is released (no join or leave in between).
 async fn store_and_notify(
     state: &AppState,
     conn: &Conn,
@@ -334,7 +384,7 @@ async fn store_and_notify(
     meta: Option<Value>,
     client_id: Option<String>,
 ) -> Result<StoredMessage, AppError> {
-    let present = state.presence.users_in_room(room_id);
+    let st = state.clone();
     let sender = conn.user.clone();
     let composer = state.composer.clone();
     let path = state.notify_path;
@@ -362,9 +412,12 @@ async fn store_and_notify(
             };
             let what = if kind == "file" { Notify::File(body) } else { Notify::Chat(body) };
             let room_ref = Room::new(room.id.to_string(), room.name);
+            // Who gets it live is decided here, with the store's connection held:
+            // presence cannot change until the event is handed over below.
+            let live = st.presence.reserve_room(&tx, room_id);
             let mut queued = Queued::default();
             for member in store::other_members(&tx, room_id, sender.id)? {
-                if present.contains(&member.id) {
+                if live.has_user(member.id) {
                     continue;
                 }
                 let recipient = store::recipient(&tx, &member)?;
@@ -375,19 +428,14 @@ async fn store_and_notify(
                 queued.push(&tx, path, room_id, n)?;
             }
             tx.commit()?;
+            // Committed: send the live event into the reserved slots (in commit
+            // order, as the store's connection is still held).
+            let event_type = if kind == "file" { "file.shared" } else { "chat.message" };
+            live.send(&text(&json!({"type": event_type, "message": message})));
             Ok((message, queued))
         })
         .await?;
-    let event_type = if kind == "file" {
-        "file.shared"
-    } else {
-        "chat.message"
-    };
     metrics::counter!("mesh_server_messages_total", "kind" => kind).increment(1);
-    state.presence.send_room(
-        room_id,
-        &text(&json!({"type": event_type, "message": message})),
-    );
     queued.hand_over(state).await;
     Ok(message)
 }

@@ -75,7 +75,11 @@ impl Server {
             req = req.bearer_auth(t);
         }
         let resp = req.send().await.expect("request");
-        assert!(resp.status().is_success(), "{method} {path}: {}", resp.status());
+        assert!(
+            resp.status().is_success(),
+            "{method} {path}: {}",
+            resp.status()
+        );
         resp.json().await.unwrap_or(Value::Null)
     }
 
@@ -137,7 +141,9 @@ impl Drop for Server {
     }
 }
 
-struct Ws(tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>);
+struct Ws(
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+);
 
 impl Ws {
     async fn connect(base: &str, token: &str) -> Self {
@@ -153,7 +159,10 @@ impl Ws {
 
     /// Sends and waits for the ack of `ty`.
     async fn request(&mut self, v: Value, ty: &str) {
-        self.0.send(Message::text(v.to_string())).await.expect("send");
+        self.0
+            .send(Message::text(v.to_string()))
+            .await
+            .expect("send");
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             assert!(Instant::now() < deadline, "no ack for {ty}");
@@ -212,7 +221,10 @@ async fn gotify_hung_then_back_every_queued_notification_arrives_exactly_once() 
     }
     // Gotify hangs for 10 s, then answers again.
     tokio::time::sleep(Duration::from_secs(10).saturating_sub(hung_at.elapsed())).await;
-    assert!(gotify.messages().is_empty(), "nothing can arrive while hung");
+    assert!(
+        gotify.messages().is_empty(),
+        "nothing can arrive while hung"
+    );
     gotify.set_mode(Mode::Normal);
     until("all 20 reach Gotify", Duration::from_secs(60), || {
         gotify.messages().len() >= 20
@@ -222,7 +234,10 @@ async fn gotify_hung_then_back_every_queued_notification_arrives_exactly_once() 
     tokio::time::sleep(Duration::from_secs(2)).await;
     let got = received(&gotify);
     let want: BTreeMap<String, usize> = texts.iter().map(|t| (t.clone(), 1)).collect();
-    assert_eq!(got, want, "every notification exactly once, none to the log only");
+    assert_eq!(
+        got, want,
+        "every notification exactly once, none to the log only"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

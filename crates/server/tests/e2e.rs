@@ -4,10 +4,10 @@
 
 mod common;
 
-use std::time::Duration;
 use common::*;
 use mesh_notify_testkit::gotify::{FakeGotify, Mode};
 use serde_json::{json, Value};
+use std::time::Duration;
 
 async fn fake() -> FakeGotify {
     FakeGotify::start(&[(APP_TOKEN, 1), ("bob-own-token", 2)])
@@ -215,10 +215,11 @@ async fn file_share_notifies_absent_member_and_is_broadcast() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejoining_the_room_cancels_the_queued_chat_notification() {
     let gotify = fake().await;
-    // Gotify refuses with a long Retry-After: the notification waits in the outbox.
+    // Gotify refuses with Retry-After: the notification waits in the outbox (and
+    // Gotify is paused for those 5 s: nothing is sent to it meanwhile).
     gotify.set_mode(Mode::Status {
         status: 503,
-        retry_after: Some("30".into()),
+        retry_after: Some("5".into()),
     });
     let dir = tempfile::tempdir().unwrap();
     let extra = "[routes]\nchat = [\"gotify\"]\n[queue]\nmax_backoff = \"60s\"";
@@ -228,7 +229,7 @@ async fn rejoining_the_room_cancels_the_queued_chat_notification() {
     alice.join(s.room).await;
     assert_eq!(alice.say(s.room, "premier").await["type"], "ack");
     eventually("first attempt refused", || gotify.requests() >= 1).await;
-    // Wait until the refused attempt is settled (due again in 30 s, not leased).
+    // Wait until the refused attempt is settled (due again in 5 s, not leased).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         let st = outbox_stats(&server).await;
@@ -277,22 +278,39 @@ async fn gotify_down_the_log_does_not_swallow_it_the_message_waits_for_gotify() 
     let s = scene(&server).await;
     let mut alice = Ws::connect(&server, &s.alice.token).await;
     alice.join(s.room).await;
-    assert_eq!(alice.say(s.room, "pas dans le journal").await["type"], "ack");
+    assert_eq!(
+        alice.say(s.room, "pas dans le journal").await["type"],
+        "ack"
+    );
     let outbox = server.dispatcher().outbox().unwrap().clone();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let pending = outbox.pending(10).await.unwrap();
-        if pending.first().is_some_and(|e| e.attempts >= 1 || !e.parked_on.is_empty()) {
+        if pending
+            .first()
+            .is_some_and(|e| e.attempts >= 1 || !e.parked_on.is_empty())
+        {
             assert!(
-                pending[0].last_error.as_deref().unwrap_or("").contains("gotify"),
+                pending[0]
+                    .last_error
+                    .as_deref()
+                    .unwrap_or("")
+                    .contains("gotify"),
                 "{pending:?}"
             );
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "never tried: {pending:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never tried: {pending:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(outbox_stats(&server).await.pending, 1, "still queued for Gotify");
+    assert_eq!(
+        outbox_stats(&server).await.pending,
+        1,
+        "still queued for Gotify"
+    );
     assert!(outbox.dead(10).await.unwrap().is_empty());
     gotify.restart().await.unwrap();
     eventually("delivered to Gotify once it is back", || {
