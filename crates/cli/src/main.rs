@@ -268,7 +268,11 @@ fn check_config(config: &Config, figment: &mesh_notify::Figment) -> ExitCode {
         let route = dispatcher.route(kind);
         let real: Vec<&str> = route
             .iter()
-            .filter(|n| enabled.iter().any(|p| p.name() == n.as_str() && p.reaches_people()))
+            .filter(|n| {
+                enabled
+                    .iter()
+                    .any(|p| p.name() == n.as_str() && p.reaches_people())
+            })
             .map(String::as_str)
             .collect();
         let has_log = route.iter().any(|n| {

@@ -729,12 +729,23 @@ pub async fn parked_entries_keep_their_attempt_count<H: OutboxHarness + ?Sized>(
     for round in 0..3 {
         let c = o.claim("w1", 10, LONG_LEASE).await.expect("claim");
         assert_eq!(ids(&c), vec![n.id], "round {round}: claimable again");
-        assert_eq!(c[0].entry.attempts, 2, "round {round}: parking burned no attempt");
-        o.park(&c[0], &names(&["gotify"]), in_ms(3_600_000), "gotify: circuit open")
-            .await
-            .expect("park");
+        assert_eq!(
+            c[0].entry.attempts, 2,
+            "round {round}: parking burned no attempt"
+        );
+        o.park(
+            &c[0],
+            &names(&["gotify"]),
+            in_ms(3_600_000),
+            "gotify: circuit open",
+        )
+        .await
+        .expect("park");
         assert!(
-            o.claim("w2", 10, LONG_LEASE).await.expect("claim").is_empty(),
+            o.claim("w2", 10, LONG_LEASE)
+                .await
+                .expect("claim")
+                .is_empty(),
             "round {round}: a parked entry is not claimed"
         );
         let st = stats_of(&*o).await;
@@ -746,7 +757,10 @@ pub async fn parked_entries_keep_their_attempt_count<H: OutboxHarness + ?Sized>(
         let listed = o.pending(10).await.expect("pending");
         assert_eq!(listed[0].attempts, 1, "round {round}");
         assert_eq!(listed[0].parked_on, names(&["gotify"]));
-        assert_eq!(listed[0].last_error.as_deref(), Some("gotify: circuit open"));
+        assert_eq!(
+            listed[0].last_error.as_deref(),
+            Some("gotify: circuit open")
+        );
         assert_eq!(o.unpark(Some("gotify"), 100).await.expect("unpark"), 1);
         let st = stats_of(&*o).await;
         assert_eq!((st.due, st.parked), (1, 0), "round {round}: due at once");
@@ -773,21 +787,48 @@ pub async fn unpark_by_provider_and_limit<H: OutboxHarness + ?Sized>(h: &mut H) 
     assert_eq!(claims.len(), 4);
     let by_id = |id: NotificationId| claims.iter().find(|c| c.id() == id).expect("claimed");
     let far = in_ms(3_600_000);
-    o.park(by_id(a.id), &names(&["gotify"]), far, "down").await.expect("park a");
-    o.park(by_id(b.id), &names(&["gotify", "fcm"]), far, "down").await.expect("park b");
-    o.park(by_id(c.id), &names(&["gotify"]), far, "down").await.expect("park c");
-    o.park(by_id(d.id), &names(&["apns"]), far, "down").await.expect("park d");
+    o.park(by_id(a.id), &names(&["gotify"]), far, "down")
+        .await
+        .expect("park a");
+    o.park(by_id(b.id), &names(&["gotify", "fcm"]), far, "down")
+        .await
+        .expect("park b");
+    o.park(by_id(c.id), &names(&["gotify"]), far, "down")
+        .await
+        .expect("park c");
+    o.park(by_id(d.id), &names(&["apns"]), far, "down")
+        .await
+        .expect("park d");
     assert_eq!(stats_of(&*o).await.parked, 4);
-    assert_eq!(o.unpark(Some("smtp"), 100).await.expect("unpark"), 0, "nobody waits for smtp");
-    assert_eq!(o.unpark(Some("fcm"), 100).await.expect("unpark"), 1, "b waits for fcm too");
-    assert_eq!(ids(&o.claim("w1", 10, LONG_LEASE).await.expect("claim")), vec![b.id]);
-    assert_eq!(o.unpark(Some("gotify"), 1).await.expect("unpark"), 1, "limit 1");
+    assert_eq!(
+        o.unpark(Some("smtp"), 100).await.expect("unpark"),
+        0,
+        "nobody waits for smtp"
+    );
+    assert_eq!(
+        o.unpark(Some("fcm"), 100).await.expect("unpark"),
+        1,
+        "b waits for fcm too"
+    );
+    assert_eq!(
+        ids(&o.claim("w1", 10, LONG_LEASE).await.expect("claim")),
+        vec![b.id]
+    );
+    assert_eq!(
+        o.unpark(Some("gotify"), 1).await.expect("unpark"),
+        1,
+        "limit 1"
+    );
     assert_eq!(
         ids(&o.claim("w1", 10, LONG_LEASE).await.expect("claim")),
         vec![a.id],
         "oldest first"
     );
-    assert_eq!(o.unpark(None, 100).await.expect("unpark"), 2, "None wakes any");
+    assert_eq!(
+        o.unpark(None, 100).await.expect("unpark"),
+        2,
+        "None wakes any"
+    );
     let got = o.claim("w1", 10, LONG_LEASE).await.expect("claim");
     let got: HashSet<NotificationId> = ids(&got).into_iter().collect();
     assert_eq!(got, HashSet::from([c.id, d.id]));
@@ -801,13 +842,19 @@ pub async fn parked_entry_comes_back_at_its_give_up_time<H: OutboxHarness + ?Siz
     let n = notification("expiring");
     assert!(o.enqueue(&n, ago(0)).await.expect("enqueue"));
     let c = o.claim("w1", 10, LONG_LEASE).await.expect("claim");
-    o.park(&c[0], &names(&["gotify"]), in_ms(300), "down").await.expect("park");
+    o.park(&c[0], &names(&["gotify"]), in_ms(300), "down")
+        .await
+        .expect("park");
     assert_lease_lost(
         o.park(&c[0], &names(&["gotify"]), in_ms(300), "down").await,
         n.id,
         "parking twice with the same claim",
     );
-    assert!(o.claim("w1", 10, LONG_LEASE).await.expect("claim").is_empty());
+    assert!(o
+        .claim("w1", 10, LONG_LEASE)
+        .await
+        .expect("claim")
+        .is_empty());
     let back = claim_within(&*o, "w2", TAKEOVER_DEADLINE).await;
     assert_eq!(ids(&back), vec![n.id]);
     assert_eq!(back[0].entry.attempts, 1);
@@ -818,9 +865,7 @@ pub async fn parked_entry_comes_back_at_its_give_up_time<H: OutboxHarness + ?Siz
 /// `renew` keeps a slow delivery's lease: nobody takes the entry over while the
 /// holder renews, and once the lease was lost (expired and claimed by another
 /// worker) `renew` says `LeaseLost`, so the old holder never sends it a second time.
-pub async fn renew_keeps_the_lease_and_reports_a_lost_one<H: OutboxHarness + ?Sized>(
-    h: &mut H,
-) {
+pub async fn renew_keeps_the_lease_and_reports_a_lost_one<H: OutboxHarness + ?Sized>(h: &mut H) {
     let o = h.open().await;
     let n = notification("slow");
     assert!(o.enqueue(&n, ago(0)).await.expect("enqueue"));
@@ -844,7 +889,11 @@ pub async fn renew_keeps_the_lease_and_reports_a_lost_one<H: OutboxHarness + ?Si
     assert_lease_lost(o.renew(c, LONG_LEASE).await, n.id, "renew after takeover");
     assert_lease_lost(o.ack(c).await, n.id, "ack after takeover");
     o.ack(&taken[0]).await.expect("the new holder acks");
-    assert_lease_lost(o.renew(&taken[0], LEASE).await, n.id, "renew of an acked entry");
+    assert_lease_lost(
+        o.renew(&taken[0], LEASE).await,
+        n.id,
+        "renew of an acked entry",
+    );
 }
 
 /// Entries of one claim are acknowledged one by one as each delivery finishes,
@@ -857,7 +906,9 @@ pub async fn ack_per_entry<H: OutboxHarness + ?Sized>(h: &mut H) {
     }
     let first = o.claim("w1", 3, LONG_LEASE).await.expect("claim");
     assert_eq!(first.len(), 3);
-    o.ack(&first[1]).await.expect("ack the one that finished first");
+    o.ack(&first[1])
+        .await
+        .expect("ack the one that finished first");
     let st = stats_of(&*o).await;
     assert_eq!((st.pending, st.in_flight, st.due), (4, 2, 2));
     let second = o.claim("w1", 10, LONG_LEASE).await.expect("claim");
