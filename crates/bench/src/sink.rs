@@ -304,73 +304,6 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Answer, I
     Ok(json(StatusCode::OK, answer.to_string()))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use mesh_notify_core::{Composer, Notifier, Recipient, Room, Secret};
-    use mesh_notify_gotify::GotifyNotifier;
-
-    fn notification() -> mesh_notify_core::Notification {
-        Composer::default().chat(
-            "Alice",
-            &Room::new("r1", "Test"),
-            Recipient::new("bob", "Bob"),
-            "Salut",
-        )
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn answers_like_gotify_in_each_mode() {
-        let sink = Sink::start(Handle::current()).await.unwrap();
-        let gotify = GotifyNotifier::new(
-            &sink.url(),
-            Some(Secret::new(TOKEN)),
-            Duration::from_millis(300),
-        )
-        .unwrap();
-        let n = notification();
-
-        let receipt = gotify.send(&n).await.unwrap();
-        assert_eq!(receipt.message_id.as_deref(), Some("1"));
-        assert_eq!(sink.delivered(), 1);
-
-        let wrong = GotifyNotifier::new(
-            &sink.url(),
-            Some(Secret::new("nope")),
-            Duration::from_millis(300),
-        )
-        .unwrap();
-        assert!(matches!(
-            wrong.send(&n).await,
-            Err(mesh_notify_core::NotifyError::Misconfigured { .. })
-        ));
-
-        sink.set_mode(Mode::Unavailable);
-        let err = gotify.send(&n).await.unwrap_err();
-        assert!(
-            err.is_transient() && err.to_string().contains("503"),
-            "{err}"
-        );
-
-        sink.set_mode(Mode::Hang);
-        let err = gotify.send(&n).await.unwrap_err();
-        assert!(
-            err.is_transient() && err.to_string().contains("did not answer"),
-            "{err}"
-        );
-
-        sink.set_mode(Mode::Ok);
-        sink.down().await;
-        let err = gotify.send(&n).await.unwrap_err();
-        assert!(err.is_transient(), "{err}");
-        assert_eq!(sink.delivered(), 1);
-
-        sink.up().await.unwrap();
-        gotify.send(&n).await.unwrap();
-        assert_eq!(sink.delivered(), 2);
-    }
-}
-
 /// The sink in a child process (this program re-executed with `--serve-sink`), as
 /// a user's Gotify would be: the client's figures then include the real cost of
 /// crossing a process boundary (wake-ups, context switches) and the sink does not
@@ -463,4 +396,71 @@ pub fn serve_sink_main() -> std::process::ExitCode {
     drop(sink);
     rt.shutdown_background();
     std::process::ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mesh_notify_core::{Composer, Notifier, Recipient, Room, Secret};
+    use mesh_notify_gotify::GotifyNotifier;
+
+    fn notification() -> mesh_notify_core::Notification {
+        Composer::default().chat(
+            "Alice",
+            &Room::new("r1", "Test"),
+            Recipient::new("bob", "Bob"),
+            "Salut",
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn answers_like_gotify_in_each_mode() {
+        let sink = Sink::start(Handle::current()).await.unwrap();
+        let gotify = GotifyNotifier::new(
+            &sink.url(),
+            Some(Secret::new(TOKEN)),
+            Duration::from_millis(300),
+        )
+        .unwrap();
+        let n = notification();
+
+        let receipt = gotify.send(&n).await.unwrap();
+        assert_eq!(receipt.message_id.as_deref(), Some("1"));
+        assert_eq!(sink.delivered(), 1);
+
+        let wrong = GotifyNotifier::new(
+            &sink.url(),
+            Some(Secret::new("nope")),
+            Duration::from_millis(300),
+        )
+        .unwrap();
+        assert!(matches!(
+            wrong.send(&n).await,
+            Err(mesh_notify_core::NotifyError::Misconfigured { .. })
+        ));
+
+        sink.set_mode(Mode::Unavailable);
+        let err = gotify.send(&n).await.unwrap_err();
+        assert!(
+            err.is_transient() && err.to_string().contains("503"),
+            "{err}"
+        );
+
+        sink.set_mode(Mode::Hang);
+        let err = gotify.send(&n).await.unwrap_err();
+        assert!(
+            err.is_transient() && err.to_string().contains("did not answer"),
+            "{err}"
+        );
+
+        sink.set_mode(Mode::Ok);
+        sink.down().await;
+        let err = gotify.send(&n).await.unwrap_err();
+        assert!(err.is_transient(), "{err}");
+        assert_eq!(sink.delivered(), 1);
+
+        sink.up().await.unwrap();
+        gotify.send(&n).await.unwrap();
+        assert_eq!(sink.delivered(), 2);
+    }
 }
