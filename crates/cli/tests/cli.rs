@@ -108,21 +108,33 @@ async fn a_wrong_token_fails_saying_so_without_printing_it() {
 }
 
 #[tokio::test]
-async fn with_gotify_down_it_falls_back_to_the_log_and_says_so() {
+async fn with_gotify_down_it_queues_for_gotify_instead_of_the_log_and_says_so() {
     let mut fake = FakeGotify::start(&[(TOKEN, 4)]).await.unwrap();
     let url = fake.url();
     fake.stop();
-    let out = run(SEND, &[("GOTIFY_URL", url), ("GOTIFY_TOKEN", TOKEN.into())]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let envs = [
+        outbox_env(&dir),
+        ("GOTIFY_URL", url.clone()),
+        ("GOTIFY_TOKEN", TOKEN.to_string()),
+    ];
+    let out = run_in(SEND, &envs).await;
     let (stdout, stderr) = text(&out);
-    assert!(out.status.success(), "{stdout}\n{stderr}");
-    assert!(
-        stdout.contains("delivered by log") && stdout.contains("after falling back"),
-        "{stdout}"
-    );
+    assert!(!out.status.success(), "not delivered: {stdout}\n{stderr}");
+    assert!(!stdout.contains("delivered by log"), "{stdout}");
     assert!(
         stderr.contains("gotify (try 1) failed [transient]"),
         "{stderr}"
     );
+    assert!(
+        stderr.contains("log skipped: log only: waiting for a real provider"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("queued in the outbox"), "{stderr}");
+    // It is in the outbox, waiting for Gotify.
+    let out = run_in(&["outbox", "stats"], &envs).await;
+    let (stdout, _) = text(&out);
+    assert!(stdout.contains("pending: 1"), "{stdout}");
 }
 
 #[tokio::test]

@@ -692,6 +692,9 @@ async fn monitor_loop(d: Arc<Delivery>, outbox: Arc<dyn Outbox>, mut stop: watch
                         Ok(_) => {
                             tracing::debug!(provider = %p, "probing {p} with one parked notification");
                             d.wake.notify_one();
+                            // Normally the probe's result wakes us; look again soon
+                            // in case nobody here picks the probe up.
+                            next = next.min(now + Duration::from_millis(250));
                         }
                         Err(e) => {
                             tracing::warn!(provider = %p, error = %e, "could not release a probe")

@@ -606,12 +606,15 @@ impl Router {
 
     fn on_transient_failure(&self, name: &str, retry_after: Option<Duration>) {
         if let Some(b) = self.breakers.get(name) {
-            let was_healthy = b.is_healthy();
+            let (was_healthy, was) = (b.is_healthy(), b.state());
             if let Some(wait) = retry_after {
                 b.pause_for(wait.min(MAX_PAUSE));
             }
             b.on_transient_failure();
-            if was_healthy && !b.is_healthy() {
+            // Opened, or a failed probe re-opened it: the monitor reschedules.
+            if (was_healthy && !b.is_healthy())
+                || (was != BreakerState::Open && b.state() == BreakerState::Open)
+            {
                 self.events.changed();
             }
         }
