@@ -19,6 +19,7 @@
 //! runs tiny sizes in a few seconds as a CI smoke test: it never judges timings, but
 //! exits non-zero when a scenario fails to run. See `docs/benchmarks.md`.
 
+mod affinity;
 mod load;
 mod report;
 mod scenarios;
@@ -37,7 +38,7 @@ const SCENARIOS: [&str; 4] = ["dispatch", "failover", "outbox", "memory"];
 const RUN_ORDER: [&str; 4] = ["memory", "dispatch", "failover", "outbox"];
 
 const USAGE: &str =
-    "usage: mesh-notify-bench [all|dispatch|failover|outbox|memory]... [--quick] [--json FILE]
+    "usage: mesh-notify-bench [all|dispatch|failover|outbox|memory]... [--quick] [--pin] [--json FILE]
 
   all        every scenario (the default)
   dispatch   reqwest baseline vs Dispatcher::dispatch, c=1 and c=64
@@ -45,24 +46,28 @@ const USAGE: &str =
   outbox     SQLite enqueue (durable, batched), Redis (REDIS_URL), backlog drain
   memory     RSS at rest, with queued entries, under c=64 load
   --quick    tiny sizes (seconds): a smoke run, figures not meaningful
+  --pin      dispatch: sink process on the last core, client on the others
   --json F   also write the report as JSON to F";
 
 #[derive(Debug)]
 struct Args {
     scenarios: Vec<&'static str>,
     quick: bool,
+    pin: bool,
     json: Option<PathBuf>,
 }
 
 fn parse_args(args: impl Iterator<Item = String>) -> Result<Option<Args>, String> {
     let mut scenarios = Vec::new();
     let mut quick = false;
+    let mut pin = false;
     let mut json = None;
     let mut args = args;
     while let Some(a) = args.next() {
         match a.as_str() {
             "-h" | "--help" => return Ok(None),
             "--quick" => quick = true,
+            "--pin" => pin = true,
             "--json" => {
                 let f = args.next().ok_or("--json needs a file name")?;
                 json = Some(PathBuf::from(f));
@@ -85,6 +90,7 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Option<Args>, String
     Ok(Some(Args {
         scenarios,
         quick,
+        pin,
         json,
     }))
 }
@@ -159,6 +165,7 @@ fn run(args: &Args) -> Result<Report, BenchError> {
             sink_rt: sink_rt.handle().clone(),
             sink,
             live_c64: None,
+            pin: args.pin,
             rss_at_rest_kib: status_kib("VmRSS"),
             notes: Vec::new(),
         };

@@ -134,8 +134,10 @@ pub struct Bench {
     pub sink_rt: Handle,
     /// The healthy sink.
     pub sink: Sink,
-    /// Live dispatch throughput at c=64, once measured.
+    /// Live dispatch throughput at c=64 (in-process sink), once measured.
     pub live_c64: Option<f64>,
+    /// `--pin`: the out-of-process sink on the last core, the client on the others.
+    pub pin: bool,
     /// RSS when everything was started and nothing sent, KiB.
     pub rss_at_rest_kib: Option<u64>,
     /// Notes for the report (settings that shape the figures).
@@ -251,8 +253,17 @@ fn healthy_dispatcher(url: &str, scenario: &'static str) -> Result<Arc<Dispatche
 /// sink in its own process (as a user's Gotify is).
 pub async fn dispatch(b: &mut Bench) -> Result<Vec<Row>, BenchError> {
     const S: &str = "dispatch";
-    let sink_process = crate::sink::SinkProcess::start().map_err(setup(S))?;
+    let sink_process = crate::sink::SinkProcess::start(b.pin).map_err(setup(S))?;
     let url = sink_process.url().to_owned();
+    // With --pin the sink pinned itself to the last core; the client takes the others.
+    let cpus = if b.pin {
+        crate::affinity::allowed()
+    } else {
+        Vec::new()
+    };
+    if cpus.len() >= 2 {
+        crate::affinity::pin_process(&cpus[..cpus.len() - 1]).map_err(setup(S))?;
+    }
     let message_url =
         reqwest::Url::parse(&format!("{url}message")).map_err(|e| setup(S)(e.to_string()))?;
     let client = baseline_client(PROVIDER_TIMEOUT).map_err(setup(S))?;
@@ -381,10 +392,14 @@ pub async fn dispatch(b: &mut Bench) -> Result<Vec<Row>, BenchError> {
     }
     rows.push(dispatcher_alone(b.sizes.c1 * 50, &tpl).await?);
     b.notes.push(format!(
-        "dispatch: the sink runs as a separate process (this program re-executed with --serve-sink, its own runtime of as many threads as cores), as a user's Gotify would; {} notifications per repetition at c=1, {} at c=64, {} interleaved repetitions after a warm-up; medians. Baseline and dispatcher share the reqwest settings of GotifyNotifier (timeout 5 s, keep-alive) and send byte-for-byte the same body (mesh_notify_gotify::message_body of the same notification, serialised per request by both). The 'dispatcher alone' row is in-process on purpose: a no-op provider, no network, the dispatcher's own CPU cost.",
+        "dispatch: the sink runs as a separate process (this program re-executed with --serve-sink, one runtime thread), as a user's Gotify would{}; {} notifications per repetition at c=1, {} at c=64, {} interleaved repetitions after a warm-up; medians. Baseline and dispatcher share the reqwest settings of GotifyNotifier (timeout 5 s, keep-alive) and send byte-for-byte the same body (mesh_notify_gotify::message_body of the same notification, serialised per request by both). The 'dispatcher alone' row is in-process on purpose: a no-op provider, no network, the dispatcher's own CPU cost.",
+        if b.pin { " (--pin: sink on the last core, client threads on the others)" } else { " (unpinned: the scheduler may co-locate or split client and sink, and c=1 figures differ ~4x between the two placements; --pin fixes the split one)" },
         b.sizes.c1, b.sizes.c64, b.sizes.reps
     ));
     drop(sink_process);
+    if cpus.len() >= 2 {
+        crate::affinity::pin_process(&cpus).map_err(setup(S))?;
+    }
     Ok(rows)
 }
 

@@ -318,11 +318,15 @@ pub const SERVE_SINK_ARG: &str = "--serve-sink";
 
 impl SinkProcess {
     /// Starts the child and waits for the URL it prints.
-    pub fn start() -> Result<Self, String> {
+    pub fn start(pin: bool) -> Result<Self, String> {
         use std::io::BufRead;
         let exe = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
-        let mut child = std::process::Command::new(exe)
-            .arg(SERVE_SINK_ARG)
+        let mut cmd = std::process::Command::new(exe);
+        cmd.arg(SERVE_SINK_ARG);
+        if pin {
+            cmd.arg("--pin");
+        }
+        let mut child = cmd
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::inherit())
@@ -363,9 +367,9 @@ impl Drop for SinkProcess {
 /// URL on stdout, and runs until stdin is closed (the parent exits or drops it).
 pub fn serve_sink_main() -> std::process::ExitCode {
     use std::io::{Read, Write};
-    let threads = std::thread::available_parallelism().map_or(2, usize::from);
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
+    // One thread on the last core: a lean server that leaves the other cores to
+    // the client (which pins itself to them), so the figures measure the client.
+    let rt = match tokio::runtime::Builder::new_current_thread()
         .thread_name("sink")
         .enable_all()
         .build()
@@ -376,6 +380,12 @@ pub fn serve_sink_main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    let pin = std::env::args().any(|a| a == "--pin");
+    if let Some(&last) = crate::affinity::allowed().last().filter(|_| pin) {
+        if let Err(e) = crate::affinity::pin_process(&[last]) {
+            eprintln!("sink: cannot pin to cpu {last}: {e}");
+        }
+    }
     let sink = match rt.block_on(Sink::start(rt.handle().clone())) {
         Ok(s) => s,
         Err(e) => {
@@ -390,9 +400,14 @@ pub fn serve_sink_main() -> std::process::ExitCode {
     {
         return std::process::ExitCode::FAILURE;
     }
-    // Block until the parent goes away.
-    let mut buf = [0u8; 64];
-    while matches!(std::io::stdin().read(&mut buf), Ok(n) if n > 0) {}
+    // Serve until the parent goes away (stdin closed).
+    rt.block_on(async {
+        let _ = tokio::task::spawn_blocking(|| {
+            let mut buf = [0u8; 64];
+            while matches!(std::io::stdin().read(&mut buf), Ok(n) if n > 0) {}
+        })
+        .await;
+    });
     drop(sink);
     rt.shutdown_background();
     std::process::ExitCode::SUCCESS

@@ -69,6 +69,16 @@ pub trait Notifier: Send + Sync {
         true
     }
 
+    /// `Some(t)` when every [`send`](Self::send) is guaranteed to finish within
+    /// `t` on its own (one HTTP request under a client timeout that covers the
+    /// whole exchange, say). The dispatcher then does not arm a second timer
+    /// around the send when `t` is within its own send timeout (a timer per send
+    /// measurably costs latency at low concurrency; see docs/benchmarks.md).
+    /// The default, `None`, makes the dispatcher bound every send itself.
+    fn enforced_timeout(&self) -> Option<std::time::Duration> {
+        None
+    }
+
     /// Sends one notification.
     async fn send(&self, notification: &Notification) -> Result<Receipt, NotifyError>;
 

@@ -634,14 +634,21 @@ impl Router {
                 return None;
             }
             let started = Instant::now();
-            let result =
+            let result = if provider
+                .enforced_timeout()
+                .is_some_and(|t| t <= self.policy.send_timeout)
+            {
+                // The provider bounds the send itself: no second timer.
+                provider.send(n).await
+            } else {
                 match tokio::time::timeout(self.policy.send_timeout, provider.send(n)).await {
                     Ok(r) => r,
                     Err(_) => Err(NotifyError::transient(format!(
                         "{name} did not answer within {:?}",
                         self.policy.send_timeout
                     ))),
-                };
+                }
+            };
             let latency = started.elapsed();
             metrics::histogram!("mesh_notify_send_seconds", "provider" => name.to_owned())
                 .record(latency.as_secs_f64());

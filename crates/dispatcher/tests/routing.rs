@@ -322,3 +322,109 @@ fn zero_attempts_is_refused() {
         .unwrap_err();
     assert!(err.to_string().contains("attempts_per_provider"));
 }
+
+#[tokio::test]
+async fn a_probe_skipped_by_the_rate_limiter_is_not_lost() {
+    let calls = Arc::new(Mutex::new(0u32));
+    let counted = calls.clone();
+    let mut p = provider("primary");
+    p.expect_send().returning(move |_| {
+        let mut c = counted.lock().unwrap();
+        *c += 1;
+        if *c == 1 {
+            Err(NotifyError::transient("503"))
+        } else {
+            ok("primary")(&chat())
+        }
+    });
+    let d = Dispatcher::builder()
+        .notifier(Arc::new(p))
+        .route(Kind::Chat, ["primary"])
+        .policy(RetryPolicy {
+            attempts_per_provider: 1,
+            ..fast_policy()
+        })
+        .breaker(mesh_notify::BreakerConfig {
+            failure_threshold: 1,
+            probe_interval: Duration::from_millis(20),
+            probe_max_interval: Duration::from_millis(20),
+        })
+        .rate_limit(
+            "primary",
+            mesh_notify::RateLimitConfig {
+                per_second: 2.0,
+                burst: 1,
+            },
+        )
+        .build()
+        .unwrap();
+    // The only token goes to the first send, which fails and opens the circuit.
+    assert!(!d.dispatch(chat()).await.is_delivered());
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    // Probe due, but the rate limiter has no token within max_inline_wait.
+    let o = d.dispatch(chat()).await;
+    assert_eq!(o.skipped[0].reason, SkipReason::RateLimited, "{o:?}");
+    // Once a token is back, the next caller gets the probe (not "circuit open").
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let o = d.dispatch(chat()).await;
+    assert!(o.is_delivered(), "the probe was not lost: {o:?}");
+    assert_eq!(*calls.lock().unwrap(), 2);
+}
+
+#[tokio::test]
+async fn dispatch_does_not_queue_what_every_provider_refused_for_good() {
+    let mut primary = provider("primary");
+    primary
+        .expect_send()
+        .returning(|_| Err(NotifyError::permanent("400 bad request")));
+    let mut fallback = provider("fallback");
+    fallback
+        .expect_send()
+        .returning(|_| Err(NotifyError::permanent("413 too large")));
+    let outbox = mesh_notify_core::testing::MemoryOutbox::new();
+    let d = Dispatcher::builder()
+        .notifier(Arc::new(primary))
+        .notifier(Arc::new(fallback))
+        .route(Kind::Chat, ["primary", "fallback"])
+        .policy(fast_policy())
+        .outbox(Arc::new(outbox.clone()))
+        .build()
+        .unwrap();
+    let o = d.dispatch(chat()).await;
+    assert!(!o.is_delivered() && !o.queued, "{o:?}");
+    assert!(o.failure_summary().contains("400"), "{}", o.failure_summary());
+    use mesh_notify_core::Outbox;
+    assert_eq!(outbox.stats().await.unwrap().pending, 0);
+}
+
+#[tokio::test]
+async fn the_dead_address_hook_fires_once_and_the_dead_address_is_not_retried() {
+    let mut primary = provider("primary");
+    primary
+        .expect_send()
+        .times(1)
+        .returning(|_| Err(NotifyError::gone(AddressKind::Fcm, "UNREGISTERED")));
+    let mut fallback = provider("fallback");
+    fallback.expect_send().times(2).returning(ok("fallback"));
+    let dead = Arc::new(Mutex::new(0));
+    let seen = dead.clone();
+    let d = Dispatcher::builder()
+        .notifier(Arc::new(primary))
+        .notifier(Arc::new(fallback))
+        .route(Kind::Chat, ["primary", "fallback"])
+        .policy(fast_policy())
+        .on_dead_address(move |_| *seen.lock().unwrap() += 1)
+        .build()
+        .unwrap();
+    let bob = Recipient::new("bob", "Bob").with_address(mesh_notify_core::Address::new(
+        AddressKind::Fcm,
+        "dead-token",
+    ));
+    let n = || Composer::default().chat("Alice", &Room::new("r", "Room"), bob.clone(), "hi");
+    assert!(d.dispatch(n()).await.is_delivered());
+    // A queued copy that still carries the dead token: not tried with it again.
+    let o = d.dispatch(n()).await;
+    assert!(o.is_delivered());
+    assert_eq!(o.skipped[0].reason, SkipReason::NoAddress, "{o:?}");
+    assert_eq!(*dead.lock().unwrap(), 1, "the hook fires once per address");
+}

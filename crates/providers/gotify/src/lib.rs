@@ -310,6 +310,12 @@ impl Notifier for GotifyNotifier {
         "gotify"
     }
 
+    /// One request under the client's timeout, which covers connecting, sending
+    /// and reading the whole answer.
+    fn enforced_timeout(&self) -> Option<Duration> {
+        Some(self.timeout)
+    }
+
     fn describe(&self) -> String {
         format!(
             "url={}, default token: {}, timeout={:?}",
