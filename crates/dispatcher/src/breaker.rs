@@ -93,6 +93,8 @@ struct Inner {
 /// One provider's breaker.
 #[derive(Debug)]
 pub struct CircuitBreaker {
+    /// The provider's name, for log lines.
+    name: String,
     config: BreakerConfig,
     /// A probe that never reported (its task was cancelled) is given up after this.
     stale_probe: Duration,
@@ -109,6 +111,7 @@ impl CircuitBreaker {
     /// when it has not reported after `probe_timeout` (the longest a send can take).
     pub fn with_probe_timeout(config: BreakerConfig, probe_timeout: Duration) -> Self {
         Self {
+            name: String::new(),
             config,
             stale_probe: probe_timeout.max(config.probe_max_interval),
             inner: Mutex::new(Inner {
@@ -116,6 +119,12 @@ impl CircuitBreaker {
                 paused_until: None,
             }),
         }
+    }
+
+    /// Names the provider in the breaker's log lines.
+    pub fn named(mut self, provider: impl Into<String>) -> Self {
+        self.name = provider.into();
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -183,7 +192,7 @@ impl CircuitBreaker {
         let was_out = !matches!(inner.state, State::Closed { .. });
         inner.state = State::Closed { failures: 0 };
         if was_out {
-            tracing::info!("circuit closed: provider answered again");
+            tracing::info!(provider = %self.name, "circuit closed: {} answered again", self.name);
         }
         was_out
     }
@@ -203,8 +212,10 @@ impl CircuitBreaker {
         inner.state = match inner.state {
             State::Closed { failures } if failures + 1 >= self.config.failure_threshold => {
                 tracing::warn!(
+                    provider = %self.name,
                     first_probe_in = ?first,
-                    "circuit opened: provider skipped, its queued notifications parked until a probe succeeds"
+                    "circuit opened: {} skipped, its queued notifications parked until a probe succeeds",
+                    self.name
                 );
                 State::Open {
                     next_probe: now + first,
@@ -225,6 +236,26 @@ impl CircuitBreaker {
             }
             // A send that started before the circuit opened: keep the schedule.
             open @ State::Open { .. } => open,
+        };
+    }
+
+    /// The provider refused its own configuration (e.g. the default token): open
+    /// the circuit and probe at the slowest pace, so queued notifications wait
+    /// (parked) for the fix instead of burning their attempts. A success closes it.
+    pub fn on_misconfigured(&self) {
+        let interval = self.config.probe_max_interval;
+        let mut inner = self.lock();
+        if !matches!(inner.state, State::Open { .. }) {
+            tracing::error!(
+                provider = %self.name,
+                "{} refuses its configuration: skipped and probed every {:?} until it is fixed; its notifications wait",
+                self.name,
+                interval
+            );
+        }
+        inner.state = State::Open {
+            next_probe: Instant::now() + interval,
+            interval,
         };
     }
 

@@ -424,7 +424,7 @@ impl Router {
                     .unwrap_or(parts.breaker);
                 (
                     name.clone(),
-                    CircuitBreaker::with_probe_timeout(cfg, probe_timeout),
+                    CircuitBreaker::with_probe_timeout(cfg, probe_timeout).named(name.clone()),
                 )
             })
             .collect();
@@ -672,6 +672,14 @@ impl Router {
             metrics::counter!("mesh_notify_failed_total", "provider" => name.to_owned(), "class" => err.class().as_str()).increment(1);
             if err.is_transient() {
                 self.on_transient_failure(name, err.retry_after());
+            } else if err.class() == ErrorClass::Misconfigured {
+                if let Some(b) = self.breakers.get(name) {
+                    let was_healthy = b.is_healthy();
+                    b.on_misconfigured();
+                    if was_healthy {
+                        self.events.changed();
+                    }
+                }
             } else {
                 self.on_answer(name);
             }
