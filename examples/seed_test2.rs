@@ -1,6 +1,6 @@
 //! Plays the seed's Test 2 against a running mesh-server:
-//! Alice and Bob register, Alice creates "Test Gotify" and invites Bob, Bob joins
-//! then disconnects, Alice writes → Bob gets one push notification.
+//! Alice and Bob register, Alice creates "Test Gotify" and invites Bob, Bob accepts
+//! and joins, then disconnects, Alice writes → Bob gets one push notification.
 //!
 //! ```sh
 //! cargo run --release -p mesh-server                       # terminal 1
@@ -20,7 +20,10 @@ async fn post(
     token: Option<&str>,
     body: Value,
 ) -> Result<(u16, Value), Error> {
-    let mut req = http.post(url).json(&body);
+    let mut req = http.post(url);
+    if !body.is_null() {
+        req = req.json(&body);
+    }
     if let Some(t) = token {
         req = req.bearer_auth(t);
     }
@@ -88,14 +91,41 @@ async fn main() -> Result<(), Error> {
     )
     .await?;
     let room_id = room["room"]["id"].as_i64().ok_or("no room id")?;
-    post(
+
+    // Bob is connected when Alice invites him: the invitation reaches him live
+    // (`room.invited`); he is a member only once he accepts it.
+    let (mut b, _) = tokio_tungstenite::connect_async(format!("{ws_base}/ws?token={bob}")).await?;
+    // One round trip (an unknown event type gets an error back): the server has
+    // registered Bob's connection.
+    b.send(Message::text(json!({"type": "sync"}).to_string()))
+        .await?;
+    next_of_type(&mut b, "error").await?;
+    let (status, invite) = post(
         &http,
         format!("{base}/api/rooms/{room_id}/invite"),
         Some(&alice),
         json!({"username": "bob"}),
     )
     .await?;
-    println!("room {room_id} \"Test Gotify\" created, Bob invited");
+    if status != 201 && status != 200 {
+        return Err(format!("invite bob: {status} {invite}").into());
+    }
+    let invite_id = invite["invite"]["id"].as_i64().ok_or("no invite id")?;
+    if status == 201 {
+        let ev = next_of_type(&mut b, "room.invited").await?;
+        println!("Bob is invited: {ev}");
+    }
+    let (status, accepted) = post(
+        &http,
+        format!("{base}/api/invites/{invite_id}/accept"),
+        Some(&bob),
+        Value::Null,
+    )
+    .await?;
+    if status != 200 {
+        return Err(format!("accept: {status} {accepted}").into());
+    }
+    println!("room {room_id} \"Test Gotify\" created, Bob invited and accepted");
 
     let (mut a, _) =
         tokio_tungstenite::connect_async(format!("{ws_base}/ws?token={alice}")).await?;
@@ -105,7 +135,6 @@ async fn main() -> Result<(), Error> {
     .await?;
     next_of_type(&mut a, "ack").await?;
 
-    let (mut b, _) = tokio_tungstenite::connect_async(format!("{ws_base}/ws?token={bob}")).await?;
     b.send(Message::text(
         json!({"type": "room.join", "room_id": room_id}).to_string(),
     ))

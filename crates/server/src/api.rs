@@ -30,7 +30,20 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/logout", post(logout))
         .route("/api/me", get(me))
         .route("/api/rooms", post(create_room).get(list_rooms))
-        .route("/api/rooms/{id}/invite", post(invite))
+        .route("/api/rooms/{id}/invite", post(crate::invites::invite))
+        .route("/api/rooms/{id}/leave", post(crate::invites::leave))
+        .route(
+            "/api/rooms/{id}/members/{username}",
+            delete(crate::invites::remove_member),
+        )
+        .route("/api/invites", get(crate::invites::list))
+        .route("/api/invites/{id}/accept", post(crate::invites::accept))
+        .route("/api/invites/{id}/decline", post(crate::invites::decline))
+        .route(
+            "/api/me/blocks",
+            post(crate::invites::block).get(crate::invites::list_blocks),
+        )
+        .route("/api/me/blocks/{username}", delete(crate::invites::unblock))
         .route("/api/rooms/{id}/messages", get(history))
         .route("/api/me/addresses", post(add_address).get(list_addresses))
         .route("/api/me/addresses/{id}", delete(delete_address))
@@ -76,7 +89,7 @@ fn serde_source(text: &str) -> String {
         .unwrap_or_else(|| text.to_string())
 }
 
-fn parse_id(raw: &str, field: &str) -> Result<i64, AppError> {
+pub(crate) fn parse_id(raw: &str, field: &str) -> Result<i64, AppError> {
     raw.parse::<i64>()
         .ok()
         .filter(|id| *id > 0)
@@ -304,43 +317,6 @@ async fn list_rooms(
         })
         .await?;
     Ok(Json(json!({ "rooms": rooms })))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct InviteRequest {
-    username: String,
-}
-
-async fn invite(
-    State(state): State<AppState>,
-    AuthUser(user): AuthUser,
-    Path(raw_id): Path<String>,
-    ApiJson(req): ApiJson<InviteRequest>,
-) -> Result<Json<Value>, AppError> {
-    let room_id = parse_id(&raw_id, "room_id")?;
-    let (room, invitee) = state
-        .store
-        .call(move |conn| {
-            let room = store::room_for_member(conn, room_id, user.id)?;
-            let Some((invitee, _)) = store::user_by_name(conn, req.username.trim())? else {
-                return Err(
-                    AppError::new(StatusCode::NOT_FOUND, "unknown_user", "no such user")
-                        .field("username"),
-                );
-            };
-            conn.execute(
-                "INSERT OR IGNORE INTO members (room_id, user_id, joined_at) VALUES (?1, ?2, ?3)",
-                params![room_id, invitee.id, now_ms()],
-            )?;
-            Ok((room, invitee))
-        })
-        .await?;
-    let event = json!({"type": "room.invited", "room": room, "by": user.id});
-    state
-        .presence
-        .send_user(invitee.id, &event.to_string().into());
-    Ok(Json(json!({ "room": room, "user": invitee })))
 }
 
 async fn history(

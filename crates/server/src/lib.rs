@@ -26,6 +26,7 @@ mod api;
 mod auth;
 mod config;
 mod error;
+mod invites;
 mod notify;
 mod outbox;
 mod presence;
@@ -212,6 +213,7 @@ pub async fn start(
     let (stop, stop_rx) = watch::channel(false);
     let state = AppState(Arc::new(Shared {
         composer: Arc::new(config.composer()),
+        language: config.language,
         config: section,
         store: store.clone(),
         presence: Presence::default(),

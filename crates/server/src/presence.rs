@@ -162,6 +162,51 @@ impl Presence {
         !inner.user_in_room(user_id, room_id)
     }
 
+    /// Takes every connection of `user_id` out of the room (they left it or were
+    /// removed from it); `true` when the user was in it. `_store`: the chat
+    /// database's connection, held by the caller.
+    pub(crate) fn evict(&self, _store: &Connection, user_id: i64, room_id: i64) -> bool {
+        let mut inner = self.lock();
+        let ids: Vec<ConnId> = inner
+            .by_user
+            .get(&user_id)
+            .map(|ids| ids.iter().copied().collect())
+            .unwrap_or_default();
+        let mut was_in = false;
+        for id in ids {
+            if let Some(conn) = inner.conns.get_mut(&id) {
+                was_in |= conn.rooms.remove(&room_id);
+            }
+            if let Some(room) = inner.by_room.get_mut(&room_id) {
+                room.remove(&id);
+                if room.is_empty() {
+                    inner.by_room.remove(&room_id);
+                }
+            }
+        }
+        was_in
+    }
+
+    /// Reserves a slot in the outgoing queue of every connection of `user_id` (see
+    /// [`Presence::reserve_room`]); empty when the user is offline.
+    pub(crate) fn reserve_user(&self, _store: &Connection, user_id: i64) -> Reserved {
+        let inner = self.lock();
+        let mut reserved = Reserved::default();
+        let Some(ids) = inner.by_user.get(&user_id) else {
+            return reserved;
+        };
+        for id in ids {
+            let Some(conn) = inner.conns.get(id) else {
+                continue;
+            };
+            if let Ok(permit) = conn.tx.clone().try_reserve_owned() {
+                reserved.permits.push(permit);
+                reserved.users.insert(conn.user_id);
+            }
+        }
+        reserved
+    }
+
     /// Whether this connection has joined the room.
     pub(crate) fn has_joined(&self, id: ConnId, room_id: i64) -> bool {
         self.lock()
@@ -258,6 +303,11 @@ pub(crate) struct Reserved {
 }
 
 impl Reserved {
+    /// Whether no connection got a slot.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.permits.is_empty()
+    }
+
     /// Whether the event reaches `user_id` live (one of their connections).
     pub(crate) fn has_user(&self, user_id: i64) -> bool {
         self.users.contains(&user_id)

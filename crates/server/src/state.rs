@@ -4,7 +4,7 @@ use std::ops::Deref;
 use std::sync::Arc;
 
 use mesh_notify::Dispatcher;
-use mesh_notify_core::Composer;
+use mesh_notify_core::{Composer, Language};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::watch;
 
@@ -29,6 +29,8 @@ pub(crate) struct Shared {
     pub presence: Presence,
     pub dispatcher: Arc<Dispatcher>,
     pub composer: Arc<Composer>,
+    /// Language of the server's own notification texts (invitations).
+    pub language: Language,
     pub notify_path: NotifyPath,
     pub shutdown: watch::Receiver<bool>,
     pub metrics: Option<PrometheusHandle>,

@@ -72,6 +72,22 @@ CREATE TABLE IF NOT EXISTS pending_notifications (
 );
 CREATE INDEX IF NOT EXISTS pending_by_user_room ON pending_notifications(user_id, room_id);
 CREATE INDEX IF NOT EXISTS pending_by_age ON pending_notifications(created_at);
+CREATE TABLE IF NOT EXISTS invites (
+    id INTEGER PRIMARY KEY,
+    room_id INTEGER NOT NULL REFERENCES rooms(id) ON DELETE CASCADE,
+    user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    invited_by INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    status TEXT NOT NULL CHECK (status IN ('pending', 'declined')),
+    created_at INTEGER NOT NULL,
+    UNIQUE (room_id, user_id)
+);
+CREATE INDEX IF NOT EXISTS invites_by_user ON invites(user_id, status);
+CREATE TABLE IF NOT EXISTS blocks (
+    user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    blocked_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (user_id, blocked_id)
+) WITHOUT ROWID;
 ";
 
 /// Milliseconds since the Unix epoch.

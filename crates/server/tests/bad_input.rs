@@ -25,7 +25,7 @@ async fn non_members_cannot_join_send_relay_share_or_trigger_notifications() {
     let bob = api.register_and_login("bob", "Bob").await;
     let mallory = api.register_and_login("mallory", "Mallory").await;
     let room = api.create_room(&alice, "Test Gotify").await;
-    api.invite(&alice, room, "bob").await;
+    api.invite(&alice, room, &bob).await;
 
     let mut a = Ws::connect(&server, &alice.token).await;
     a.join(room).await;

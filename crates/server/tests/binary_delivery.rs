@@ -68,6 +68,7 @@ impl Server {
         let http = reqwest::Client::new();
         let url = format!("{}{path}", self.base);
         let mut req = match method {
+            "POST" if body.is_null() => http.post(url),
             "POST" => http.post(url).json(&body),
             _ => http.get(url),
         };
@@ -109,7 +110,7 @@ impl Server {
     /// Alice and Bob in a room; Alice connected and joined, Bob absent.
     async fn scene(&self) -> (Ws, i64) {
         let (_, alice) = self.user("alice").await;
-        self.user("bob").await;
+        let (_, bob) = self.user("bob").await;
         let room = self
             .call(
                 "POST",
@@ -120,13 +121,28 @@ impl Server {
             .await["room"]["id"]
             .as_i64()
             .expect("room");
+        // Bob is connected when invited (a live `room.invited`, no push), accepts,
+        // and goes away.
+        let mut bob_ws = Ws::connect(&self.base, &bob).await;
+        bob_ws.sync().await;
+        let invite = self
+            .call(
+                "POST",
+                &format!("/api/rooms/{room}/invite"),
+                Some(&alice),
+                json!({"username": "bob"}),
+            )
+            .await;
+        let invite = invite["invite"]["id"].as_i64().expect("invite id");
+        // An invitation is not membership: Bob accepts it.
         self.call(
             "POST",
-            &format!("/api/rooms/{room}/invite"),
-            Some(&alice),
-            json!({"username": "bob"}),
+            &format!("/api/invites/{invite}/accept"),
+            Some(&bob),
+            Value::Null,
         )
         .await;
+        drop(bob_ws);
         let mut ws = Ws::connect(&self.base, &alice).await;
         ws.request(json!({"type": "room.join", "room_id": room}), "room.join")
             .await;
@@ -177,6 +193,24 @@ impl Ws {
                 if e["type"] == "ack" && e["for"] == ty {
                     return;
                 }
+            }
+        }
+    }
+
+    /// One round trip (any answer): the server has registered the connection.
+    async fn sync(&mut self) {
+        self.0
+            .send(Message::text(json!({"type": "sync"}).to_string()))
+            .await
+            .expect("send");
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(10), self.0.next())
+                .await
+                .expect("an answer")
+                .expect("open")
+                .expect("frame");
+            if matches!(msg, Message::Text(_)) {
+                return;
             }
         }
     }

@@ -28,7 +28,7 @@ async fn scene(server: &mesh_server::ServerHandle) -> Scene {
     let alice = api.register_and_login("alice", "Alice").await;
     let bob = api.register_and_login("bob", "Bob").await;
     let room = api.create_room(&alice, "Test Gotify").await;
-    api.invite(&alice, room, "bob").await;
+    api.invite(&alice, room, &bob).await;
     Scene {
         api,
         alice,

@@ -42,7 +42,7 @@ async fn passwords_and_tokens_never_reach_the_logs() {
     let alice = api.register_and_login("alice", "Alice").await;
     let bob = api.register_and_login("bob", "Bob").await;
     let room = api.create_room(&alice, "Test Gotify").await;
-    api.invite(&alice, room, "bob").await;
+    api.invite(&alice, room, &bob).await;
     let (status, _) = api
         .call(
             "POST",

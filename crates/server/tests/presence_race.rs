@@ -106,7 +106,7 @@ async fn a_member_joining_or_leaving_during_a_message_gets_exactly_one_of_live_o
     let alice = api.register_and_login("alice", "Alice").await;
     let bob = api.register_and_login("bob", "Bob").await;
     let room = api.create_room(&alice, "Course").await;
-    api.invite(&alice, room, "bob").await;
+    api.invite(&alice, room, &bob).await;
 
     let mut a = Ws::connect(&server, &alice.token).await;
     assert_eq!(a.join(room).await["type"], "ack");

@@ -186,16 +186,51 @@ impl Api {
         body["room"]["id"].as_i64().expect("room id")
     }
 
-    pub async fn invite(&self, by: &User, room: i64, username: &str) {
+    /// `by` invites `username` into `room`: (status, body).
+    pub async fn send_invite(&self, by: &User, room: i64, username: &str) -> (u16, Value) {
+        self.call(
+            "POST",
+            &format!("/api/rooms/{room}/invite"),
+            Some(&by.token),
+            Some(json!({"username": username})),
+        )
+        .await
+    }
+
+    /// `invitee`'s pending invitations.
+    pub async fn invites(&self, invitee: &User) -> Vec<Value> {
+        let (status, body) = self
+            .call("GET", "/api/invites", Some(&invitee.token), None)
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body["invites"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// `by` invites `invitee` into `room` and `invitee` accepts: a member. The
+    /// invitee is connected meanwhile, so the invitation reaches them as a live
+    /// `room.invited` event (no push: tests count pushes).
+    pub async fn invite(&self, by: &User, room: i64, invitee: &User) {
+        let ws_base = self.base.replacen("http://", "ws://", 1);
+        let mut ws = Ws::connect_url(&format!("{ws_base}/ws"), &invitee.token).await;
+        ws.sync().await;
+        let (status, body) = self.send_invite(by, room, &invitee.username).await;
+        assert!(status == 201 || status == 200, "invite: {status} {body}");
+        let id = body["invite"]["id"].as_i64().expect("invite id");
+        if status == 201 {
+            let event = ws.wait_type("room.invited").await;
+            assert_eq!(event["invite"]["id"], id, "{event}");
+        }
+        ws.close().await;
         let (status, body) = self
             .call(
                 "POST",
-                &format!("/api/rooms/{room}/invite"),
-                Some(&by.token),
-                Some(json!({"username": username})),
+                &format!("/api/invites/{id}/accept"),
+                Some(&invitee.token),
+                None,
             )
             .await;
-        assert_eq!(status, 200, "{body}");
+        assert_eq!(status, 200, "accept: {body}");
+        assert_eq!(body["room"]["id"], room, "{body}");
     }
 
     pub async fn history(&self, user: &User, room: i64) -> Vec<Value> {
@@ -220,9 +255,12 @@ pub struct Ws {
 impl Ws {
     /// Connects with `Authorization: Bearer`.
     pub async fn connect(server: &ServerHandle, token: &str) -> Self {
-        let mut req = format!("ws://{}/ws", server.addr())
-            .into_client_request()
-            .expect("request");
+        Self::connect_url(&format!("ws://{}/ws", server.addr()), token).await
+    }
+
+    /// Connects to `url` with `Authorization: Bearer`.
+    pub async fn connect_url(url: &str, token: &str) -> Self {
+        let mut req = url.into_client_request().expect("request");
         req.headers_mut().insert(
             "authorization",
             format!("Bearer {token}").parse().expect("header"),
@@ -231,6 +269,15 @@ impl Ws {
             .await
             .expect("websocket connects");
         Self { ws }
+    }
+
+    /// One round trip: after it, the server has registered this connection.
+    pub async fn sync(&mut self) {
+        self.send(json!({"type": "sync"})).await;
+        self.wait_for("the answer to a sync", |v| {
+            v["type"] == "error" && v["code"] == "unknown_type"
+        })
+        .await;
     }
 
     pub async fn send(&mut self, v: Value) {
