@@ -22,6 +22,12 @@ impl NotificationId {
     pub fn new() -> Self {
         Self(Uuid::now_v7())
     }
+    /// A stable id derived from this one and `key` (UUID v5 in this id's
+    /// namespace): the same inputs give the same id in every process.
+    pub fn derived(&self, key: &str) -> Self {
+        Self(Uuid::new_v5(&self.0, key.as_bytes()))
+    }
+
     /// The underlying UUID.
     pub fn as_uuid(&self) -> &Uuid {
         &self.0
@@ -361,6 +367,10 @@ pub struct Notification {
     pub created_at: Timestamp,
     /// After this instant it must not be delivered (calls ring for 60 s).
     pub expires_at: Option<Timestamp>,
+    /// Set on a follow-up for the devices of a recipient that did not get the
+    /// original (see [`Notification::follow_up`]): only this provider is tried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resend_via: Option<String>,
 }
 
 impl Notification {
@@ -383,7 +393,45 @@ impl Notification {
             room: None,
             created_at: Timestamp::now(),
             expires_at: None,
+            resend_via: None,
         }
+    }
+
+    /// The same notification for one of the recipient's devices: only `address`
+    /// among the addresses of its kind, and an id derived from the original id and
+    /// the address (the idempotency key of this (notification, device) pair, so a
+    /// provider that dedups by id never shows it twice on that device, and never
+    /// drops it on another).
+    pub fn for_device(&self, address: &Address) -> Notification {
+        let mut n = self.clone();
+        n.recipient
+            .addresses
+            .retain(|a| a.kind != address.kind || a == address);
+        n.id = self.id.derived(&format!(
+            "device:{}:{}",
+            address.kind.as_str(),
+            address.value.expose()
+        ));
+        n
+    }
+
+    /// A follow-up for the devices (`addresses`, of one provider) that did not get
+    /// this notification while another device did: only `provider` is tried, only
+    /// with those addresses. Its id is derived from this id, the provider and the
+    /// addresses, so queuing the same follow-up twice keeps one.
+    pub fn follow_up(&self, provider: &str, addresses: &[Address]) -> Notification {
+        let mut n = self.clone();
+        let mut key = format!("follow-up:{provider}");
+        for a in addresses {
+            key.push(':');
+            key.push_str(a.kind.as_str());
+            key.push('=');
+            key.push_str(a.value.expose());
+        }
+        n.id = self.id.derived(&key);
+        n.recipient.addresses = addresses.to_vec();
+        n.resend_via = Some(provider.to_owned());
+        n
     }
 
     /// Whether it has expired at `now`.

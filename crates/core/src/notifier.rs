@@ -61,6 +61,17 @@ pub trait Notifier: Send + Sync {
         true
     }
 
+    /// The kind of recipient address this provider sends `notification` to, when it
+    /// sends to one of the recipient's own addresses (FCM tokens, APNs tokens,
+    /// email addresses, a recipient's Gotify token). The dispatcher then fans the
+    /// notification out to **every** address of that kind (every device), each
+    /// with its own result. `None` (the default): the provider has one destination
+    /// for this notification (e.g. Gotify's default application token).
+    fn address_kind(&self, notification: &Notification) -> Option<crate::AddressKind> {
+        let _ = notification;
+        None
+    }
+
     /// Whether a delivery by this provider reaches a person. The built-in `log`
     /// provider answers `false`: the dispatcher then counts it as the delivery
     /// only for notifications that no real provider of the route can reach, and

@@ -115,6 +115,17 @@ fn jitter_fraction() -> f64 {
     (z >> 11) as f64 / (1u64 << 53) as f64
 }
 
+/// Where the delivery service looks up a recipient's current addresses just
+/// before each send, so a queued notification never goes to a token the user
+/// removed (or misses one they added) while it waited. mesh-server implements it
+/// over its `addresses` table.
+#[async_trait::async_trait]
+pub trait AddressBook: Send + Sync {
+    /// The user's current addresses; `None` when unknown here (the notification's
+    /// own addresses are used as they are).
+    async fn addresses(&self, user_id: &str) -> Option<Vec<mesh_notify_core::Address>>;
+}
+
 /// What `submit` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Submitted {
@@ -182,6 +193,7 @@ pub(crate) struct Delivery {
     wake: Notify,
     /// Providers this process has parked notifications on (the monitor probes them).
     parked_on: Mutex<HashSet<String>>,
+    address_book: Option<Arc<dyn AddressBook>>,
 }
 
 impl Delivery {
@@ -189,6 +201,7 @@ impl Delivery {
         router: Arc<Router>,
         outbox: Option<Arc<dyn Outbox>>,
         queue: QueuePolicy,
+        address_book: Option<Arc<dyn AddressBook>>,
     ) -> Self {
         Self {
             router,
@@ -196,6 +209,46 @@ impl Delivery {
             queue,
             wake: Notify::new(),
             parked_on: Mutex::new(HashSet::new()),
+            address_book,
+        }
+    }
+
+    /// `n` with its recipient's current addresses (see [`AddressBook`]). A
+    /// follow-up keeps only its devices that still exist.
+    async fn with_current_addresses(&self, n: &Notification) -> Option<Notification> {
+        let book = self.address_book.as_ref()?;
+        let current = book.addresses(&n.recipient.user_id).await?;
+        let mut n = n.clone();
+        if n.resend_via.is_some() {
+            n.recipient.addresses.retain(|a| current.contains(a));
+        } else {
+            n.recipient.addresses = current;
+        }
+        Some(n)
+    }
+
+    /// Queues follow-ups for the devices that did not get a delivered
+    /// notification (one per provider; ids derived, so never twice).
+    async fn queue_follow_ups(&self, outbox: &dyn Outbox, n: &Notification, outcome: &Outcome) {
+        let mut by_provider: BTreeMap<&str, Vec<mesh_notify_core::Address>> = BTreeMap::new();
+        for (p, a) in &outcome.pending_devices {
+            by_provider.entry(p.as_str()).or_default().push(a.clone());
+        }
+        for (p, devices) in by_provider {
+            let f = n.follow_up(p, &devices);
+            let due = Timestamp::now().plus(self.queue.backoff(1, outcome.retry_after()));
+            match outbox.enqueue(&f, due).await {
+                Ok(_) => tracing::info!(
+                    id = %n.id,
+                    follow_up = %f.id,
+                    provider = p,
+                    "{} of the recipient's devices did not get it; retried later",
+                    devices.len()
+                ),
+                Err(e) => {
+                    tracing::error!(id = %n.id, error = %e, "could not queue the follow-up for the devices that did not get it")
+                }
+            }
         }
     }
 
@@ -229,7 +282,14 @@ impl Delivery {
     /// refused for good is not queued: the outcome says why.
     pub(crate) async fn dispatch(&self, n: Notification) -> Outcome {
         let mut outcome = self.router.try_route(&n).await;
-        if outcome.is_delivered() || outcome.expired || outcome.is_hopeless() {
+        if outcome.is_delivered() {
+            if let (Some(outbox), false) = (&self.outbox, outcome.pending_devices.is_empty()) {
+                self.queue_follow_ups(&**outbox, &n, &outcome).await;
+                self.wake.notify_one();
+            }
+            return outcome;
+        }
+        if outcome.expired || outcome.is_hopeless() {
             return outcome;
         }
         if let Some(outbox) = &self.outbox {
@@ -399,8 +459,13 @@ impl Delivery {
                 return settle(outbox.dead_letter(claim, &why).await);
             }
         }
+        let refreshed = self.with_current_addresses(n).await;
+        let n = refreshed.as_ref().unwrap_or(n);
         let outcome = self.router.try_route(n).await;
         if outcome.is_delivered() {
+            if !outcome.pending_devices.is_empty() {
+                self.queue_follow_ups(outbox, n, &outcome).await;
+            }
             return Settled::Delivered(Box::new(claim.clone()));
         }
         if outcome.expired {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use mesh_notify_core::{Kind, Notification, Notifier, Outbox, OutboxError};
 
 use crate::breaker::{BreakerConfig, BreakerState};
-use crate::delivery::{Delivery, QueuePolicy, Submitted, Workers};
+use crate::delivery::{AddressBook, Delivery, QueuePolicy, Submitted, Workers};
 use crate::ratelimit::RateLimitConfig;
 use crate::router::{
     BuildError, DeadAddress, DeadAddressHook, Outcome, RetryPolicy, Router, RouterParts,
@@ -44,9 +44,17 @@ pub struct DispatcherBuilder {
     rate_limits: HashMap<String, RateLimitConfig>,
     outbox: Option<Arc<dyn Outbox>>,
     queue: QueuePolicy,
+    address_book: Option<Arc<dyn AddressBook>>,
 }
 
 impl DispatcherBuilder {
+    /// Looks up each recipient's current addresses just before a queued
+    /// notification is sent (see [`AddressBook`]).
+    pub fn address_book(mut self, book: Arc<dyn AddressBook>) -> Self {
+        self.address_book = Some(book);
+        self
+    }
+
     /// Adds an enabled provider, addressed in routes by its `name()`.
     pub fn notifier(mut self, notifier: Arc<dyn Notifier>) -> Self {
         self.providers.push(notifier);
@@ -127,7 +135,12 @@ impl DispatcherBuilder {
             breaker_overrides: self.breaker_overrides,
             rate_limits: self.rate_limits,
         })?);
-        let delivery = Arc::new(Delivery::new(Arc::clone(&router), self.outbox, self.queue));
+        let delivery = Arc::new(Delivery::new(
+            Arc::clone(&router),
+            self.outbox,
+            self.queue,
+            self.address_book,
+        ));
         Ok(Dispatcher { router, delivery })
     }
 }

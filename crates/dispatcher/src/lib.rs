@@ -42,7 +42,7 @@ pub use config::{
     BreakerSection, Config, ConfigError, MaxAgeSection, OutboxBackend, OutboxSection, Profile,
     ProvidersConfig, QueueSection, RateLimitSection, RetryConfig, RoutesConfig, TemplatesOverride,
 };
-pub use delivery::{QueuePolicy, Submitted, Workers};
+pub use delivery::{AddressBook, QueuePolicy, Submitted, Workers};
 pub use dispatcher::{Dispatcher, DispatcherBuilder};
 pub use figment::Figment;
 pub use log_provider::LogNotifier;
@@ -51,5 +51,5 @@ pub use logging::init_logging;
 pub use mesh_notify_core as core;
 pub use ratelimit::{RateLimitConfig, RateLimiter};
 pub use router::{
-    Attempt, BuildError, DeadAddress, Outcome, RetryPolicy, Router, Skip, SkipReason,
+    Attempt, BuildError, DeadAddress, DeviceOutcome, Outcome, RetryPolicy, Router, Skip, SkipReason,
 };

@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use mesh_notify_core::{
-    AddressKind, ErrorClass, Kind, Notification, NotificationId, Notifier, NotifyError, Receipt,
-    Timestamp,
+    Address, AddressKind, ErrorClass, Kind, Notification, NotificationId, Notifier, NotifyError,
+    Receipt, Timestamp,
 };
 use serde::Serialize;
 use tokio::sync::Notify;
@@ -132,9 +132,64 @@ pub struct Outcome {
     pub expired: bool,
     /// It was handed to the durable queue for later delivery.
     pub queued: bool,
+    /// With several devices (addresses of one kind) behind a provider: what
+    /// happened on each.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<DeviceOutcome>,
+    /// Devices that did not get it (retryable failure) while another device of
+    /// the same provider did: the delivery service queues a follow-up for them.
+    #[serde(skip)]
+    pub pending_devices: Vec<(String, Address)>,
+}
+
+/// What happened on one device (one address) during a fan-out.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeviceOutcome {
+    /// Provider name.
+    pub provider: String,
+    /// Kind of address.
+    pub address: AddressKind,
+    /// The address's last characters, to tell devices apart (never the whole token).
+    pub hint: String,
+    /// Delivered to this device.
+    pub delivered: bool,
+    /// The provider's message id, when delivered.
+    pub message_id: Option<String>,
+    /// Why not, when it failed.
+    pub error: Option<String>,
+    /// The error class, when it failed.
+    pub error_class: Option<ErrorClass>,
+}
+
+/// `…` and the last 4 characters of a token or address.
+pub(crate) fn address_hint(a: &Address) -> String {
+    let v = a.value.expose();
+    let tail: String = v
+        .chars()
+        .rev()
+        .take(4)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    format!("…{tail}")
 }
 
 impl Outcome {
+    fn empty(n: &Notification) -> Self {
+        Outcome {
+            notification_id: n.id,
+            kind: n.kind,
+            attempts: Vec::new(),
+            skipped: Vec::new(),
+            delivered: None,
+            expired: false,
+            queued: false,
+            devices: Vec::new(),
+            pending_devices: Vec::new(),
+        }
+    }
+
     /// Whether some provider delivered.
     pub fn is_delivered(&self) -> bool {
         self.delivered.is_some()
@@ -258,8 +313,9 @@ impl DeadAddresses {
         true
     }
 
-    /// Whether `provider` reported the address it would use for `n` dead.
-    fn contains(&self, provider: &str, n: &Notification) -> bool {
+    /// For providers that do not say which address they use: whether `provider`
+    /// reported dead the first address of a kind it reported before.
+    fn first_is_dead(&self, provider: &str, n: &Notification) -> bool {
         let seen = self.lock();
         if seen.is_empty() {
             return false;
@@ -271,6 +327,19 @@ impl DeadAddresses {
                         .address(*kind)
                         .is_some_and(|a| a.expose() == value)
                 })
+            })
+    }
+
+    /// Whether `provider` reported `address` of `user` dead.
+    fn is_dead(&self, provider: &str, user: &str, address: &Address) -> bool {
+        let seen = self.lock();
+        if seen.is_empty() {
+            return false;
+        }
+        seen.get(&(provider.to_owned(), user.to_owned()))
+            .is_some_and(|list| {
+                list.iter()
+                    .any(|(kind, value)| *kind == address.kind && value == address.value.expose())
             })
     }
 }
@@ -488,11 +557,20 @@ impl Router {
             .and_then(CircuitBreaker::next_try_at)
     }
 
+    /// The route `n` takes: its kind's route, or only the provider a follow-up
+    /// is for.
+    fn route_for<'a>(&'a self, n: &'a Notification) -> &'a [String] {
+        match &n.resend_via {
+            Some(p) => std::slice::from_ref(p),
+            None => self.route(n.kind),
+        }
+    }
+
     /// The providers of `n`'s route that could deliver it to a person: enabled,
-    /// able to reach the recipient, not a log-only provider, and not at an
-    /// address already reported dead.
+    /// able to reach the recipient, not a log-only provider, and not only at
+    /// addresses already reported dead.
     pub fn candidates(&self, n: &Notification) -> Vec<String> {
-        self.route(n.kind)
+        self.route_for(n)
             .iter()
             .filter(|name| {
                 self.providers
@@ -503,24 +581,38 @@ impl Router {
             .collect()
     }
 
+    /// The devices (addresses) of `n`'s recipient that `p` would send to, without
+    /// those it reported dead. `None` when `p` has a single destination for `n`.
+    fn devices(&self, p: &dyn Notifier, n: &Notification) -> Option<Vec<Address>> {
+        let kind = p.address_kind(n)?;
+        Some(
+            n.recipient
+                .addresses
+                .iter()
+                .filter(|a| {
+                    a.kind == kind
+                        && !a.value.is_empty()
+                        && !self.dead.is_dead(p.name(), &n.recipient.user_id, a)
+                })
+                .cloned()
+                .collect(),
+        )
+    }
+
     fn usable_for(&self, p: &dyn Notifier, n: &Notification) -> bool {
-        p.can_reach(n) && !self.dead.contains(p.name(), n)
+        p.can_reach(n)
+            && match self.devices(p, n) {
+                Some(devices) => !devices.is_empty(),
+                None => !self.dead.first_is_dead(p.name(), n),
+            }
     }
 
     /// Tries the route once (all providers, with their inline retries).
     pub async fn try_route(&self, n: &Notification) -> Outcome {
-        let mut outcome = Outcome {
-            notification_id: n.id,
-            kind: n.kind,
-            attempts: Vec::new(),
-            skipped: Vec::new(),
-            delivered: None,
-            expired: false,
-            queued: false,
-        };
+        let mut outcome = Outcome::empty(n);
         // Computed only when the route holds a log-only provider.
         let mut real_candidates: Option<bool> = None;
-        for name in self.route(n.kind) {
+        for name in self.route_for(n) {
             let skip = |reason| Skip {
                 provider: name.clone(),
                 reason,
@@ -576,7 +668,7 @@ impl Router {
             let probe = ProbeGuard {
                 breaker: (admission == Admission::Probe).then_some(breaker).flatten(),
             };
-            let delivered = self.try_provider(provider.as_ref(), n, &mut outcome).await;
+            let delivered = self.send_via(provider.as_ref(), n, &mut outcome).await;
             probe.disarm();
             if let Some(receipt) = delivered {
                 if outcome
@@ -594,6 +686,79 @@ impl Router {
             }
         }
         outcome
+    }
+
+    /// Sends through one provider: to the one destination, or to every device
+    /// of the recipient (each with its own result; delivered when at least one
+    /// device got it).
+    async fn send_via(
+        &self,
+        provider: &dyn Notifier,
+        n: &Notification,
+        outcome: &mut Outcome,
+    ) -> Option<Receipt> {
+        let devices = match self.devices(provider, n) {
+            None => return self.try_provider(provider, n, outcome).await,
+            Some(d) => d,
+        };
+        if let [only] = devices.as_slice() {
+            // One device: the notification as it is (same id), minus dead addresses.
+            if n.recipient.address(only.kind) == Some(&only.value) {
+                return self.try_provider(provider, n, outcome).await;
+            }
+            let mut view = n.clone();
+            view.recipient
+                .addresses
+                .retain(|a| a.kind != only.kind || a == only);
+            return self.try_provider(provider, &view, outcome).await;
+        }
+        let views: Vec<Notification> = devices.iter().map(|d| n.for_device(d)).collect();
+        let results = futures_util::future::join_all(views.iter().map(|view| async move {
+            let mut o = Outcome::empty(view);
+            let r = self.try_provider(provider, view, &mut o).await;
+            (r, o)
+        }))
+        .await;
+        let mut first = None;
+        for ((receipt, o), device) in results.into_iter().zip(devices) {
+            let last = o.attempts.last();
+            let class = last.and_then(|a| a.error_class);
+            outcome.devices.push(DeviceOutcome {
+                provider: provider.name().to_owned(),
+                address: device.kind,
+                hint: address_hint(&device),
+                delivered: receipt.is_some(),
+                message_id: receipt.as_ref().and_then(|r| r.message_id.clone()),
+                error: if receipt.is_some() {
+                    None
+                } else {
+                    last.and_then(|a| a.error.clone())
+                },
+                error_class: if receipt.is_some() { None } else { class },
+            });
+            outcome.attempts.extend(o.attempts);
+            outcome.expired |= o.expired;
+            match receipt {
+                Some(r) => {
+                    first.get_or_insert(r);
+                }
+                None if matches!(
+                    class,
+                    Some(ErrorClass::Transient) | Some(ErrorClass::Misconfigured)
+                ) =>
+                {
+                    outcome
+                        .pending_devices
+                        .push((provider.name().to_owned(), device));
+                }
+                None => {}
+            }
+        }
+        if first.is_none() {
+            // Nobody got it: the whole notification is retried, every device again.
+            outcome.pending_devices.clear();
+        }
+        first
     }
 
     fn on_answer(&self, name: &str) {

@@ -556,3 +556,153 @@ async fn dropping_workers_stops_them() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(outbox.inner.stats().await.unwrap().pending, 1);
 }
+
+/// A per-device provider: records which token each send went to; tokens listed
+/// in `flaky` fail (transient) their first `fail_first` sends.
+struct DeviceNotifier {
+    sends: Mutex<Vec<String>>,
+    flaky: Mutex<std::collections::HashMap<String, usize>>,
+}
+
+#[async_trait]
+impl Notifier for DeviceNotifier {
+    fn name(&self) -> &str {
+        "fcm"
+    }
+    fn can_reach(&self, n: &Notification) -> bool {
+        n.recipient
+            .address(mesh_notify_core::AddressKind::Fcm)
+            .is_some()
+    }
+    fn address_kind(&self, _n: &Notification) -> Option<mesh_notify_core::AddressKind> {
+        Some(mesh_notify_core::AddressKind::Fcm)
+    }
+    async fn send(&self, n: &Notification) -> Result<Receipt, NotifyError> {
+        let token = n
+            .recipient
+            .address(mesh_notify_core::AddressKind::Fcm)
+            .map(|t| t.expose().to_owned())
+            .unwrap_or_default();
+        {
+            let mut flaky = self.flaky.lock().unwrap();
+            if let Some(left) = flaky.get_mut(&token) {
+                if *left > 0 {
+                    *left -= 1;
+                    return Err(NotifyError::transient("503 UNAVAILABLE"));
+                }
+            }
+        }
+        self.sends.lock().unwrap().push(token);
+        Ok(Receipt {
+            provider: "fcm".into(),
+            message_id: None,
+            latency: Duration::ZERO,
+        })
+    }
+    async fn health(&self) -> Health {
+        Health::Healthy
+    }
+}
+
+fn bob_with(tokens: &[&str]) -> Recipient {
+    let mut bob = Recipient::new("bob", "Bob");
+    for t in tokens {
+        bob = bob.with_address(mesh_notify_core::Address::new(
+            mesh_notify_core::AddressKind::Fcm,
+            *t,
+        ));
+    }
+    bob
+}
+
+/// One device fails for a while: the others get the notification at once, the
+/// failing one later through a follow-up, and nobody gets it twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_device_is_retried_alone_and_nobody_gets_it_twice() {
+    let outbox = MemoryOutbox::new();
+    let fcm = Arc::new(DeviceNotifier {
+        sends: Mutex::new(Vec::new()),
+        flaky: Mutex::new([("tok-tablet".to_string(), 2)].into_iter().collect()),
+    });
+    let d = Arc::new(
+        Dispatcher::builder()
+            .notifier(fcm.clone())
+            .route(Kind::Chat, ["fcm"])
+            .policy(one_try(Duration::from_secs(1)))
+            .breaker(BreakerConfig {
+                failure_threshold: 0,
+                ..BreakerConfig::default()
+            })
+            .queue_policy(queue())
+            .outbox(Arc::new(outbox.clone()))
+            .build()
+            .unwrap(),
+    );
+    let workers = d.start_workers();
+    let n = Composer::default().chat(
+        "Alice",
+        &Room::new("r", "Room"),
+        bob_with(&["tok-phone", "tok-laptop", "tok-tablet"]),
+        "hi",
+    );
+    d.submit(n).await.unwrap();
+    wait_until("every device served", Duration::from_secs(10), || {
+        fcm.sends.lock().unwrap().len() >= 3
+    })
+    .await;
+    stats_until(&outbox, "nothing left", |st| st.pending == 0).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut sends = fcm.sends.lock().unwrap().clone();
+    sends.sort();
+    assert_eq!(
+        sends,
+        ["tok-laptop", "tok-phone", "tok-tablet"],
+        "each device exactly once"
+    );
+    workers.shutdown().await;
+}
+
+struct Book(Mutex<Vec<mesh_notify_core::Address>>);
+
+#[async_trait]
+impl mesh_notify::AddressBook for Book {
+    async fn addresses(&self, _user: &str) -> Option<Vec<mesh_notify_core::Address>> {
+        Some(self.0.lock().unwrap().clone())
+    }
+}
+
+/// A queued notification goes to the addresses the user has when it is sent, not
+/// to the ones they had when it was queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_notifications_use_the_current_addresses() {
+    let outbox = MemoryOutbox::new();
+    let fcm = Arc::new(DeviceNotifier {
+        sends: Mutex::new(Vec::new()),
+        flaky: Mutex::new(Default::default()),
+    });
+    let book = Arc::new(Book(Mutex::new(vec![mesh_notify_core::Address::new(
+        mesh_notify_core::AddressKind::Fcm,
+        "tok-new-phone",
+    )])));
+    let d = Arc::new(
+        Dispatcher::builder()
+            .notifier(fcm.clone())
+            .route(Kind::Chat, ["fcm"])
+            .queue_policy(queue())
+            .outbox(Arc::new(outbox.clone()))
+            .address_book(book)
+            .build()
+            .unwrap(),
+    );
+    let n = Composer::default().chat(
+        "Alice",
+        &Room::new("r", "Room"),
+        bob_with(&["tok-removed-phone"]),
+        "hi",
+    );
+    d.submit(n).await.unwrap();
+    let workers = d.start_workers();
+    stats_until(&outbox, "delivered", |st| st.pending == 0).await;
+    assert_eq!(*fcm.sends.lock().unwrap(), ["tok-new-phone"]);
+    workers.shutdown().await;
+}

@@ -392,7 +392,11 @@ async fn dispatch_does_not_queue_what_every_provider_refused_for_good() {
         .unwrap();
     let o = d.dispatch(chat()).await;
     assert!(!o.is_delivered() && !o.queued, "{o:?}");
-    assert!(o.failure_summary().contains("400"), "{}", o.failure_summary());
+    assert!(
+        o.failure_summary().contains("400"),
+        "{}",
+        o.failure_summary()
+    );
     use mesh_notify_core::Outbox;
     assert_eq!(outbox.stats().await.unwrap().pending, 0);
 }
@@ -427,4 +431,88 @@ async fn the_dead_address_hook_fires_once_and_the_dead_address_is_not_retried() 
     assert!(o.is_delivered());
     assert_eq!(o.skipped[0].reason, SkipReason::NoAddress, "{o:?}");
     assert_eq!(*dead.lock().unwrap(), 1, "the hook fires once per address");
+}
+
+mock! {
+    pub Devices {}
+    #[async_trait::async_trait]
+    impl Notifier for Devices {
+        fn name(&self) -> &str;
+        fn can_reach(&self, n: &Notification) -> bool;
+        fn address_kind(&self, n: &Notification) -> Option<AddressKind>;
+        async fn send(&self, n: &Notification) -> Result<Receipt, NotifyError>;
+        async fn health(&self) -> Health;
+    }
+}
+
+/// Bob has three FCM devices: each gets its own send (its own address, an id per
+/// (notification, device)); one delivered → the provider delivered; the dead one
+/// is reported once; the failing one is left for a follow-up.
+#[tokio::test]
+async fn every_device_gets_its_own_send_and_result() {
+    let mut fcm = MockDevices::new();
+    fcm.expect_name().return_const("fcm".to_string());
+    fcm.expect_can_reach().return_const(true);
+    fcm.expect_address_kind()
+        .return_const(Some(AddressKind::Fcm));
+    let sent = Arc::new(Mutex::new(Vec::new()));
+    let log = sent.clone();
+    fcm.expect_send().times(3).returning(move |n| {
+        let tokens: Vec<String> = n
+            .recipient
+            .addresses
+            .iter()
+            .filter(|a| a.kind == AddressKind::Fcm)
+            .map(|a| a.value.expose().to_owned())
+            .collect();
+        assert_eq!(tokens.len(), 1, "one device per send");
+        log.lock().unwrap().push((n.id, tokens[0].clone()));
+        match tokens[0].as_str() {
+            "tok-phone" => ok("fcm")(n),
+            "tok-old" => Err(NotifyError::gone(AddressKind::Fcm, "UNREGISTERED")),
+            _ => Err(NotifyError::transient("503 UNAVAILABLE")),
+        }
+    });
+    let dead = Arc::new(Mutex::new(Vec::new()));
+    let seen = dead.clone();
+    let d = Dispatcher::builder()
+        .notifier(Arc::new(fcm))
+        .route(Kind::Chat, ["fcm"])
+        .policy(RetryPolicy {
+            attempts_per_provider: 1,
+            ..fast_policy()
+        })
+        .on_dead_address(move |a| seen.lock().unwrap().push(a))
+        .build()
+        .unwrap();
+    let mut bob = Recipient::new("bob", "Bob");
+    for t in ["tok-phone", "tok-old", "tok-tablet"] {
+        bob = bob.with_address(mesh_notify_core::Address::new(AddressKind::Fcm, t));
+    }
+    let n = Composer::default().chat("Alice", &Room::new("r", "Room"), bob, "hi");
+    let o = d.dispatch(n.clone()).await;
+    assert!(o.is_delivered(), "{o:?}");
+    assert_eq!(o.devices.len(), 3);
+    assert_eq!(o.devices.iter().filter(|x| x.delivered).count(), 1);
+    let ids: std::collections::HashSet<_> =
+        sent.lock().unwrap().iter().map(|(id, _)| *id).collect();
+    assert_eq!(
+        ids.len(),
+        3,
+        "an idempotency key per (notification, device)"
+    );
+    assert!(!ids.contains(&n.id));
+    let dead = dead.lock().unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        dead[0].address.as_ref().map(|s| s.expose()),
+        Some("tok-old")
+    );
+    assert_eq!(o.pending_devices.len(), 1);
+    assert_eq!(o.pending_devices[0].1.value.expose(), "tok-tablet");
+    let json = serde_json::to_string(&o).unwrap();
+    assert!(
+        !json.contains("tok-"),
+        "no token in the outcome's JSON: {json}"
+    );
 }

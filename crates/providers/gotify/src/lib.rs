@@ -310,6 +310,15 @@ impl Notifier for GotifyNotifier {
         "gotify"
     }
 
+    /// The recipient's own Gotify tokens when they registered some (each one is a
+    /// device or an app), else the default token (one destination).
+    fn address_kind(&self, n: &Notification) -> Option<AddressKind> {
+        n.recipient
+            .address(AddressKind::Gotify)
+            .filter(|t| !t.is_empty())
+            .map(|_| AddressKind::Gotify)
+    }
+
     /// One request under the client's timeout, which covers connecting, sending
     /// and reading the whole answer.
     fn enforced_timeout(&self) -> Option<Duration> {

@@ -224,6 +224,10 @@ impl Notifier for SmtpNotifier {
         "smtp"
     }
 
+    fn address_kind(&self, _n: &Notification) -> Option<AddressKind> {
+        Some(AddressKind::Email)
+    }
+
     fn describe(&self) -> String {
         format!(
             "host={}:{}, tls={}{}, from={}, auth: {}, pool_max_size={}, timeout={:?}",
