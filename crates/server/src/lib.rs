@@ -22,6 +22,7 @@
 //! # Ok(()) }
 //! ```
 
+mod address_book;
 mod api;
 mod auth;
 mod config;
@@ -180,7 +181,8 @@ pub async fn start(
         .dispatcher_builder(figment)?
         .on_dead_address(move |d| {
             let _ = dead_tx.send(d);
-        });
+        })
+        .address_book(Arc::new(address_book::StoreAddressBook(store.clone())));
     if let Some(o) = outbox {
         builder = builder.outbox(o);
     }
