@@ -528,6 +528,52 @@ enum Target {
     Username(String),
 }
 
+/// The client fields an `rtc.*` event may carry to its peer: `sdp` (offer,
+/// answer) or `candidate` (ICE), and an optional `call_id`. Everything else the
+/// client sent (`from`, `type`, `room_id`, unknown fields) is dropped.
+fn rtc_payload(ty: &str, obj: &Map<String, Value>) -> Result<Map<String, Value>, AppError> {
+    let missing = |field: &str| {
+        AppError::new(
+            StatusCode::BAD_REQUEST,
+            "missing_field",
+            format!("missing field `{field}`"),
+        )
+        .field(field)
+    };
+    let mut out = Map::new();
+    if ty == "rtc.ice" {
+        // An ICE candidate (object or string), or null for "end of candidates".
+        let candidate = obj.get("candidate").ok_or_else(|| missing("candidate"))?;
+        if !(candidate.is_object() || candidate.is_string() || candidate.is_null()) {
+            return Err(AppError::invalid(
+                "candidate",
+                "`candidate` must be an ICE candidate object, a string or null",
+            ));
+        }
+        out.insert("candidate".into(), candidate.clone());
+    } else {
+        let sdp = obj.get("sdp").ok_or_else(|| missing("sdp"))?;
+        if !sdp.is_string() {
+            return Err(AppError::invalid("sdp", "`sdp` must be a string"));
+        }
+        out.insert("sdp".into(), sdp.clone());
+    }
+    if let Some(call_id) = obj.get("call_id") {
+        match call_id.as_str() {
+            Some(c) if !c.is_empty() && c.len() <= 64 => {
+                out.insert("call_id".into(), call_id.clone());
+            }
+            _ => {
+                return Err(AppError::invalid(
+                    "call_id",
+                    "`call_id` must be a string of 1 to 64 bytes",
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
 async fn rtc(
     state: &AppState,
     conn: &Conn,
@@ -541,7 +587,6 @@ async fn rtc(
             "an event is a JSON object",
         ));
     };
-    obj.remove("type");
     let room_id = match obj.remove("room_id") {
         Some(v) => v
             .as_i64()
@@ -567,15 +612,7 @@ async fn rtc(
             .field("to"))
         }
     };
-    let required = if ty == "rtc.ice" { "candidate" } else { "sdp" };
-    if !obj.contains_key(required) {
-        return Err(AppError::new(
-            StatusCode::BAD_REQUEST,
-            "missing_field",
-            format!("missing field `{required}`"),
-        )
-        .field(required));
-    }
+    let payload = rtc_payload(ty, &obj)?;
     let sender = conn.user.clone();
     let (room, peer, recipient) = state
         .store
@@ -603,11 +640,12 @@ async fn rtc(
             Ok((room, peer, recipient))
         })
         .await?;
-    let mut event = Map::new();
+    // Only the allow-listed client fields are relayed; what identifies the sender
+    // and the room is the server's, set last.
+    let mut event = payload;
     event.insert("type".into(), json!(ty));
     event.insert("room_id".into(), json!(room_id));
     event.insert("from".into(), user_json(&conn.user));
-    event.extend(obj);
     let delivered = state
         .presence
         .send_user(peer.id, &text(&Value::Object(event)));
