@@ -50,6 +50,12 @@ enum Command {
         /// Send with this Gotify application token instead of the configured one.
         #[arg(long, env = "MESH_NOTIFY_TO_GOTIFY_TOKEN", hide_env_values = true)]
         to_gotify_token: Option<String>,
+        /// Send to this address instead of the configured default recipient:
+        /// `gotify:APPTOKEN`, `fcm:REGISTRATION_TOKEN`, `apns:DEVICE_TOKEN`,
+        /// `apns_voip:PUSHKIT_TOKEN` or `email:ADDRESS`. Repeatable: each address
+        /// is tried through its provider only, and the result is printed per device.
+        #[arg(long = "to", value_name = "KIND:ADDRESS", value_parser = parse_to)]
+        to: Vec<Address>,
         /// Print the outcome as JSON.
         #[arg(long)]
         json: bool,
@@ -130,6 +136,7 @@ async fn run(cli: Cli) -> ExitCode {
             priority,
             room,
             to_gotify_token,
+            to,
             json,
         } => {
             let kind: Kind = match kind.parse() {
@@ -169,7 +176,10 @@ async fn run(cli: Cli) -> ExitCode {
                 Ok(d) => d,
                 Err(e) => return config_error(&e),
             };
-            send(&dispatcher, n, json).await
+            if to.is_empty() {
+                return send(&dispatcher, n, json).await;
+            }
+            send_to(&dispatcher, n, &to, json).await
         }
     }
 }
@@ -240,6 +250,148 @@ async fn send(dispatcher: &mesh_notify::Dispatcher, n: Notification, json: bool)
             ExitCode::FAILURE
         }
     }
+}
+
+/// `--to KIND:ADDRESS`.
+fn parse_to(s: &str) -> Result<Address, String> {
+    let (kind, value) = s
+        .split_once(':')
+        .ok_or_else(|| format!("`{s}`: expected KIND:ADDRESS (e.g. fcm:TOKEN)"))?;
+    let kind = match kind {
+        "gotify" => AddressKind::Gotify,
+        "fcm" => AddressKind::Fcm,
+        "apns" => AddressKind::Apns,
+        "apns_voip" => AddressKind::ApnsVoip,
+        "email" => AddressKind::Email,
+        other => {
+            return Err(format!(
+                "unknown address kind `{other}` (gotify, fcm, apns, apns_voip, email)"
+            ))
+        }
+    };
+    if value.trim().is_empty() {
+        return Err(format!("`{}:` has an empty address", kind.as_str()));
+    }
+    Ok(Address::new(kind, value.trim()))
+}
+
+/// The provider that serves an address kind.
+fn provider_for(kind: AddressKind) -> &'static str {
+    match kind {
+        AddressKind::Gotify => "gotify",
+        AddressKind::Fcm => "fcm",
+        AddressKind::Apns | AddressKind::ApnsVoip => "apns",
+        AddressKind::Email => "smtp",
+    }
+}
+
+/// `send --to …`: each provider with the addresses given for it, results per device.
+async fn send_to(
+    dispatcher: &mesh_notify::Dispatcher,
+    n: Notification,
+    to: &[Address],
+    json: bool,
+) -> ExitCode {
+    let mut by_provider: std::collections::BTreeMap<&str, Vec<Address>> = Default::default();
+    for a in to {
+        by_provider
+            .entry(provider_for(a.kind))
+            .or_default()
+            .push(a.clone());
+    }
+    let enabled: Vec<String> = dispatcher
+        .providers()
+        .iter()
+        .map(|p| p.name().to_owned())
+        .collect();
+    let mut all_ok = true;
+    for (provider, addresses) in by_provider {
+        if !enabled.iter().any(|e| e == provider) {
+            eprintln!(
+                "error: --to {}:…: the {provider} provider is not configured ([providers.{provider}] in the config)",
+                addresses[0].kind.as_str()
+            );
+            all_ok = false;
+            continue;
+        }
+        let mut one = n.clone();
+        one.id = mesh_notify::core::NotificationId::new();
+        one.recipient.addresses = addresses.clone();
+        one.resend_via = Some(provider.to_owned());
+        let outcome = dispatcher.dispatch(one).await;
+        if json {
+            match serde_json::to_string_pretty(&outcome) {
+                Ok(s) => println!("{s}"),
+                Err(e) => eprintln!("error: cannot print the outcome: {e}"),
+            }
+        }
+        if outcome.devices.is_empty() {
+            // One device: one line.
+            let hint = addresses.first().map(device_hint).unwrap_or_default();
+            match &outcome.delivered {
+                Some(r) => println!(
+                    "{provider} {} {hint}: delivered (message id {}) in {:.1} ms",
+                    addresses[0].kind.as_str(),
+                    r.message_id.as_deref().unwrap_or("-"),
+                    r.latency.as_secs_f64() * 1000.0
+                ),
+                None => {
+                    all_ok = false;
+                    let last = outcome.attempts.last();
+                    println!(
+                        "{provider} {} {hint}: not delivered [{}]: {}{}",
+                        addresses[0].kind.as_str(),
+                        last.and_then(|a| a.error_class)
+                            .map_or("skipped".to_string(), |c| c.to_string()),
+                        if outcome.attempts.is_empty() {
+                            outcome.failure_summary()
+                        } else {
+                            last.and_then(|a| a.error.clone()).unwrap_or_default()
+                        },
+                        if outcome.queued {
+                            " (queued for retry)"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+            }
+            continue;
+        }
+        for d in &outcome.devices {
+            if d.delivered {
+                println!(
+                    "{} {} {}: delivered (message id {})",
+                    d.provider,
+                    d.address.as_str(),
+                    d.hint,
+                    d.message_id.as_deref().unwrap_or("-")
+                );
+            } else {
+                all_ok = false;
+                println!(
+                    "{} {} {}: not delivered [{}]: {}",
+                    d.provider,
+                    d.address.as_str(),
+                    d.hint,
+                    d.error_class.map_or("-".to_string(), |c| c.to_string()),
+                    d.error.as_deref().unwrap_or("-")
+                );
+            }
+        }
+    }
+    if all_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// `…` and the last 4 characters.
+fn device_hint(a: &Address) -> String {
+    let v: Vec<char> = a.value.expose().chars().collect();
+    let tail: String = v[v.len().saturating_sub(4)..].iter().collect();
+    format!("…{tail}")
 }
 
 fn check_config(config: &Config, figment: &mesh_notify::Figment) -> ExitCode {
