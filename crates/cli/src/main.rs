@@ -404,9 +404,10 @@ fn check_config(config: &Config, figment: &mesh_notify::Figment) -> ExitCode {
         Ok(d) => d,
         Err(e) => return config_error(&e),
     };
-    println!("profile: {:?}", config.profile);
+    // As written in the configuration (`development`, `fr`), not Rust's names.
+    println!("profile: {}", format!("{:?}", config.profile).to_lowercase());
     println!("timeout: {:?}", config.timeout);
-    println!("language: {:?}", config.language);
+    println!("language: {}", format!("{:?}", config.language).to_lowercase());
     println!("providers:");
     for p in dispatcher.providers() {
         println!("  {} enabled: {}", p.name(), p.describe());
@@ -458,7 +459,8 @@ fn check_config(config: &Config, figment: &mesh_notify::Figment) -> ExitCode {
     );
     match config.outbox.backend {
         mesh_notify::OutboxBackend::Sqlite => {
-            println!("outbox: sqlite {}", config.outbox.path.display())
+            let (path, why) = config.sqlite_outbox_path();
+            println!("outbox: sqlite {} ({why})", path.display())
         }
         mesh_notify::OutboxBackend::Redis => println!(
             "outbox: redis {} (prefix {})",
@@ -477,7 +479,7 @@ async fn outbox_command(
     figment: &mesh_notify::Figment,
     command: OutboxCommand,
 ) -> ExitCode {
-    let outbox = match config.open_outbox(figment).await {
+    let outbox = match config.open_outbox_with(figment, false).await {
         Ok(Some(o)) => o,
         Ok(None) => {
             eprintln!("error: no outbox configured (outbox.backend = \"none\")");

@@ -240,3 +240,31 @@ async fn when_everything_is_down_send_queues_and_run_delivers_later() {
     let out = run_in(&["outbox", "stats"], &env).await;
     assert!(text(&out).0.contains("pending: 0"), "{}", text(&out).0);
 }
+
+#[tokio::test]
+async fn inspecting_finds_mesh_servers_outbox_and_never_creates_one() {
+    let dir = tempfile::tempdir().unwrap();
+    // No outbox yet where the configuration points: a clear error, nothing created.
+    let mut cmd = command(&["outbox", "stats"], &[]);
+    cmd.current_dir(dir.path());
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(stderr.contains("no outbox at `data/mesh.sqlite3`"), "{stderr}");
+    assert!(stderr.contains("MESH_NOTIFY_OUTBOX__PATH"), "{stderr}");
+    assert!(!dir.path().join("data").exists(), "nothing was created");
+    // With a [server] data_dir, the CLI looks where mesh-server keeps it.
+    let config = dir.path().join("mesh.toml");
+    std::fs::write(&config, "[server]\ndata_dir = \"srv\"\n").unwrap();
+    let cfg = config.display().to_string();
+    let mut cmd = command(&["--config", &cfg, "check-config"], &[]);
+    cmd.current_dir(dir.path());
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("outbox: sqlite srv/mesh.sqlite3"), "{stdout}");
+}

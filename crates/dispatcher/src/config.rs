@@ -290,13 +290,18 @@ pub enum OutboxBackend {
     None,
 }
 
+/// The default SQLite outbox file: mesh-server's database (`data/mesh.sqlite3`).
+pub const DEFAULT_OUTBOX_PATH: &str = "data/mesh.sqlite3";
+
 /// `[outbox]`.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct OutboxSection {
     /// `sqlite` (default), `redis` or `none`.
     pub backend: OutboxBackend,
-    /// SQLite file (default `data/mesh-notify.sqlite3`).
+    /// SQLite file (default `data/mesh.sqlite3`: mesh-server's database, which
+    /// holds its outbox; with a `[server] data_dir`, `{data_dir}/mesh.sqlite3`).
+    /// See [`Config::sqlite_outbox_path`].
     pub path: PathBuf,
     /// Redis URL, e.g. `redis://127.0.0.1:6379/0` (password via `redis_password`).
     pub redis_url: Option<String>,
@@ -310,7 +315,7 @@ impl Default for OutboxSection {
     fn default() -> Self {
         Self {
             backend: OutboxBackend::Sqlite,
-            path: PathBuf::from("data/mesh-notify.sqlite3"),
+            path: PathBuf::from(DEFAULT_OUTBOX_PATH),
             redis_url: None,
             redis_password: None,
             redis_prefix: "mesh-notify".into(),
@@ -903,6 +908,43 @@ impl Config {
         &self,
         figment: &Figment,
     ) -> Result<Option<Arc<dyn mesh_notify_core::Outbox>>, ConfigError> {
+        self.open_outbox_with(figment, true).await
+    }
+
+    /// The SQLite outbox file every tool uses for this configuration, and why:
+    /// `outbox.path` when set; otherwise mesh-server's database,
+    /// `{server.data_dir}/mesh.sqlite3` (default `data/mesh.sqlite3`), so
+    /// `mesh-notify outbox …` and `mesh-notify run` find mesh-server's queue when
+    /// given the same configuration.
+    pub fn sqlite_outbox_path(&self) -> (PathBuf, String) {
+        if self.outbox.path != std::path::Path::new(DEFAULT_OUTBOX_PATH) {
+            return (self.outbox.path.clone(), "outbox.path".into());
+        }
+        let data_dir = self
+            .server
+            .as_ref()
+            .and_then(|s| s.get("data_dir"))
+            .and_then(|v| v.as_str())
+            .map(PathBuf::from);
+        match data_dir {
+            Some(dir) => (
+                dir.join("mesh.sqlite3"),
+                "mesh-server's database: server.data_dir/mesh.sqlite3".into(),
+            ),
+            None => (
+                PathBuf::from(DEFAULT_OUTBOX_PATH),
+                "the default: mesh-server's database in ./data".into(),
+            ),
+        }
+    }
+
+    /// Like [`open_outbox`](Self::open_outbox); with `create = false` a missing
+    /// SQLite file is an error naming the path (inspecting never creates one).
+    pub async fn open_outbox_with(
+        &self,
+        figment: &Figment,
+        create: bool,
+    ) -> Result<Option<Arc<dyn mesh_notify_core::Outbox>>, ConfigError> {
         let invalid = |key: &str, message: String| ConfigError::Invalid {
             key: key.to_string(),
             source_name: Self::source_of(figment, key),
@@ -915,7 +957,16 @@ impl Config {
             }
             #[cfg(feature = "sqlite")]
             OutboxBackend::Sqlite => {
-                let path = self.outbox.path.clone();
+                let (path, why) = self.sqlite_outbox_path();
+                if !create && !path.exists() {
+                    return Err(invalid(
+                        "outbox.path",
+                        format!(
+                            "no outbox at `{}` ({why}); nothing was created. Point at the file your mesh-server or `mesh-notify run` uses: `--config` with its configuration, `outbox.path`, or MESH_NOTIFY_OUTBOX__PATH",
+                            path.display()
+                        ),
+                    ));
+                }
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                     std::fs::create_dir_all(dir).map_err(|e| {
                         invalid(

@@ -28,6 +28,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/register", post(register))
         .route("/api/login", post(login))
         .route("/api/logout", post(logout))
+        .route("/api/logout-all", post(logout_all))
         .route("/api/me", get(me))
         .route("/api/rooms", post(create_room).get(list_rooms))
         .route("/api/rooms/{id}/invite", post(crate::invites::invite))
@@ -230,7 +231,7 @@ async fn login(
                 "INSERT INTO sessions (token_hash, user_id, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
                 params![auth::token_hash(&token), user_id, now, expires_at],
             )?;
-            conn.execute("DELETE FROM sessions WHERE expires_at <= ?1", [now])?;
+            store::prune_sessions(conn, now)?;
             Ok((token, expires_at))
         })
         .await?;
@@ -246,14 +247,38 @@ async fn logout(State(state): State<AppState>, req: Request) -> Result<StatusCod
         return Err(AppError::unauthorized());
     };
     let hash = auth::token_hash(&token);
+    let key = hash.clone();
     let removed = state
         .store
-        .call(move |conn| Ok(conn.execute("DELETE FROM sessions WHERE token_hash = ?1", [hash])?))
+        .call(move |conn| Ok(conn.execute("DELETE FROM sessions WHERE token_hash = ?1", [key])?))
         .await?;
     if removed == 0 {
         return Err(AppError::unauthorized());
     }
+    let closed = state.presence.close_session(&hash);
+    tracing::info!(websockets_closed = closed, "logged out");
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /api/logout-all`: ends every session of the user (this one included) and
+/// closes all their WebSockets.
+async fn logout_all(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+) -> Result<Json<Value>, AppError> {
+    let user_id = user.id;
+    let ended = state
+        .store
+        .call(move |conn| Ok(conn.execute("DELETE FROM sessions WHERE user_id = ?1", [user_id])?))
+        .await?;
+    let closed = state.presence.close_user(user_id);
+    tracing::info!(
+        user = user_id,
+        sessions = ended,
+        websockets_closed = closed,
+        "logged out everywhere"
+    );
+    Ok(Json(json!({ "sessions_ended": ended })))
 }
 
 async fn me(AuthUser(user): AuthUser) -> Json<Value> {

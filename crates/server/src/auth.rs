@@ -154,11 +154,22 @@ pub(crate) fn request_token(
     None
 }
 
+/// A live login session.
+#[derive(Debug, Clone)]
+pub(crate) struct Session {
+    /// Its user.
+    pub user: User,
+    /// What the database keeps of its token.
+    pub token_hash: String,
+    /// When it expires (ms since the epoch).
+    pub expires_at: i64,
+}
+
 /// Looks a token up; `unauthorized` when unknown or expired.
-pub(crate) async fn authenticate(
+pub(crate) async fn authenticate_session(
     state: &AppState,
     token: Option<String>,
-) -> Result<User, AppError> {
+) -> Result<Session, AppError> {
     let Some(token) = token else {
         return Err(AppError::unauthorized());
     };
@@ -166,9 +177,23 @@ pub(crate) async fn authenticate(
     state
         .store
         .call(move |conn| {
-            store::session_user(conn, &hash, store::now_ms())?.ok_or_else(AppError::unauthorized)
+            let (user, expires_at) = store::session_user(conn, &hash, store::now_ms())?
+                .ok_or_else(AppError::unauthorized)?;
+            Ok(Session {
+                user,
+                token_hash: hash,
+                expires_at,
+            })
         })
         .await
+}
+
+/// Looks a token up; `unauthorized` when unknown or expired.
+pub(crate) async fn authenticate(
+    state: &AppState,
+    token: Option<String>,
+) -> Result<User, AppError> {
+    authenticate_session(state, token).await.map(|s| s.user)
 }
 
 /// The logged-in user of an HTTP API request.

@@ -46,6 +46,10 @@ pub struct ServerSection {
     /// comes back into the room; older records are pruned (default 24h).
     #[serde(with = "humantime_serde")]
     pub pending_retention: Duration,
+    /// How often expired sessions and old pending-notification records are deleted
+    /// (default 10 minutes).
+    #[serde(with = "humantime_serde")]
+    pub prune_interval: Duration,
 }
 
 impl Default for ServerSection {
@@ -60,6 +64,7 @@ impl Default for ServerSection {
             history_page_max: 100,
             max_message_chars: 4000,
             pending_retention: Duration::from_secs(24 * 3600),
+            prune_interval: Duration::from_secs(600),
         }
     }
 }
@@ -108,6 +113,9 @@ impl ServerSection {
         }
         if self.history_page_max == 0 {
             return Err(invalid("history_page_max", "must be at least 1"));
+        }
+        if self.prune_interval < Duration::from_millis(10) {
+            return Err(invalid("prune_interval", "must be at least 10ms"));
         }
         if self.max_message_chars == 0 {
             return Err(invalid("max_message_chars", "must be at least 1"));

@@ -37,7 +37,6 @@ mod ws;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 use mesh_notify::{Config, DeadAddress, Dispatcher, Figment, OutboxBackend};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -288,24 +287,36 @@ async fn dead_address_loop(
     }
 }
 
-/// Prunes old records of queued notifications, hourly.
+/// Every `server.prune_interval`: deletes expired sessions and old records of
+/// queued notifications.
 async fn prune_loop(state: AppState, mut stop: watch::Receiver<bool>) {
     let retention = i64::try_from(state.config.pending_retention.as_millis()).unwrap_or(i64::MAX);
+    let every = state.config.prune_interval;
     loop {
-        let cutoff = store::now_ms().saturating_sub(retention);
+        let now = store::now_ms();
+        let cutoff = now.saturating_sub(retention);
         match state
             .store
-            .call(move |c| Ok(store::prune_pending(c, cutoff)?))
+            .call(move |c| {
+                Ok((
+                    store::prune_sessions(c, now)?,
+                    store::prune_pending(c, cutoff)?,
+                ))
+            })
             .await
         {
-            Ok(n) if n > 0 => {
-                tracing::debug!(pruned = n, "old pending-notification records pruned")
+            Ok((sessions, pending)) if sessions + pending > 0 => {
+                tracing::debug!(
+                    sessions,
+                    pending,
+                    "expired sessions and old pending-notification records pruned"
+                )
             }
             Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e.message, "pruning pending notifications failed"),
+            Err(e) => tracing::warn!(error = %e.message, "pruning failed"),
         }
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+            _ = tokio::time::sleep(every) => {}
             _ = stop.wait_for(|s| *s) => break,
         }
     }

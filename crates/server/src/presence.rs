@@ -16,19 +16,23 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::rusqlite::Connection;
 use axum::extract::ws::Utf8Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 /// One WebSocket connection.
 pub(crate) type ConnId = u64;
 
 struct Conn {
     user_id: i64,
+    /// The session (token hash) the connection was opened with.
+    session: String,
     tx: mpsc::Sender<Utf8Bytes>,
     rooms: HashSet<i64>,
+    /// Notified to make the connection close (its session ended).
+    close: Arc<Notify>,
 }
 
 #[derive(Default)]
@@ -81,21 +85,55 @@ impl Presence {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Adds a connection of `user_id`; events for it go to `tx`.
-    pub(crate) fn register(&self, user_id: i64, tx: mpsc::Sender<Utf8Bytes>) -> ConnId {
+    /// Adds a connection of `user_id` opened with the session `session` (its token
+    /// hash); events for it go to `tx`. The returned [`Notify`] is signalled when
+    /// the session ends (logout): the connection must then close.
+    pub(crate) fn register(
+        &self,
+        user_id: i64,
+        session: &str,
+        tx: mpsc::Sender<Utf8Bytes>,
+    ) -> (ConnId, Arc<Notify>) {
         let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        let close = Arc::new(Notify::new());
         let mut inner = self.lock();
         inner.conns.insert(
             id,
             Conn {
                 user_id,
+                session: session.to_string(),
                 tx,
                 rooms: HashSet::new(),
+                close: Arc::clone(&close),
             },
         );
         inner.by_user.entry(user_id).or_default().insert(id);
         metrics::gauge!("mesh_server_ws_connections").set(inner.conns.len() as f64);
-        id
+        (id, close)
+    }
+
+    /// Tells every connection opened with the session `session` to close; returns
+    /// how many.
+    pub(crate) fn close_session(&self, session: &str) -> usize {
+        let inner = self.lock();
+        inner
+            .conns
+            .values()
+            .filter(|c| c.session == session)
+            .inspect(|c| c.close.notify_one())
+            .count()
+    }
+
+    /// Tells every connection of `user_id` to close; returns how many.
+    pub(crate) fn close_user(&self, user_id: i64) -> usize {
+        let inner = self.lock();
+        let Some(ids) = inner.by_user.get(&user_id) else {
+            return 0;
+        };
+        ids.iter()
+            .filter_map(|id| inner.conns.get(id))
+            .inspect(|c| c.close.notify_one())
+            .count()
     }
 
     /// Removes a connection; returns the rooms its user is no longer in. `_store`:
@@ -333,14 +371,29 @@ mod tests {
         let db = Connection::open_in_memory().unwrap();
         let p = Presence::default();
         let (tx, mut rx) = mpsc::channel(8);
-        let tab = p.register(1, tx.clone());
-        let phone = p.register(1, tx);
+        let (tab, _) = p.register(1, "s1", tx.clone());
+        let (phone, phone_close) = p.register(1, "s2", tx);
         assert!(p.join(&db, tab, 10));
         assert!(!p.join(&db, phone, 10), "already present through the tab");
         assert!(!p.leave(&db, tab, 10), "still present through the phone");
         assert!(p.users_in_room(10).contains(&1));
         assert_eq!(p.send_room(10, &Utf8Bytes::from_static("x")), 1);
         assert_eq!(rx.try_recv().unwrap().as_str(), "x");
+        assert_eq!(p.close_session("s2"), 1);
+        assert_eq!(p.close_user(1), 2);
+        assert_eq!(p.close_user(2), 0);
+        assert!(
+            tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .unwrap()
+                .block_on(tokio::time::timeout(
+                    std::time::Duration::from_secs(5),
+                    phone_close.notified()
+                ))
+                .is_ok(),
+            "the close signal is kept until the connection waits for it"
+        );
         assert_eq!(p.unregister(&db, phone), vec![10]);
         assert!(p.users_in_room(10).is_empty());
         assert!(p.is_connected(1));
@@ -357,9 +410,9 @@ mod tests {
         let (ok_tx, mut ok_rx) = mpsc::channel(8);
         let (closed_tx, closed_rx) = mpsc::channel(8);
         drop(closed_rx);
-        let slow = p.register(1, full_tx.clone());
-        let fine = p.register(2, ok_tx);
-        let gone = p.register(3, closed_tx);
+        let (slow, _) = p.register(1, "a", full_tx.clone());
+        let (fine, _) = p.register(2, "b", ok_tx);
+        let (gone, _) = p.register(3, "c", closed_tx);
         for id in [slow, fine, gone] {
             p.join(&db, id, 10);
         }

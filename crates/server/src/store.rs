@@ -241,24 +241,33 @@ pub(crate) fn user_by_id(conn: &Connection, id: i64) -> rusqlite::Result<Option<
     .optional()
 }
 
+/// The user of a live session, and when the session expires (ms since the epoch).
 pub(crate) fn session_user(
     conn: &Connection,
     token_hash: &str,
     now: i64,
-) -> rusqlite::Result<Option<User>> {
+) -> rusqlite::Result<Option<(User, i64)>> {
     conn.query_row(
-        "SELECT u.id, u.username, u.display_name FROM sessions s JOIN users u ON u.id = s.user_id
+        "SELECT u.id, u.username, u.display_name, s.expires_at FROM sessions s JOIN users u ON u.id = s.user_id
          WHERE s.token_hash = ?1 AND s.expires_at > ?2",
         params![token_hash, now],
         |r| {
-            Ok(User {
-                id: r.get(0)?,
-                username: r.get(1)?,
-                display_name: r.get(2)?,
-            })
+            Ok((
+                User {
+                    id: r.get(0)?,
+                    username: r.get(1)?,
+                    display_name: r.get(2)?,
+                },
+                r.get(3)?,
+            ))
         },
     )
     .optional()
+}
+
+/// Deletes expired sessions; returns how many.
+pub(crate) fn prune_sessions(conn: &Connection, now: i64) -> rusqlite::Result<usize> {
+    conn.execute("DELETE FROM sessions WHERE expires_at <= ?1", [now])
 }
 
 pub(crate) fn is_member(conn: &Connection, room_id: i64, user_id: i64) -> rusqlite::Result<bool> {

@@ -15,7 +15,7 @@
 //! the sender gets exactly one of the live event or a queued notification, even
 //! when they join or leave at that instant.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::rusqlite::{params, TransactionBehavior};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
@@ -44,10 +44,11 @@ pub(crate) async fn upgrade(
     uri: Uri,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let user = match auth::authenticate(&state, auth::request_token(&headers, &uri, true)).await {
-        Ok(u) => u,
-        Err(e) => return e.into_response(),
-    };
+    let session =
+        match auth::authenticate_session(&state, auth::request_token(&headers, &uri, true)).await {
+            Ok(s) => s,
+            Err(e) => return e.into_response(),
+        };
     // Frames up to 4x the limit are read and refused with a clean 1009 close; larger
     // ones are cut off by the WebSocket layer itself.
     let hard_limit = state.config.max_frame_bytes.saturating_mul(4);
@@ -57,7 +58,7 @@ pub(crate) async fn upgrade(
         .max_frame_size(hard_limit)
         .read_buffer_size(8 * 1024)
         .write_buffer_size(8 * 1024)
-        .on_upgrade(move |socket| connection(state, user, socket))
+        .on_upgrade(move |socket| connection(state, session, socket))
 }
 
 /// Per-connection token bucket.
@@ -117,13 +118,38 @@ fn user_json(u: &User) -> Value {
     json!({"id": u.id, "username": u.username, "display_name": u.display_name})
 }
 
-async fn connection(state: AppState, user: User, mut socket: WebSocket) {
+/// When the session expiring at `expires_at` (ms since the epoch) ends, on tokio's clock.
+fn session_deadline(expires_at: i64) -> tokio::time::Instant {
+    let left = u64::try_from(expires_at.saturating_sub(now_ms())).unwrap_or(0);
+    let now = tokio::time::Instant::now();
+    now.checked_add(Duration::from_millis(left))
+        // Centuries away: a year is as good.
+        .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600))
+}
+
+async fn connection(state: AppState, session: auth::Session, mut socket: WebSocket) {
     let (tx, mut rx) = mpsc::channel::<Utf8Bytes>(OUTGOING_BUFFER);
+    let (id, ended) = state
+        .presence
+        .register(session.user.id, &session.token_hash, tx);
     let conn = Conn {
-        id: state.presence.register(user.id, tx),
-        user,
+        id,
+        user: session.user,
     };
     tracing::debug!(conn = conn.id, user = conn.user.id, "websocket connected");
+    // A logout between the upgrade's check and the registration above signalled no
+    // one: look again now that later logouts reach this connection.
+    let hash = session.token_hash.clone();
+    let still_valid = state
+        .store
+        .call(move |c| Ok(store::session_user(c, &hash, now_ms())?.is_some()))
+        .await
+        .unwrap_or(false);
+    if !still_valid {
+        ended.notify_one();
+    }
+    let expiry = tokio::time::sleep_until(session_deadline(session.expires_at));
+    tokio::pin!(expiry);
     let mut limit = RateLimit {
         tokens: f64::from(state.config.message_burst),
         last: Instant::now(),
@@ -136,6 +162,14 @@ async fn connection(state: AppState, user: User, mut socket: WebSocket) {
         tokio::select! {
             _ = shutdown.changed() => {
                 let _ = socket.send(close(1001, "server shutting down")).await;
+                break;
+            }
+            _ = ended.notified() => {
+                let _ = socket.send(close(1008, "session ended")).await;
+                break;
+            }
+            _ = &mut expiry => {
+                let _ = socket.send(close(1008, "session expired")).await;
                 break;
             }
             out = rx.recv() => {
