@@ -27,6 +27,10 @@ struct Server {
 
 impl Server {
     fn start(dir: &Path, gotify_url: &str) -> Self {
+        Self::start_with(dir, gotify_url, &[])
+    }
+
+    fn start_with(dir: &Path, gotify_url: &str, env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_mesh-server"))
             .current_dir(dir)
             .env_clear()
@@ -35,6 +39,7 @@ impl Server {
             .env("GOTIFY_TOKEN", APP_TOKEN)
             .env("MESH_NOTIFY_SERVER__BIND", "127.0.0.1:0")
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -55,6 +60,22 @@ impl Server {
         Self {
             child,
             base: format!("http://{addr}"),
+        }
+    }
+
+    /// SIGTERM, then waits up to `within` for the exit; returns the status.
+    fn terminate(mut self, within: Duration) -> (std::process::ExitStatus, Duration) {
+        let started = Instant::now();
+        // SAFETY: signalling our own child by its pid.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return (status, started.elapsed());
+            }
+            assert!(started.elapsed() < within, "mesh-server did not exit within {within:?} of SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
@@ -301,5 +322,37 @@ async fn gotify_down_server_sigkilled_and_restarted_every_notification_arrives_e
     let got = received(&gotify);
     let want: BTreeMap<String, usize> = texts.iter().map(|t| (t.clone(), 1)).collect();
     assert_eq!(got, want, "every notification exactly once after the crash");
+    drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_a_hung_gotify_exits_in_the_grace_period_and_loses_nothing() {
+    let gotify = FakeGotify::start(&[(APP_TOKEN, 1)]).await.expect("fake");
+    let dir = tempfile::tempdir().expect("dir");
+    let grace = [("MESH_NOTIFY_QUEUE__SHUTDOWN_GRACE", "1s")];
+    let server = Server::start_with(dir.path(), &gotify.url(), &grace);
+    let (mut alice, room) = server.scene().await;
+    gotify.set_mode(Mode::Hang);
+    alice.say(room, "en vol").await;
+    until("the delivery is in flight", Duration::from_secs(10), || {
+        gotify.requests() >= 1
+    })
+    .await;
+    drop(alice);
+    // The send hangs (5 s provider timeout); the grace is 1 s.
+    let (status, took) = server.terminate(Duration::from_secs(20));
+    assert!(status.success(), "exit status {status:?}");
+    assert!(took < Duration::from_secs(5), "exited after {took:?}, before the hung send timed out");
+    // Next start, Gotify answering: delivered exactly once, without waiting for a lease.
+    gotify.set_mode(Mode::Normal);
+    let server = Server::start(dir.path(), &gotify.url());
+    until("delivered after the restart", Duration::from_secs(30), || {
+        !gotify.messages().is_empty()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let got = received(&gotify);
+    assert_eq!(got.get("en vol"), Some(&1), "{got:?}");
+    assert_eq!(got.len(), 1);
     drop(server);
 }
