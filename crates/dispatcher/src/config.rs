@@ -227,6 +227,10 @@ pub struct QueueSection {
     pub poll_interval: Duration,
     /// Give up (dead-letter) after this age, per kind. Calls use `call_ttl`.
     pub max_age: MaxAgeSection,
+    /// On shutdown, how long in-flight deliveries may finish (default 10s); the
+    /// rest is handed back to the outbox.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
 }
 
 /// `[queue.max_age]`.
@@ -272,6 +276,7 @@ impl Default for QueueSection {
             concurrency: q.concurrency,
             lease: q.lease,
             poll_interval: q.poll_interval,
+            shutdown_grace: q.shutdown_grace,
             max_age: MaxAgeSection::default(),
         }
     }
@@ -768,6 +773,7 @@ impl Config {
             concurrency: q.concurrency,
             lease: q.lease,
             poll_interval: q.poll_interval,
+            shutdown_grace: q.shutdown_grace,
         }
     }
 

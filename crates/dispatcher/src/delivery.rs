@@ -59,6 +59,10 @@ pub struct QueuePolicy {
     pub lease: Duration,
     /// How often an idle worker looks for due entries (a local `submit` wakes it at once).
     pub poll_interval: Duration,
+    /// On shutdown, how long in-flight deliveries may take to finish; what is
+    /// still in flight then is handed back (lease released, due at once) for
+    /// another instance or the next start.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for QueuePolicy {
@@ -78,6 +82,7 @@ impl Default for QueuePolicy {
             concurrency: 32,
             lease: Duration::from_secs(60),
             poll_interval: Duration::from_millis(250),
+            shutdown_grace: Duration::from_secs(10),
         }
     }
 }
@@ -138,18 +143,26 @@ pub enum Submitted {
 }
 
 /// Running delivery workers (and the health monitor). Dropping it stops them
-/// (in-flight deliveries finish in the background); [`Workers::shutdown`] stops
-/// them and waits.
+/// (in-flight deliveries get the shutdown grace in the background);
+/// [`Workers::shutdown`] stops them and waits.
 pub struct Workers {
-    stop: watch::Sender<bool>,
+    stop: watch::Sender<Option<Instant>>,
+    grace: Duration,
     handles: Vec<JoinHandle<()>>,
 }
 
 impl Workers {
-    /// Asks every worker to stop claiming, lets in-flight deliveries finish, and
-    /// waits for them.
-    pub async fn shutdown(mut self) {
-        let _ = self.stop.send(true);
+    /// Stops claiming, lets in-flight deliveries finish within the queue's
+    /// `shutdown_grace`, hands back (releases) what is still in flight then, and
+    /// waits for every worker to end.
+    pub async fn shutdown(self) {
+        let grace = self.grace;
+        self.shutdown_within(grace).await;
+    }
+
+    /// Like [`shutdown`](Self::shutdown) with an explicit grace period.
+    pub async fn shutdown_within(mut self, grace: Duration) {
+        let _ = self.stop.send(Some(Instant::now() + grace));
         for h in std::mem::take(&mut self.handles) {
             let _ = h.await;
         }
@@ -158,16 +171,31 @@ impl Workers {
 
 impl Drop for Workers {
     fn drop(&mut self) {
-        let _ = self.stop.send(true);
+        let deadline = Instant::now() + self.grace;
+        self.stop.send_if_modified(|v| {
+            if v.is_none() {
+                *v = Some(deadline);
+                true
+            } else {
+                false
+            }
+        });
     }
 }
 
-fn stopped(stop: &watch::Receiver<bool>) -> bool {
-    *stop.borrow() || stop.has_changed().is_err()
+type StopRx = watch::Receiver<Option<Instant>>;
+
+fn stopped(stop: &StopRx) -> bool {
+    stop.borrow().is_some() || stop.has_changed().is_err()
+}
+
+/// When in-flight work must be handed back (now if the handle vanished).
+fn stop_deadline(stop: &StopRx) -> Instant {
+    stop.borrow().unwrap_or_else(Instant::now)
 }
 
 /// Resolves when stop is asked (or the [`Workers`] handle is gone).
-async fn stop_asked(stop: &mut watch::Receiver<bool>) {
+async fn stop_asked(stop: &mut StopRx) {
     while !stopped(stop) {
         if stop.changed().await.is_err() {
             return;
@@ -334,7 +362,7 @@ impl Delivery {
     /// Starts `queue.workers` supervised delivery workers, the health monitor and
     /// an outbox metrics sampler. Without an outbox none start.
     pub(crate) fn start_workers(self: &Arc<Self>) -> Workers {
-        let (stop, stop_rx) = watch::channel(false);
+        let (stop, stop_rx) = watch::channel(None);
         let mut handles = Vec::new();
         if let Some(ob) = &self.outbox {
             let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
@@ -359,7 +387,11 @@ impl Delivery {
                 stats_loop(Arc::clone(&me), Arc::clone(&outbox), stop.clone())
             }));
         }
-        Workers { stop, handles }
+        Workers {
+            stop,
+            grace: self.queue.shutdown_grace,
+            handles,
+        }
     }
 
     /// Delivers one claimed entry under its lease: never starts on an expired
@@ -550,7 +582,7 @@ impl Delivery {
 
 /// Runs the task made by `make`, and makes a new one if it panics, until stop is
 /// asked.
-fn supervise<F, Fut>(what: &'static str, stop: watch::Receiver<bool>, make: F) -> JoinHandle<()>
+fn supervise<F, Fut>(what: &'static str, stop: StopRx, make: F) -> JoinHandle<()>
 where
     F: Fn() -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
@@ -573,12 +605,7 @@ where
     })
 }
 
-async fn worker_loop(
-    d: Arc<Delivery>,
-    outbox: Arc<dyn Outbox>,
-    worker: String,
-    mut stop: watch::Receiver<bool>,
-) {
+async fn worker_loop(d: Arc<Delivery>, outbox: Arc<dyn Outbox>, worker: String, mut stop: StopRx) {
     let policy = d.queue.clone();
     let concurrency = policy.concurrency.max(1);
     let refill_at = (concurrency / 2).max(1);
@@ -634,10 +661,22 @@ async fn worker_loop(
             }
             continue;
         }
-        // Wait for a delivery to finish (or for new work while there is room).
-        let first = tokio::select! {
-            done = in_flight.join_next_with_id() => done,
-            _ = d.wake.notified(), if room > 0 && !stopping => None,
+        // Wait for a delivery to finish (or for new work while there is room; or,
+        // when stopping, for the end of the grace period).
+        let first = if stopping {
+            tokio::select! {
+                done = in_flight.join_next_with_id() => done,
+                _ = tokio::time::sleep_until(stop_deadline(&stop)) => {
+                    hand_back(&*outbox, &mut in_flight, &mut claims_by_task).await;
+                    break;
+                }
+            }
+        } else {
+            tokio::select! {
+                done = in_flight.join_next_with_id() => done,
+                _ = d.wake.notified(), if room > 0 => None,
+                _ = stop_asked(&mut stop) => None,
+            }
         };
         let mut to_ack = Vec::new();
         let mut finished = first.into_iter().collect::<Vec<_>>();
@@ -671,6 +710,30 @@ async fn worker_loop(
     }
 }
 
+/// Shutdown grace over: abort what is still in flight and hand the entries back
+/// (lease released, due at once, no attempt counted) so another instance, or the
+/// next start, delivers them without waiting for the lease to run out.
+async fn hand_back(
+    outbox: &dyn Outbox,
+    in_flight: &mut JoinSet<Settled>,
+    claims_by_task: &mut HashMap<tokio::task::Id, Claim>,
+) {
+    in_flight.abort_all();
+    while in_flight.join_next().await.is_some() {}
+    let n = claims_by_task.len();
+    for (_, claim) in claims_by_task.drain() {
+        if let Err(e) = outbox
+            .park(&claim, &[], Timestamp::now(), "handed back at shutdown")
+            .await
+        {
+            tracing::warn!(id = %claim.id(), error = %e, "could not hand back a notification at shutdown; it is retried when its lease runs out");
+        }
+    }
+    if n > 0 {
+        tracing::info!("shutdown: {n} deliveries still in flight were handed back to the outbox");
+    }
+}
+
 /// A delivery task panicked (a provider bug): log it and retry the entry later
 /// instead of waiting for its lease to run out.
 async fn handle_failed_task(
@@ -696,7 +759,7 @@ async fn handle_failed_task(
 
 /// Provider health → queue: releases what waited for a provider that is back,
 /// and lets one parked notification through as each down provider's probe.
-async fn monitor_loop(d: Arc<Delivery>, outbox: Arc<dyn Outbox>, mut stop: watch::Receiver<bool>) {
+async fn monitor_loop(d: Arc<Delivery>, outbox: Arc<dyn Outbox>, mut stop: StopRx) {
     // Parked by an earlier run (or another instance): give them a fresh look.
     match outbox.unpark(None, usize::MAX).await {
         Ok(0) => {}
@@ -781,7 +844,7 @@ async fn monitor_loop(d: Arc<Delivery>, outbox: Arc<dyn Outbox>, mut stop: watch
     }
 }
 
-async fn stats_loop(d: Arc<Delivery>, outbox: Arc<dyn Outbox>, mut stop: watch::Receiver<bool>) {
+async fn stats_loop(d: Arc<Delivery>, outbox: Arc<dyn Outbox>, mut stop: StopRx) {
     loop {
         match outbox.stats().await {
             Ok(s) => {

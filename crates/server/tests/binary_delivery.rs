@@ -74,7 +74,10 @@ impl Server {
             if let Some(status) = self.child.try_wait().expect("wait") {
                 return (status, started.elapsed());
             }
-            assert!(started.elapsed() < within, "mesh-server did not exit within {within:?} of SIGTERM");
+            assert!(
+                started.elapsed() < within,
+                "mesh-server did not exit within {within:?} of SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -342,13 +345,18 @@ async fn sigterm_with_a_hung_gotify_exits_in_the_grace_period_and_loses_nothing(
     // The send hangs (5 s provider timeout); the grace is 1 s.
     let (status, took) = server.terminate(Duration::from_secs(20));
     assert!(status.success(), "exit status {status:?}");
-    assert!(took < Duration::from_secs(5), "exited after {took:?}, before the hung send timed out");
+    assert!(
+        took < Duration::from_secs(5),
+        "exited after {took:?}, before the hung send timed out"
+    );
     // Next start, Gotify answering: delivered exactly once, without waiting for a lease.
     gotify.set_mode(Mode::Normal);
     let server = Server::start(dir.path(), &gotify.url());
-    until("delivered after the restart", Duration::from_secs(30), || {
-        !gotify.messages().is_empty()
-    })
+    until(
+        "delivered after the restart",
+        Duration::from_secs(30),
+        || !gotify.messages().is_empty(),
+    )
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let got = received(&gotify);
