@@ -29,7 +29,10 @@
 //!   have the body `{"reason": "..."}`, plus `"timestamp"` (ms) with 410.
 //!
 //! Scripted answers ([`Answer`]), globally or per device token, apply to requests
-//! that pass the checks above. Provider tokens can be made stale (as when an hour
+//! that pass the checks above. [`FakeApns::set_wrong_environment`] makes the fake
+//! behave like the other APNs environment (production for a development build's
+//! tokens, or the reverse): every well-formed device token is answered 400
+//! `BadDeviceToken`, whatever the scripted answers say. Provider tokens can be made stale (as when an hour
 //! passes, or APNs decides so): [`FakeApns::expire_seen_jwts`] makes every JWT seen
 //! so far, and [`FakeApns::expire_next_new_jwt`] the next JWT not seen before,
 //! answer 403 `ExpiredProviderToken` from then on. Every
@@ -144,6 +147,7 @@ struct Inner {
     decoding_key: DecodingKey,
     answer: Answer,
     per_token: HashMap<String, Answer>,
+    wrong_environment: bool,
     expire_next_new: bool,
     expired_jwts: HashSet<String>,
     jwts_seen: HashSet<String>,
@@ -231,6 +235,7 @@ impl FakeApns {
             decoding_key,
             answer: Answer::Accept,
             per_token: HashMap::new(),
+            wrong_environment: false,
             expire_next_new: false,
             expired_jwts: HashSet::new(),
             jwts_seen: HashSet::new(),
@@ -273,6 +278,14 @@ impl FakeApns {
             .lock()
             .per_token
             .insert(device_token.to_string(), answer);
+    }
+
+    /// Behave like the other APNs environment (`true`): every device token is
+    /// unknown there, so every request that passes the other checks is answered
+    /// 400 `BadDeviceToken`, as APNs does for a development build's token sent to
+    /// production. `false` restores the scripted answers.
+    pub fn set_wrong_environment(&self, wrong: bool) {
+        self.shared.lock().wrong_environment = wrong;
     }
 
     /// Every JWT presented so far is stale from now on: requests carrying one are
@@ -479,7 +492,7 @@ fn check_request(
     if device_token.is_empty() {
         return Err(reject(400, "MissingDeviceToken"));
     }
-    if !device_token.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if !device_token.bytes().all(|b| b.is_ascii_hexdigit()) || inner.wrong_environment {
         return Err(reject(400, "BadDeviceToken"));
     }
 

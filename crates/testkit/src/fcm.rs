@@ -18,11 +18,20 @@
 //!   `INVALID_ARGUMENT` like Google (proto JSON: both `snake_case` and `camelCase`
 //!   field names are accepted). A message needs exactly one target and at most
 //!   4096 bytes of payload. Success answers `{"name":"projects/{p}/messages/{id}"}`.
+//! * A registration token that is not one (characters outside `A-Z a-z 0-9 _ - : .`,
+//!   or marked with [`FakeFcm::invalidate`]) answers Google's 400 for it: message
+//!   "The registration token is not a valid FCM registration token", an `FcmError`
+//!   `INVALID_ARGUMENT` and a `google.rpc.BadRequest` field violation on
+//!   `message.token`. A token marked with [`FakeFcm::unregister`] answers 404
+//!   `UNREGISTERED`.
 //! * Scripted failures ([`SendMode::Fail`]) answer Google's documented error bodies,
 //!   `{"error":{"code","message","status","details":[{"@type":
 //!   "type.googleapis.com/google.firebase.fcm.v1.FcmError","errorCode":...}]}}`,
 //!   with the documented HTTP status of each [`FcmErrorCode`] and an optional
-//!   `Retry-After`. [`SendMode::Hang`] never answers.
+//!   `Retry-After`; [`SendMode::Answer`] answers any status and body.
+//!   [`SendMode::Hang`] never answers.
+//! * [`TokenMode::AnnounceExpiresIn`] issues working tokens whose `expires_in` is
+//!   any JSON value (negative, huge, a string), as a misbehaving endpoint would.
 //!
 //! The service-account key is a committed **test-only** RSA key pair
 //! (`fixtures/fcm-test-key.pem`); [`OTHER_TEST_PRIVATE_KEY_PEM`] is a second pair
@@ -65,13 +74,18 @@ pub const FCM_SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging"
 const DISCOVERY: &str = include_str!("../fixtures/fcm-v1-discovery.json");
 const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 const FCM_ERROR_TYPE: &str = "type.googleapis.com/google.firebase.fcm.v1.FcmError";
+const BAD_REQUEST_TYPE: &str = "type.googleapis.com/google.rpc.BadRequest";
+/// Google's message for a registration token that is not one.
+pub const INVALID_TOKEN_MESSAGE: &str =
+    "The registration token is not a valid FCM registration token";
 
 /// The `errorCode`s of FCM's `FcmError`, with their documented HTTP statuses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FcmErrorCode {
     /// 404 `NOT_FOUND`: the registration token is no longer valid.
     Unregistered,
-    /// 400 `INVALID_ARGUMENT`: the request is malformed.
+    /// 400 `INVALID_ARGUMENT`: the request is malformed (here: something other than
+    /// the registration token; see [`invalid_token_body`] for that case).
     InvalidArgument,
     /// 403 `PERMISSION_DENIED`: the token belongs to another sender.
     SenderIdMismatch,
@@ -139,9 +153,7 @@ impl FcmErrorCode {
     fn message(self) -> &'static str {
         match self {
             FcmErrorCode::Unregistered => "Requested entity was not found.",
-            FcmErrorCode::InvalidArgument => {
-                "The registration token is not a valid FCM registration token"
-            }
+            FcmErrorCode::InvalidArgument => "Request contains an invalid argument.",
             FcmErrorCode::SenderIdMismatch => "SenderId mismatch",
             FcmErrorCode::ThirdPartyAuthError => "Auth error from APNS or Web Push Service",
             FcmErrorCode::QuotaExceeded => {
@@ -177,8 +189,54 @@ pub enum SendMode {
         /// The `Retry-After` header value (seconds or HTTP date).
         retry_after: Option<String>,
     },
+    /// After authentication and validation, answer exactly this.
+    Answer {
+        /// HTTP status.
+        status: u16,
+        /// JSON body.
+        body: Value,
+        /// The `Retry-After` header value, if any.
+        retry_after: Option<String>,
+    },
     /// Accept the connection and never answer.
     Hang,
+}
+
+/// Google's 400 for a registration token that is not a valid one: an `FcmError`
+/// `INVALID_ARGUMENT` and a `BadRequest` field violation on `message.token`.
+pub fn invalid_token_body() -> Value {
+    let mut body = google_error(
+        400,
+        "INVALID_ARGUMENT",
+        INVALID_TOKEN_MESSAGE,
+        Some("INVALID_ARGUMENT"),
+    );
+    if let Some(details) = body["error"]["details"].as_array_mut() {
+        details.push(json!({
+            "@type": BAD_REQUEST_TYPE,
+            "fieldViolations": [{ "field": "message.token", "description": INVALID_TOKEN_MESSAGE }],
+        }));
+    }
+    body
+}
+
+/// Google's 400 for a field of the message other than the token, e.g.
+/// `invalid_field_body("message.android.ttl", "Invalid value ...")`: an `FcmError`
+/// `INVALID_ARGUMENT` and a `BadRequest` field violation on that field.
+pub fn invalid_field_body(field: &str, description: &str) -> Value {
+    let mut body = google_error(
+        400,
+        "INVALID_ARGUMENT",
+        description,
+        Some("INVALID_ARGUMENT"),
+    );
+    if let Some(details) = body["error"]["details"].as_array_mut() {
+        details.push(json!({
+            "@type": BAD_REQUEST_TYPE,
+            "fieldViolations": [{ "field": field, "description": description }],
+        }));
+    }
+    body
 }
 
 /// How the fake answers `POST /token`.
@@ -188,6 +246,16 @@ pub enum TokenMode {
     Normal {
         /// Lifetime of issued tokens, seconds (Google: 3599).
         expires_in: u64,
+    },
+    /// Verify the assertion and issue tokens that work for an hour, but announce
+    /// this `expires_in` (any JSON: `-1`, `1e300`, `"3599"`).
+    AnnounceExpiresIn(Value),
+    /// Answer every request with exactly this (no verification, nothing issued).
+    Answer {
+        /// HTTP status.
+        status: u16,
+        /// JSON body.
+        body: Value,
     },
     /// Refuse every request with an OAuth error body.
     Refuse {
@@ -245,6 +313,7 @@ struct Inner {
     token_mode: TokenMode,
     issued: HashMap<String, Instant>,
     unregistered: HashSet<String>,
+    invalid: HashSet<String>,
     received: Vec<ReceivedMessage>,
     grants: Vec<TokenGrant>,
     send_requests: usize,
@@ -282,6 +351,7 @@ impl FakeFcm {
                 token_mode: TokenMode::default(),
                 issued: HashMap::new(),
                 unregistered: HashSet::new(),
+                invalid: HashSet::new(),
                 received: Vec::new(),
                 grants: Vec::new(),
                 send_requests: 0,
@@ -351,6 +421,16 @@ impl FakeFcm {
         self.shared
             .lock()
             .unregistered
+            .insert(registration_token.to_string());
+    }
+
+    /// Marks a registration token as not a valid one (truncated, from another
+    /// push service): sends to it answer Google's 400 `INVALID_ARGUMENT` about
+    /// `message.token` ([`invalid_token_body`]).
+    pub fn invalidate(&self, registration_token: &str) {
+        self.shared
+            .lock()
+            .invalid
             .insert(registration_token.to_string());
     }
 
@@ -476,13 +556,16 @@ fn token(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> Response {
         inner.token_requests += 1;
         inner.token_mode.clone()
     };
-    let expires_in = match mode {
+    // (lifetime in the fake, `expires_in` announced)
+    let (lifetime, announced) = match mode {
         TokenMode::Refuse {
             status,
             error,
             description,
         } => return oauth_error(status, &error, &description),
-        TokenMode::Normal { expires_in } => expires_in,
+        TokenMode::Answer { status, body } => return body.pipe_response(status),
+        TokenMode::Normal { expires_in } => (Duration::from_secs(expires_in), json!(expires_in)),
+        TokenMode::AnnounceExpiresIn(value) => (Duration::from_secs(3600), value),
     };
     let content_type = headers
         .get("content-type")
@@ -587,10 +670,13 @@ fn token(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> Response {
     let access_token = format!("ya29.fake-{n}-{:x}", now);
     {
         let mut inner = shared.lock();
-        inner.issued.insert(
-            access_token.clone(),
-            Instant::now() + Duration::from_secs(expires_in),
-        );
+        let now = Instant::now();
+        // A lifetime too long for the clock never expires.
+        let expires = now
+            .checked_add(lifetime)
+            .or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 24 * 3600)))
+            .unwrap_or(now);
+        inner.issued.insert(access_token.clone(), expires);
         inner.grants.push(TokenGrant {
             claims: data.claims,
             kid: header.kid,
@@ -598,7 +684,7 @@ fn token(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> Response {
     }
     Json(json!({
         "access_token": access_token,
-        "expires_in": expires_in,
+        "expires_in": announced,
         "token_type": "Bearer",
     }))
     .into_response()
@@ -625,13 +711,18 @@ async fn send(shared: &Shared, project: &str, headers: &HeaderMap, body: &[u8]) 
     else {
         return unauthenticated();
     };
-    let (mode, known, unregistered) = {
+    let (mode, known, unregistered, invalid) = {
         let inner = shared.lock();
         let known = inner
             .issued
             .get(access_token)
             .is_some_and(|exp| Instant::now() < *exp);
-        (inner.send_mode.clone(), known, inner.unregistered.clone())
+        (
+            inner.send_mode.clone(),
+            known,
+            inner.unregistered.clone(),
+            inner.invalid.clone(),
+        )
     };
     if !known {
         return unauthenticated();
@@ -690,9 +781,29 @@ async fn send(shared: &Shared, project: &str, headers: &HeaderMap, body: &[u8]) 
             Some("INVALID_ARGUMENT"),
         );
     }
-    let registration = message.get("token").and_then(Value::as_str).unwrap_or("");
-    if unregistered.contains(registration) {
-        return FcmErrorCode::Unregistered.error_body().pipe_response(404);
+    if let Some(registration) = message.get("token").and_then(Value::as_str) {
+        let malformed = registration.is_empty()
+            || !registration
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b':' | b'.'));
+        if malformed || invalid.contains(registration) {
+            return invalid_token_body().pipe_response(400);
+        }
+        if unregistered.contains(registration) {
+            return FcmErrorCode::Unregistered.error_body().pipe_response(404);
+        }
+    }
+    if let SendMode::Answer {
+        status,
+        body,
+        retry_after,
+    } = mode.clone()
+    {
+        let mut resp = body.pipe_response(status);
+        if let Some(ra) = retry_after.and_then(|ra| ra.parse().ok()) {
+            resp.headers_mut().insert("retry-after", ra);
+        }
+        return resp;
     }
     if let SendMode::Fail { code, retry_after } = mode {
         let mut resp = code.error_body().pipe_response(code.http_status());

@@ -35,8 +35,13 @@ pub fn is_provider_token_refusal(status: u16, reason: Option<&str>) -> bool {
 
 /// Classifies a non-200 answer to `POST /3/device/{token}`.
 ///
-/// * 410 (`Unregistered`, `ExpiredToken`) and 400 `BadDeviceToken` /
-///   `DeviceTokenNotForTopic`: the token in use (`address`) is dead.
+/// * 410 (`Unregistered`, `ExpiredToken`): the token in use (`address`) is dead.
+///   Only a 410 proves that.
+/// * 400 `BadDeviceToken` (Apple: "invalid token *or* token for the wrong
+///   environment") and `DeviceTokenNotForTopic`: permanent for this send, the
+///   address is kept. A configuration mistake (production key and a development
+///   build, a wrong `bundle_id`) makes APNs answer this to every token; the
+///   notifier tells the two apart across sends (see [`crate::Mismatch`]).
 /// * 403 (provider token or certificate refused): misconfigured.
 /// * 404 `BadPath` / 405 `MethodNotAllowed`: `base_url` is not APNs, misconfigured.
 /// * 408, 429 (`TooManyRequests`, `TooManyProviderTokenUpdates`) and 5xx:
@@ -64,9 +69,14 @@ pub fn classify_response(
     let reason = parsed.reason.as_deref();
     match status {
         410 => NotifyError::gone(address, what),
-        400 if matches!(reason, Some("BadDeviceToken" | "DeviceTokenNotForTopic")) => {
-            NotifyError::gone(address, what)
-        }
+        400 if reason == Some("BadDeviceToken") => NotifyError::permanent(format!(
+            "{what}: the {address} token is malformed or belongs to the other APNs environment \
+             (sandbox vs production); the address is kept"
+        )),
+        400 if reason == Some("DeviceTokenNotForTopic") => NotifyError::permanent(format!(
+            "{what}: the {address} token does not belong to this topic (bundle_id); \
+             the address is kept"
+        )),
         403 => NotifyError::misconfigured(format!(
             "{what}; check key_file, key_id, team_id, bundle_id and environment"
         )),
@@ -98,7 +108,10 @@ mod tests {
     fn apple_reasons_map_to_classes() {
         assert_eq!(class(400, "BadCollapseId"), ErrorClass::Permanent);
         assert_eq!(class(400, "TopicDisallowed"), ErrorClass::Permanent);
-        assert_eq!(class(400, "BadDeviceToken"), ErrorClass::RecipientGone);
+        assert_eq!(class(400, "BadDeviceToken"), ErrorClass::Permanent);
+        assert_eq!(class(400, "DeviceTokenNotForTopic"), ErrorClass::Permanent);
+        assert_eq!(class(410, "Unregistered"), ErrorClass::RecipientGone);
+        assert_eq!(class(410, "ExpiredToken"), ErrorClass::RecipientGone);
         assert_eq!(class(403, "Forbidden"), ErrorClass::Misconfigured);
         assert_eq!(class(404, "BadPath"), ErrorClass::Misconfigured);
         assert_eq!(

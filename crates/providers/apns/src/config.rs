@@ -7,6 +7,7 @@ use jsonwebtoken::EncodingKey;
 use serde::{Deserialize, Serialize};
 use url::Url;
 
+use crate::mismatch::MismatchGuard;
 use crate::token::ProviderTokens;
 use crate::ApnsNotifier;
 
@@ -14,6 +15,13 @@ use crate::ApnsNotifier;
 pub const PRODUCTION_URL: &str = "https://api.push.apple.com";
 /// APNs sandbox (development) endpoint.
 pub const SANDBOX_URL: &str = "https://api.sandbox.push.apple.com";
+/// The longest accepted `timeout` (per request). Longer is surely a typo, and
+/// keeps deadline arithmetic far from overflowing.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+/// The longest accepted `ttl` (one year). Apple documents no limit; this one
+/// catches typos (`ttl = "1000y"`) that would put an absurd `apns-expiration` on
+/// every notification.
+pub const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Which APNs endpoint to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -117,6 +125,10 @@ pub enum ApnsConfigError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The global `timeout`, which applies when `providers.apns.timeout` is unset,
+    /// is out of range for APNs.
+    #[error("invalid timeout (used by APNs, as providers.apns.timeout is unset): {0}")]
+    InvalidDefaultTimeout(String),
     /// Both `environment` and `base_url` were given.
     #[error("give either providers.apns.environment or providers.apns.base_url, not both")]
     BothEnvironmentAndBaseUrl,
@@ -195,13 +207,35 @@ impl ApnsConfig {
         check_apple_id("team_id", &self.team_id)?;
         check_bundle_id(&self.bundle_id)?;
         let timeout = self.timeout.unwrap_or(default_timeout);
-        if timeout.is_zero() {
+        if timeout.is_zero() || timeout > MAX_TIMEOUT {
+            let reason = format!(
+                "{timeout:?} is out of range: must be greater than zero and at most {MAX_TIMEOUT:?}"
+            );
+            if self.timeout.is_none() {
+                // The global `timeout` applies: name that key.
+                return Err(ApnsConfigError::InvalidDefaultTimeout(reason));
+            }
             return Err(ApnsConfigError::InvalidField {
                 key: "timeout",
-                reason: "must be greater than zero".into(),
+                reason,
             });
         }
+        if let Some(ttl) = self.ttl {
+            if ttl > MAX_TTL {
+                return Err(ApnsConfigError::InvalidField {
+                    key: "ttl",
+                    reason: format!("{ttl:?} is longer than the accepted {MAX_TTL:?} (one year)"),
+                });
+            }
+        }
         let base_url = parse_base_url(&self.resolved_base_url())?;
+        let endpoint = match (&self.base_url, self.environment.unwrap_or_default()) {
+            (Some(_), _) => format!("{base_url} (providers.apns.base_url)"),
+            (None, ApnsEnvironment::Production) => {
+                format!("{base_url} (environment = \"production\")")
+            }
+            (None, ApnsEnvironment::Sandbox) => format!("{base_url} (environment = \"sandbox\")"),
+        };
         let tokens = load_key(&self.key_file, &self.key_id, &self.team_id)?;
 
         let mut builder = reqwest::Client::builder()
@@ -227,6 +261,7 @@ impl ApnsConfig {
             tokens,
             timeout,
             ttl: self.ttl,
+            mismatches: MismatchGuard::new(endpoint),
         })
     }
 }

@@ -13,7 +13,12 @@
 //! * `apns-id` carries the notification id and `apns-collapse-id` collapses chats
 //!   per room, so a retry after an ambiguous failure does not show twice;
 //! * each answer is classified from Apple's `reason` ([`classify_response`]); a
-//!   refused provider token is re-signed once and the request repeated once.
+//!   refused provider token is re-signed once and the request repeated once;
+//! * only a 410 reports the token dead. `BadDeviceToken` (malformed, or a token of
+//!   the other environment) and topic mismatches are permanent for that send; when
+//!   [`MISMATCH_THRESHOLD`] different tokens in a row are refused that way, the
+//!   provider reports itself misconfigured (wrong `environment` or `bundle_id`)
+//!   until a send is delivered again ([`Mismatch`]).
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -40,6 +45,7 @@
 
 mod classify;
 mod config;
+mod mismatch;
 mod payload;
 mod token;
 
@@ -54,13 +60,17 @@ use reqwest::header::{HeaderValue, AUTHORIZATION, RETRY_AFTER};
 use url::Url;
 
 pub use classify::{classify_response, is_provider_token_refusal, ApnsErrorBody};
-pub use config::{ApnsConfig, ApnsConfigError, ApnsEnvironment, PRODUCTION_URL, SANDBOX_URL};
+pub use config::{
+    ApnsConfig, ApnsConfigError, ApnsEnvironment, MAX_TIMEOUT, MAX_TTL, PRODUCTION_URL, SANDBOX_URL,
+};
+pub use mismatch::{Mismatch, MISMATCH_THRESHOLD};
 pub use payload::{
     collapse_id, expiration, payload, priority, CALL_RING, MAX_COLLAPSE_ID_BYTES,
     MAX_PAYLOAD_BYTES, MAX_VOIP_PAYLOAD_BYTES,
 };
 pub use token::TOKEN_REFRESH_AFTER;
 
+use mismatch::MismatchGuard;
 use token::ProviderTokens;
 
 /// Sends notifications through APNs. Built by [`ApnsConfig::build`].
@@ -74,6 +84,7 @@ pub struct ApnsNotifier {
     tokens: ProviderTokens,
     timeout: Duration,
     ttl: Option<Duration>,
+    mismatches: MismatchGuard,
 }
 
 impl std::fmt::Debug for ApnsNotifier {
@@ -131,6 +142,20 @@ impl ApnsNotifier {
         self.tokens.signed_count()
     }
 
+    /// How many different device tokens in a row, refused as `BadDeviceToken` (or
+    /// for the topic) with no delivery in between, make this provider report
+    /// itself misconfigured (default [`MISMATCH_THRESHOLD`]; at least 1).
+    pub fn with_mismatch_threshold(mut self, threshold: usize) -> Self {
+        self.mismatches.set_threshold(threshold);
+        self
+    }
+
+    /// Why this provider believes its environment or topic is wrong (the same text
+    /// as its unhealthy [`Notifier::health`]), or `None`.
+    pub fn suspected_misconfiguration(&self) -> Option<String> {
+        self.mismatches.suspicion()
+    }
+
     fn target<'a>(&self, n: &'a Notification) -> Option<Target<'a>> {
         let usable = |kind| n.recipient.address(kind).filter(|t| !t.is_empty());
         if n.kind == Kind::Call {
@@ -171,7 +196,14 @@ impl ApnsNotifier {
             .header(AUTHORIZATION, auth)
             .body(body.to_vec());
         for (name, value) in headers {
-            request = request.header(*name, value.as_str());
+            // Every value is built by us, but one that cannot go in a header is a
+            // property of this notification: retrying cannot help.
+            let value = HeaderValue::from_str(value).map_err(|_| {
+                NotifyError::permanent(format!(
+                    "the {name} value cannot go in an HTTP header (not sent)"
+                ))
+            })?;
+            request = request.header(*name, value);
         }
         let response = request
             .send()
@@ -202,7 +234,14 @@ impl ApnsNotifier {
     fn classify_transport(&self, err: reqwest::Error) -> NotifyError {
         // The URL holds the device token: keep it out of the message.
         let err = err.without_url();
-        if err.is_timeout() {
+        if err.is_builder() {
+            // Nothing was sent: the request itself cannot be made, and will not be
+            // on a retry either.
+            NotifyError::permanent(format!(
+                "cannot build the APNs request (not sent): {}",
+                source_chain(&err)
+            ))
+        } else if err.is_timeout() {
             NotifyError::transient(format!("APNs did not answer within {:?}", self.timeout))
         } else if err.is_connect() {
             NotifyError::transient(format!(
@@ -245,10 +284,13 @@ impl Notifier for ApnsNotifier {
         })?;
         let device = target.token.expose().trim();
         if !device.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(NotifyError::gone(
-                target.address,
-                "BadDeviceToken: the device token is not hexadecimal (not sent)",
-            ));
+            // Permanent, not gone: only APNs' 410 proves a token dead, and a token
+            // that cannot even go in the URL is worth a look rather than a silent
+            // deletion.
+            return Err(NotifyError::permanent(format!(
+                "the {} device token is not hexadecimal, it cannot be an APNs token (not sent)",
+                target.address
+            )));
         }
         let now = Timestamp::now();
         if n.is_expired_at(now) {
@@ -306,13 +348,30 @@ impl Notifier for ApnsNotifier {
             }
         }
         if answer.status != 200 {
-            return Err(classify_response(
+            let err = classify_response(
                 answer.status,
                 &answer.body,
                 answer.retry_after.as_deref(),
                 target.address,
-            ));
+            );
+            let reason = answer.reason();
+            if let Some(kind) = Mismatch::of(answer.status, reason.as_deref()) {
+                if let Some(why) = self.mismatches.refused(
+                    kind,
+                    &target.topic,
+                    device,
+                    reason.as_deref().unwrap_or_default(),
+                ) {
+                    return Err(NotifyError::misconfigured(format!(
+                        "{why} (this send: APNs answered {} {})",
+                        answer.status,
+                        reason.unwrap_or_default()
+                    )));
+                }
+            }
+            return Err(err);
         }
+        self.mismatches.delivered(&target.topic);
         Ok(Receipt {
             provider: self.name().to_string(),
             message_id: answer.apns_id,
@@ -323,7 +382,14 @@ impl Notifier for ApnsNotifier {
     /// Signs (or reuses) a provider token and posts to `/3/device/` without a device
     /// token: any answer proves the host is reachable over HTTP/2; APNs answers 400
     /// (`MissingDeviceToken`) when it accepts the token and 403 when it refuses it.
+    ///
+    /// The probe cannot tell a wrong environment or topic: while sends say so
+    /// (see [`Mismatch`]), health is unhealthy with that explanation, without a
+    /// probe, until a send is delivered.
     async fn health(&self) -> Health {
+        if let Some(why) = self.mismatches.suspicion() {
+            return Health::Unhealthy(why);
+        }
         let jwt = match self.tokens.current() {
             Ok(jwt) => jwt,
             Err(e) => return Health::Unhealthy(Self::sign_error(e).to_string()),

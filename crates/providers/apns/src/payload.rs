@@ -68,11 +68,15 @@ pub fn expiration(n: &Notification, ttl: Option<Duration>, now: Timestamp) -> i6
 /// `apns-collapse-id`: chats collapse per room (`room:{id}`, so a device shows the
 /// latest message of each room), everything else by notification id (a retry
 /// after an ambiguous failure replaces the first copy instead of showing twice).
+/// A room id that is too long, or that cannot go in an HTTP header (control or
+/// non-ASCII characters), falls back to the notification id.
 pub fn collapse_id(n: &Notification) -> String {
     if n.kind == Kind::Chat {
         if let Some(room) = &n.room {
             let id = format!("room:{}", room.id);
-            if id.len() <= MAX_COLLAPSE_ID_BYTES {
+            let header_safe =
+                id.bytes().all(|b| b.is_ascii_graphic() || b == b' ') && !id.ends_with(' ');
+            if id.len() <= MAX_COLLAPSE_ID_BYTES && header_safe {
                 return id;
             }
         }
@@ -93,6 +97,36 @@ mod tests {
         let n =
             Composer::default().chat("A", &Room::new("r1", "R"), Recipient::new("b", "B"), "hi");
         assert_eq!(collapse_id(&n), "room:r1");
+    }
+
+    #[test]
+    fn room_ids_that_cannot_go_in_a_header_fall_back_to_the_notification_id() {
+        for room_id in ["salle-é", "a\nb", "tab\there", "trailing "] {
+            let n = Composer::default().chat(
+                "A",
+                &Room::new(room_id, "R"),
+                Recipient::new("b", "B"),
+                "hi",
+            );
+            let id = collapse_id(&n);
+            assert_eq!(id, n.id.to_string(), "{room_id:?}");
+            assert!(reqwest::header::HeaderValue::from_str(&id).is_ok());
+        }
+        let n = Composer::default().chat(
+            "A",
+            &Room::new("room 1", "R"),
+            Recipient::new("b", "B"),
+            "hi",
+        );
+        assert_eq!(collapse_id(&n), "room:room 1");
+    }
+
+    #[test]
+    fn a_huge_ttl_saturates_instead_of_overflowing() {
+        let n =
+            Composer::default().chat("A", &Room::new("r1", "R"), Recipient::new("b", "B"), "hi");
+        let exp = expiration(&n, Some(Duration::MAX), Timestamp(i64::MAX - 5));
+        assert_eq!(exp, i64::MAX / 1000);
     }
 
     #[test]

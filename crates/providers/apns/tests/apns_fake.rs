@@ -320,22 +320,191 @@ async fn expired_token_410_means_the_token_is_gone() {
     assert_gone(&err, AddressKind::Apns, "ExpiredToken");
 }
 
-#[tokio::test]
-async fn bad_device_token_400_means_the_token_is_gone() {
-    let (err, _) = error_for(Answer::reject(400, "BadDeviceToken"), chat(bob())).await;
-    assert_gone(&err, AddressKind::Apns, "BadDeviceToken");
+fn assert_permanent(err: &NotifyError, reason: &str) {
+    assert!(matches!(err, NotifyError::Permanent { .. }), "{err:?}");
+    assert!(err.to_string().contains(reason), "{err}");
 }
 
 #[tokio::test]
-async fn device_token_not_for_topic_on_a_call_means_the_voip_token_is_gone() {
+async fn bad_device_token_400_is_permanent_and_keeps_the_address() {
+    // Apple: "invalid token or token for the wrong environment". Only 410 proves a
+    // token dead.
+    let (err, requests) = error_for(Answer::reject(400, "BadDeviceToken"), chat(bob())).await;
+    assert_permanent(&err, "400 BadDeviceToken");
+    assert!(err.to_string().contains("other APNs environment"), "{err}");
+    assert!(err.to_string().contains("address is kept"), "{err}");
+    assert!(!err.to_string().contains(ALERT_TOKEN), "{err}");
+    assert_eq!(requests.len(), 1);
+}
+
+#[tokio::test]
+async fn device_token_not_for_topic_on_a_call_is_permanent() {
     let s = Setup::start().await;
     s.fake
         .set_token_answer(VOIP_TOKEN, Answer::reject(400, "DeviceTokenNotForTopic"));
     let apns = s.notifier();
     let err = apns.send(&call(bob_with_voip())).await.unwrap_err();
-    assert_gone(&err, AddressKind::ApnsVoip, "DeviceTokenNotForTopic");
+    assert_permanent(&err, "DeviceTokenNotForTopic");
+    assert!(err.to_string().contains("apns_voip"), "{err}");
     // The alert token is unaffected by the per-token script.
     apns.send(&chat(bob_with_voip())).await.unwrap();
+}
+
+/// `count` different hexadecimal device tokens.
+fn tokens(count: usize) -> Vec<String> {
+    (0..count)
+        .map(|i| format!("{i:02x}{}", &ALERT_TOKEN[2..]))
+        .collect()
+}
+
+fn chat_to_token(token: &str) -> Notification {
+    chat(Recipient::new("u", "U").with_address(Address::new(AddressKind::Apns, token)))
+}
+
+#[tokio::test]
+async fn the_wrong_environment_flags_the_provider_misconfigured_and_deletes_nothing() {
+    let s = Setup::start().await;
+    s.fake.set_wrong_environment(true);
+    let apns = s.notifier();
+    let tokens = tokens(4);
+
+    // Two different tokens refused: each may be just a bad token.
+    for t in &tokens[..2] {
+        let err = apns.send(&chat_to_token(t)).await.unwrap_err();
+        assert_permanent(&err, "BadDeviceToken");
+    }
+    assert_eq!(apns.suspected_misconfiguration(), None);
+
+    // The third in a row, with no delivery in between: the configuration.
+    let err = apns.send(&chat_to_token(&tokens[2])).await.unwrap_err();
+    assert!(matches!(err, NotifyError::Misconfigured { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains(
+            "every device token is refused as BadDeviceToken: the provider's environment \
+             (production/sandbox) or topic likely does not match the app build"
+        ),
+        "{text}"
+    );
+    assert!(text.contains(&s.fake.url()), "names the endpoint: {text}");
+    assert!(!text.contains(&tokens[2]), "{text}");
+
+    // From then on, every such answer says so, and health reports it without
+    // a probe.
+    let err = apns.send(&chat_to_token(&tokens[3])).await.unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Misconfigured, "{err}");
+    let sent = s.fake.requests().len();
+    match apns.health().await {
+        Health::Unhealthy(why) => {
+            assert!(why.contains("environment (production/sandbox)"), "{why}");
+            assert_eq!(Some(why), apns.suspected_misconfiguration());
+        }
+        h => panic!("expected unhealthy, got {h:?}"),
+    }
+    assert_eq!(s.fake.requests().len(), sent);
+    assert!(s.fake.requests().iter().all(|r| r.status == 400));
+
+    // Fixed (here: the fake is the right environment again): the first delivery
+    // clears the flag.
+    s.fake.set_wrong_environment(false);
+    apns.send(&chat_to_token(&tokens[0])).await.unwrap();
+    assert_eq!(apns.suspected_misconfiguration(), None);
+    assert_eq!(apns.health().await, Health::Healthy);
+}
+
+#[tokio::test]
+async fn one_bad_token_refused_again_and_again_is_not_a_misconfiguration() {
+    let s = Setup::start().await;
+    s.fake
+        .set_token_answer(ALERT_TOKEN, Answer::reject(400, "BadDeviceToken"));
+    let apns = s.notifier();
+    for _ in 0..5 {
+        let err = apns.send(&chat(bob())).await.unwrap_err();
+        assert_permanent(&err, "BadDeviceToken");
+    }
+    assert_eq!(apns.suspected_misconfiguration(), None);
+    assert_eq!(apns.health().await, Health::Healthy);
+}
+
+#[tokio::test]
+async fn a_delivery_between_refusals_restarts_the_count() {
+    let s = Setup::start().await;
+    let tokens = tokens(5);
+    for t in &tokens[..4] {
+        s.fake
+            .set_token_answer(t, Answer::reject(400, "BadDeviceToken"));
+    }
+    let apns = s.notifier();
+    for t in &tokens[..2] {
+        apns.send(&chat_to_token(t)).await.unwrap_err();
+    }
+    apns.send(&chat_to_token(&tokens[4])).await.unwrap();
+    for t in &tokens[2..4] {
+        let err = apns.send(&chat_to_token(t)).await.unwrap_err();
+        assert_eq!(err.class(), ErrorClass::Permanent, "{err}");
+    }
+    assert_eq!(apns.suspected_misconfiguration(), None);
+}
+
+#[tokio::test]
+async fn a_bundle_id_the_app_does_not_have_flags_a_topic_mismatch() {
+    let s = Setup::start().await;
+    let mut cfg = s.config();
+    cfg.bundle_id = "org.example.other".into();
+    let apns = cfg.build(Duration::from_secs(5)).unwrap();
+    let tokens = tokens(3);
+    for t in &tokens[..2] {
+        let err = apns.send(&chat_to_token(t)).await.unwrap_err();
+        assert_permanent(&err, "TopicDisallowed");
+    }
+    let err = apns.send(&chat_to_token(&tokens[2])).await.unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Misconfigured, "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("every device token is refused for topic `org.example.other`"),
+        "{text}"
+    );
+    assert!(text.contains("bundle_id"), "{text}");
+    assert!(matches!(apns.health().await, Health::Unhealthy(why) if why.contains("topic")));
+}
+
+#[tokio::test]
+async fn device_token_not_for_topic_for_every_token_is_a_topic_mismatch() {
+    let s = Setup::start().await;
+    s.fake
+        .set_answer(Answer::reject(400, "DeviceTokenNotForTopic"));
+    let apns = s.notifier().with_mismatch_threshold(2);
+    let tokens = tokens(2);
+    let err = apns.send(&chat_to_token(&tokens[0])).await.unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Permanent, "{err}");
+    let err = apns.send(&chat_to_token(&tokens[1])).await.unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Misconfigured, "{err}");
+    assert!(err.to_string().contains("DeviceTokenNotForTopic"), "{err}");
+}
+
+#[tokio::test]
+async fn a_token_that_is_not_hexadecimal_is_permanent_and_not_sent() {
+    let s = Setup::start().await;
+    let apns = s.notifier();
+    for bad in ["not-a-token", "abc\r\nx-injected: 1", "zz11"] {
+        let err = apns.send(&chat_to_token(bad)).await.unwrap_err();
+        assert!(matches!(err, NotifyError::Permanent { .. }), "{err:?}");
+        assert!(err.to_string().contains("not hexadecimal"), "{err}");
+    }
+    assert!(s.fake.requests().is_empty());
+    assert_eq!(apns.suspected_misconfiguration(), None);
+}
+
+#[tokio::test]
+async fn a_room_id_that_cannot_go_in_a_header_is_still_delivered() {
+    let s = Setup::start().await;
+    let n = Composer::default().chat("Alice", &Room::new("salle\nété", "Test"), bob(), "Salut");
+    s.notifier().send(&n).await.unwrap();
+    let r = only_request(&s.fake);
+    assert_eq!(
+        r.header("apns-collapse-id"),
+        Some(n.id.to_string().as_str())
+    );
 }
 
 #[tokio::test]
@@ -600,6 +769,41 @@ async fn key_file_problems_name_the_path() {
     assert!(err.to_string().contains("p384.p8"), "{err}");
     let key_line = p384.serialize_pem().lines().nth(1).unwrap().to_string();
     assert!(!err.to_string().contains(&key_line));
+}
+
+#[tokio::test]
+async fn durations_out_of_range_are_refused_without_panicking() {
+    let s = Setup::start().await;
+    let mut cfg = s.config();
+    cfg.timeout = Some(Duration::MAX);
+    let err = build_err(&cfg);
+    assert!(
+        err.to_string().contains("invalid providers.apns.timeout"),
+        "{err}"
+    );
+    cfg.timeout = Some(Duration::ZERO);
+    assert!(build_err(&cfg)
+        .to_string()
+        .contains("providers.apns.timeout"));
+
+    // Unset: the global timeout applies, and the error names it.
+    cfg.timeout = None;
+    let err = cfg.build(Duration::MAX).unwrap_err();
+    assert!(
+        matches!(err, ApnsConfigError::InvalidDefaultTimeout(_)),
+        "{err:?}"
+    );
+    assert!(err.to_string().starts_with("invalid timeout"), "{err}");
+
+    let mut cfg = s.config();
+    cfg.ttl = Some(Duration::MAX);
+    let err = build_err(&cfg);
+    assert!(
+        err.to_string().contains("invalid providers.apns.ttl"),
+        "{err}"
+    );
+    cfg.ttl = Some(Duration::from_secs(30 * 24 * 3600));
+    cfg.build(Duration::from_secs(5)).unwrap();
 }
 
 #[tokio::test]

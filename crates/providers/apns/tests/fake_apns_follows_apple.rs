@@ -278,3 +278,30 @@ async fn scripted_410_carries_a_timestamp_and_per_token_scripts_win() {
         .await;
     assert_eq!((s, b["reason"].clone()), (503, json!("ServiceUnavailable")));
 }
+
+#[tokio::test]
+async fn the_wrong_environment_refuses_every_token_but_not_the_provider_token() {
+    let t = Harness::start().await;
+    t.fake.set_token_answer(TOKEN, Answer::Accept);
+    t.fake.set_wrong_environment(true);
+    for token in [TOKEN.to_string(), "ab".repeat(32)] {
+        let (s, b, _) = t
+            .post(&format!("/3/device/{token}"), t.headers(), payload())
+            .await;
+        assert_eq!((s, b["reason"].clone()), (400, json!("BadDeviceToken")));
+    }
+    // Authentication is still checked first.
+    let mut h = t.headers();
+    h.remove("authorization");
+    let (s, b, _) = t.post(&format!("/3/device/{TOKEN}"), h, payload()).await;
+    assert_eq!(
+        (s, b["reason"].clone()),
+        (403, json!("MissingProviderToken"))
+    );
+
+    t.fake.set_wrong_environment(false);
+    let (s, _, _) = t
+        .post(&format!("/3/device/{TOKEN}"), t.headers(), payload())
+        .await;
+    assert_eq!(s, 200);
+}

@@ -22,6 +22,13 @@ const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 const ASSERTION_LIFETIME: u64 = 3600;
 /// A cached token is replaced this long before it expires.
 const REFRESH_MARGIN: Duration = Duration::from_secs(60);
+/// Lifetime assumed when the token endpoint gives no `expires_in` (Google always
+/// does; its tokens live 3599 s).
+const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
+/// The longest a token is cached, whatever `expires_in` says: Google's access
+/// tokens live one hour, and a larger claim is an endpoint bug (or an overflow
+/// waiting to happen).
+pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
 
 /// The fields of a Google service-account key file that we use.
 #[derive(Deserialize)]
@@ -95,10 +102,35 @@ struct AssertionClaims<'a> {
 #[derive(Deserialize)]
 struct TokenAnswer {
     access_token: String,
+    /// Seconds, as the endpoint sent it: taken apart by [`token_lifetime`], never
+    /// trusted to be a sane integer.
     #[serde(default)]
-    expires_in: Option<u64>,
+    expires_in: Option<serde_json::Value>,
     #[serde(default)]
     token_type: Option<String>,
+}
+
+/// How long an access token may be cached, from the token endpoint's
+/// `expires_in`: absent → [`DEFAULT_LIFETIME`]; larger than
+/// [`MAX_TOKEN_LIFETIME`] (however large, including floats and numbers beyond
+/// `u64`) → that maximum; zero, negative or not a number → `None`: the token is
+/// used for this send only, and the next send fetches a new one.
+pub fn token_lifetime(expires_in: Option<&serde_json::Value>) -> Option<Duration> {
+    use serde_json::Value;
+    let Some(value) = expires_in else {
+        return Some(DEFAULT_LIFETIME);
+    };
+    // Some endpoints send the number as a string.
+    let secs: f64 = match value {
+        Value::Number(n) => n.as_f64()?,
+        Value::String(s) => s.trim().parse().ok()?,
+        _ => return None,
+    };
+    if !secs.is_finite() || secs <= 0.0 {
+        return None;
+    }
+    let max = MAX_TOKEN_LIFETIME.as_secs_f64();
+    Some(Duration::from_secs_f64(secs.min(max)))
 }
 
 #[derive(Deserialize)]
@@ -185,7 +217,7 @@ impl ServiceAccountAuth {
             scope: FCM_SCOPE,
             aud: self.token_uri.as_str(),
             iat,
-            exp: iat + ASSERTION_LIFETIME,
+            exp: iat.saturating_add(ASSERTION_LIFETIME),
         };
         let mut header = Header::new(Algorithm::RS256);
         header.kid = self.key_id.clone();
@@ -267,20 +299,53 @@ impl ServiceAccountAuth {
                 )));
             }
         }
-        let lifetime = Duration::from_secs(answer.expires_in.unwrap_or(3600));
+        let token = answer.access_token.trim();
+        if token.is_empty()
+            || reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).is_err()
+        {
+            // The token never goes on the wire, and every send would fail the
+            // same way: the endpoint is not a Google token endpoint.
+            return Err(NotifyError::misconfigured(format!(
+                "the token endpoint {} issued an access_token that is empty or cannot go in \
+                 an Authorization header; is token_uri right?",
+                self.token_uri
+            )));
+        }
+        let lifetime = token_lifetime(answer.expires_in.as_ref());
+        let refresh_at = match lifetime {
+            Some(lifetime) => started
+                .checked_add(lifetime.saturating_sub(REFRESH_MARGIN))
+                .unwrap_or(started),
+            None => {
+                tracing::warn!(
+                    token_uri = %self.token_uri,
+                    expires_in = %answer.expires_in.as_ref().map(|v| v.to_string()).unwrap_or_default(),
+                    "the token endpoint gave an unusable expires_in; the access token is used once, not cached"
+                );
+                started
+            }
+        };
         tracing::debug!(
             token_uri = %self.token_uri,
             expires_in = ?lifetime,
             "obtained an FCM access token"
         );
         Ok(CachedToken {
-            token: Secret::new(answer.access_token),
-            refresh_at: started + lifetime.saturating_sub(REFRESH_MARGIN),
+            token: Secret::new(token),
+            refresh_at,
         })
     }
 
     fn transport(&self, err: &reqwest::Error) -> NotifyError {
-        if err.is_timeout() {
+        if err.is_builder() {
+            // Built from the configuration alone (token_uri, the signed assertion):
+            // the provider's problem, not one notification's.
+            NotifyError::misconfigured(format!(
+                "cannot build the request to the token endpoint {}: {}",
+                self.token_uri,
+                source_chain(err)
+            ))
+        } else if err.is_timeout() {
             NotifyError::transient(format!(
                 "Google's token endpoint {} did not answer within {:?}",
                 self.token_uri, self.timeout
@@ -327,5 +392,50 @@ pub fn classify_token_error(
         _ => NotifyError::misconfigured(format!(
             "the token endpoint {token_uri} answered {status}: {detail}; is token_uri right?"
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn lifetime(v: serde_json::Value) -> Option<Duration> {
+        token_lifetime(Some(&v))
+    }
+
+    #[test]
+    fn expires_in_is_bounded_and_never_overflows() {
+        assert_eq!(token_lifetime(None), Some(DEFAULT_LIFETIME));
+        assert_eq!(lifetime(json!(3599)), Some(Duration::from_secs(3599)));
+        assert_eq!(lifetime(json!("3599")), Some(Duration::from_secs(3599)));
+        // Huge: capped.
+        for huge in [
+            json!(u64::MAX),
+            json!(i64::MAX),
+            json!(1e300),
+            json!("1e30"),
+        ] {
+            assert_eq!(lifetime(huge), Some(MAX_TOKEN_LIFETIME));
+        }
+        let beyond_u64: serde_json::Value =
+            serde_json::from_str("184467440737095516150000").unwrap();
+        assert_eq!(lifetime(beyond_u64), Some(MAX_TOKEN_LIFETIME));
+        // Zero, negative, not a number: use once, do not cache.
+        for bad in [
+            json!(0),
+            json!(-1),
+            json!(i64::MIN),
+            json!(-1e300),
+            json!("soon"),
+            json!(null),
+            json!(true),
+            json!([3600]),
+        ] {
+            assert_eq!(lifetime(bad.clone()), None, "{bad}");
+        }
+        // Even the largest lifetime fits on an Instant.
+        let now = Instant::now();
+        assert!(now.checked_add(MAX_TOKEN_LIFETIME).is_some());
     }
 }

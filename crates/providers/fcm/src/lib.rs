@@ -7,7 +7,8 @@
 //! flight at a time), a `Message` with `notification`, `android`, `apns` and `data`
 //! blocks, and every answer classified into a [`NotifyError`] from FCM's
 //! `FcmError.errorCode` (`UNREGISTERED` → recipient gone, `QUOTA_EXCEEDED` →
-//! transient with `Retry-After`, ...).
+//! transient with `Retry-After`, ...; see [`classify_send_error`]). Addresses are
+//! reported dead exactly when the Firebase Admin SDKs would prune them.
 //!
 //! The recipient needs an [`AddressKind::Fcm`] address (a registration token).
 //!
@@ -44,7 +45,9 @@ use reqwest::StatusCode;
 use serde::Deserialize;
 use url::Url;
 
-pub use auth::{classify_token_error, DEFAULT_TOKEN_URI, FCM_SCOPE};
+pub use auth::{
+    classify_token_error, token_lifetime, DEFAULT_TOKEN_URI, FCM_SCOPE, MAX_TOKEN_LIFETIME,
+};
 pub use message::{
     fcm_message, payload_size, AndroidOptions, HIGH_PRIORITY_FROM, MAX_PAYLOAD_BYTES,
 };
@@ -55,8 +58,14 @@ use auth::{ServiceAccountAuth, ServiceAccountKey};
 pub const DEFAULT_BASE_URL: &str = "https://fcm.googleapis.com";
 /// Default per-request timeout.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest accepted `timeout` (per request). Longer is surely a typo, and
+/// keeps deadline arithmetic far from overflowing.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+/// The longest `ttl` FCM accepts: 4 weeks (`2419200s`).
+pub const MAX_TTL: Duration = Duration::from_secs(28 * 24 * 3600);
 
 const FCM_ERROR_TYPE: &str = "type.googleapis.com/google.firebase.fcm.v1.FcmError";
+const BAD_REQUEST_TYPE: &str = "type.googleapis.com/google.rpc.BadRequest";
 
 /// `[providers.fcm]` configuration.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -139,6 +148,15 @@ pub enum FcmConfigError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A duration is out of range (`key` is the full key, e.g.
+    /// `providers.fcm.ttl`, or `timeout` when the global one applies).
+    #[error("invalid {key}: {reason}")]
+    InvalidField {
+        /// The configuration key.
+        key: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The HTTP client could not be built.
     #[error("cannot build the HTTP client: {0}")]
     Client(String),
@@ -210,6 +228,29 @@ impl FcmConfig {
                 reason: e.to_string(),
             })?;
         let timeout = self.timeout.unwrap_or(default_timeout);
+        if timeout.is_zero() || timeout > MAX_TIMEOUT {
+            return Err(FcmConfigError::InvalidField {
+                key: if self.timeout.is_some() {
+                    "providers.fcm.timeout"
+                } else {
+                    "timeout (used by FCM, as providers.fcm.timeout is unset)"
+                },
+                reason: format!(
+                    "{timeout:?} is out of range: must be greater than zero and at most {MAX_TIMEOUT:?}"
+                ),
+            });
+        }
+        if let Some(ttl) = self.ttl {
+            if ttl > MAX_TTL {
+                return Err(FcmConfigError::InvalidField {
+                    key: "providers.fcm.ttl",
+                    reason: format!(
+                        "{ttl:?} is longer than FCM's maximum time to live, 4 weeks ({}s)",
+                        MAX_TTL.as_secs()
+                    ),
+                });
+            }
+        }
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
@@ -301,7 +342,13 @@ impl FcmNotifier {
     }
 
     fn transport(&self, err: &reqwest::Error) -> NotifyError {
-        if err.is_timeout() {
+        if err.is_builder() {
+            // Nothing was sent, and a retry would build the same request.
+            NotifyError::permanent(format!(
+                "cannot build the FCM request (not sent): {}",
+                source_chain(err)
+            ))
+        } else if err.is_timeout() {
             NotifyError::transient(format!("FCM did not answer within {:?}", self.timeout))
         } else if err.is_connect() {
             NotifyError::transient(format!("cannot connect to FCM: {}", source_chain(err)))
@@ -326,15 +373,47 @@ struct GoogleError {
     details: Vec<serde_json::Value>,
 }
 
+/// Whether an `INVALID_ARGUMENT` error is about the registration token rather than
+/// the rest of the message: a `google.rpc.BadRequest` field violation on
+/// `message.token`, or Google's message "The registration token is not a valid FCM
+/// registration token".
+fn is_about_the_registration_token(error: &GoogleError) -> bool {
+    let field_is_token = error
+        .details
+        .iter()
+        .filter(|d| d.get("@type").and_then(|t| t.as_str()) == Some(BAD_REQUEST_TYPE))
+        .filter_map(|d| d.get("fieldViolations").and_then(|v| v.as_array()))
+        .flatten()
+        .filter_map(|v| v.get("field").and_then(|f| f.as_str()))
+        .any(|field| field == "message.token");
+    let message = error.message.to_ascii_lowercase();
+    let message_is_token = message.contains("registration token")
+        && (message.contains("not a valid") || message.contains("invalid"));
+    field_is_token || message_is_token
+}
+
 /// Classifies a non-200 answer of `messages:send`.
 ///
 /// The `errorCode` of the `FcmError` in `error.details` decides, not the HTTP status
-/// alone: `UNREGISTERED` → recipient gone; `INVALID_ARGUMENT`, `SENDER_ID_MISMATCH` →
-/// permanent; `THIRD_PARTY_AUTH_ERROR` → misconfigured (APNs or web push
-/// credentials in the Firebase project); `QUOTA_EXCEEDED`, `UNAVAILABLE`, `INTERNAL`
-/// → transient with `Retry-After`. Without an `FcmError`: 401 (access token refused)
-/// and 403/404 (no permission, unknown project) are misconfigured, 408/429/5xx
-/// transient, other 4xx permanent.
+/// alone. Addresses are reported dead ([`NotifyError::RecipientGone`]) exactly
+/// where the Firebase Admin SDKs and Firebase's token-management guide prune them:
+///
+/// * `UNREGISTERED` (404): the app was uninstalled or the token expired → gone;
+/// * `INVALID_ARGUMENT` (400) → gone only when the error is about the registration
+///   token (a `BadRequest` field violation on `message.token`, or "The
+///   registration token is not a valid FCM registration token"); about anything
+///   else (payload, TTL, data keys) it is our message that is wrong → permanent;
+/// * `SENDER_ID_MISMATCH` (403): the token belongs to another Firebase project.
+///   Permanent, not gone: the same answer comes for every token when
+///   `project_id` or the service account is the wrong project, and a
+///   configuration mistake must not delete addresses;
+/// * `THIRD_PARTY_AUTH_ERROR` → misconfigured (APNs or web push credentials in the
+///   Firebase project);
+/// * `QUOTA_EXCEEDED`, `UNAVAILABLE`, `INTERNAL` → transient with `Retry-After`.
+///
+/// Without an `FcmError`: 400 `INVALID_ARGUMENT` about the token → gone, other 400s
+/// permanent; 401 (access token refused) and 403/404 (no permission, unknown
+/// project) misconfigured; 408/429/5xx transient; other 4xx permanent.
 pub fn classify_send_error(
     status: StatusCode,
     retry_after: Option<&str>,
@@ -364,17 +443,31 @@ pub fn classify_send_error(
         reason: what.clone(),
         retry_after: retry_after.and_then(parse_retry_after),
     };
+    let invalid_token = || {
+        NotifyError::gone(
+            AddressKind::Fcm,
+            format!("the FCM registration token is not a valid registration token ({what})"),
+        )
+    };
+    let about_token = parsed.as_ref().is_some_and(is_about_the_registration_token);
     match error_code.as_deref() {
         Some("UNREGISTERED") => NotifyError::gone(
             AddressKind::Fcm,
             format!("the FCM registration token is no longer valid ({what})"),
         ),
-        Some("INVALID_ARGUMENT") | Some("SENDER_ID_MISMATCH") => NotifyError::permanent(what),
+        Some("INVALID_ARGUMENT") if about_token => invalid_token(),
+        Some("INVALID_ARGUMENT") => NotifyError::permanent(what),
+        Some("SENDER_ID_MISMATCH") => NotifyError::permanent(format!(
+            "{what}: the registration token belongs to another Firebase project (sender); \
+             the address is kept. If every token gets this, project_id or the service \
+             account is the wrong project"
+        )),
         Some("THIRD_PARTY_AUTH_ERROR") => NotifyError::misconfigured(format!(
             "FCM could not authenticate to APNs or web push; check the APNs key in the Firebase project ({what})"
         )),
         Some("QUOTA_EXCEEDED") | Some("UNAVAILABLE") | Some("INTERNAL") => transient(),
         _ => match status.as_u16() {
+            400 if about_token => invalid_token(),
             401 => NotifyError::misconfigured(format!(
                 "FCM refused the access token; check the service account ({what})"
             )),

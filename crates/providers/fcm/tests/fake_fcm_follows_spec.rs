@@ -6,8 +6,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use mesh_notify_testkit::fcm::{
-    FakeFcm, FcmErrorCode, SendMode, CLIENT_EMAIL, FCM_SCOPE, OTHER_TEST_PRIVATE_KEY_PEM,
-    PROJECT_ID, TEST_PRIVATE_KEY_PEM,
+    invalid_token_body, FakeFcm, FcmErrorCode, SendMode, TokenMode, CLIENT_EMAIL, FCM_SCOPE,
+    INVALID_TOKEN_MESSAGE, OTHER_TEST_PRIVATE_KEY_PEM, PROJECT_ID, TEST_PRIVATE_KEY_PEM,
 };
 use serde_json::{json, Value};
 
@@ -263,4 +263,62 @@ fn vendored_discovery_document_matches_shared_specs() {
         let shared: Value = serde_json::from_slice(&raw).unwrap();
         assert_eq!(shared, vendored);
     }
+}
+
+#[tokio::test]
+async fn a_token_that_is_not_one_gets_googles_invalid_argument_about_message_token() {
+    let fake = FakeFcm::start().await.unwrap();
+    let token = access_token(&fake).await;
+    let msg = |t: &str| json!({"message": {"token": t, "notification": {"title": "a"}}});
+    for bad in ["with space", "", "semi;colon"] {
+        let (s, b) = send(&fake, Some(&token), PROJECT_ID, msg(bad)).await;
+        assert_eq!(s, 400, "{bad:?}: {b}");
+        assert_eq!(b, invalid_token_body());
+    }
+    assert_eq!(
+        invalid_token_body()["error"]["details"][1]["fieldViolations"][0]["field"],
+        "message.token"
+    );
+    assert_eq!(
+        invalid_token_body()["error"]["message"],
+        INVALID_TOKEN_MESSAGE
+    );
+    let good = "dQw4w9WgXcQ:APA91bH-x_y.z";
+    let (s, _) = send(&fake, Some(&token), PROJECT_ID, msg(good)).await;
+    assert_eq!(s, 200);
+    fake.invalidate(good);
+    let (s, b) = send(&fake, Some(&token), PROJECT_ID, msg(good)).await;
+    assert_eq!((s, b), (400, invalid_token_body()));
+}
+
+#[tokio::test]
+async fn scripted_answers_and_announced_lifetimes_are_served_verbatim() {
+    let fake = FakeFcm::start().await.unwrap();
+    fake.set_token_mode(TokenMode::AnnounceExpiresIn(json!(-5)));
+    let (status, body) = token_request(
+        &fake,
+        GRANT,
+        &assertion(&good_claims(&fake), TEST_PRIVATE_KEY_PEM),
+    )
+    .await;
+    assert_eq!((status, body["expires_in"].clone()), (200, json!(-5)));
+    // The token works even though its announced lifetime is over.
+    let token = body["access_token"].as_str().unwrap().to_string();
+    fake.set_send_mode(SendMode::Answer {
+        status: 418,
+        body: json!({"error": {"code": 418}}),
+        retry_after: Some("4".into()),
+    });
+    let msg = json!({"message": {"token": "t"}});
+    let (s, b) = send(&fake, Some(&token), PROJECT_ID, msg).await;
+    assert_eq!((s, b), (418, json!({"error": {"code": 418}})));
+
+    fake.set_token_mode(TokenMode::AnnounceExpiresIn(json!(u64::MAX)));
+    let (status, body) = token_request(
+        &fake,
+        GRANT,
+        &assertion(&good_claims(&fake), TEST_PRIVATE_KEY_PEM),
+    )
+    .await;
+    assert_eq!((status, body["expires_in"].clone()), (200, json!(u64::MAX)));
 }

@@ -11,10 +11,11 @@ use mesh_notify_core::{
 };
 use mesh_notify_fcm::{FcmConfig, FcmConfigError, FcmNotifier};
 use mesh_notify_testkit::fcm::{
-    FakeFcm, FcmErrorCode, SendMode, TokenMode, CLIENT_EMAIL, FCM_SCOPE,
-    OTHER_TEST_PRIVATE_KEY_PEM, PRIVATE_KEY_ID, PROJECT_ID, TEST_PRIVATE_KEY_PEM,
+    google_error, invalid_field_body, invalid_token_body, FakeFcm, FcmErrorCode, SendMode,
+    TokenMode, CLIENT_EMAIL, FCM_SCOPE, INVALID_TOKEN_MESSAGE, OTHER_TEST_PRIVATE_KEY_PEM,
+    PRIVATE_KEY_ID, PROJECT_ID, TEST_PRIVATE_KEY_PEM,
 };
-use serde_json::Value;
+use serde_json::{json, Value};
 use tempfile::TempDir;
 
 const REG_TOKEN: &str = "bk3RNwTe3H0:CI2k_HHwgIpoDKCIZvvDMExUdFQ3P1";
@@ -250,14 +251,129 @@ async fn unregistered_token_scripted_per_device() {
 }
 
 #[tokio::test]
-async fn invalid_argument_is_permanent() {
+async fn invalid_argument_about_the_message_is_permanent() {
     let err = send_failing(FcmErrorCode::InvalidArgument, None).await;
     assert_eq!(err.class(), ErrorClass::Permanent, "{err}");
 }
 
 #[tokio::test]
-async fn sender_id_mismatch_is_permanent() {
+async fn sender_id_mismatch_is_permanent_and_keeps_the_address() {
     let err = send_failing(FcmErrorCode::SenderIdMismatch, None).await;
+    assert!(matches!(err, NotifyError::Permanent { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains("another Firebase project"), "{text}");
+    assert!(text.contains("address is kept"), "{text}");
+}
+
+fn chat_to(token: &str) -> Notification {
+    let to = Recipient::new("u", "U").with_address(Address::new(AddressKind::Fcm, token));
+    Composer::default().chat("Alice", &Room::new("room-1", "Test FCM"), to, "Salut")
+}
+
+fn assert_fcm_gone(err: &NotifyError) {
+    assert!(
+        matches!(
+            err,
+            NotifyError::RecipientGone {
+                address: AddressKind::Fcm,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_invalid_registration_token_is_gone_like_the_admin_sdk_says() {
+    let s = setup().await;
+    s.fake.invalidate(REG_TOKEN);
+    let err = s.fcm.send(&chat()).await.unwrap_err();
+    assert_fcm_gone(&err);
+    let text = err.to_string();
+    assert!(text.contains("INVALID_ARGUMENT"), "{text}");
+    assert!(text.contains(INVALID_TOKEN_MESSAGE), "{text}");
+    assert!(!text.contains(REG_TOKEN), "{text}");
+    // Only that token: another one is delivered.
+    s.fcm.send(&chat_to("another-token:APA91b")).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_token_with_characters_fcm_refuses_is_gone() {
+    let s = setup().await;
+    for bad in ["has space", "quote\"in", "é-token"] {
+        let err = s.fcm.send(&chat_to(bad)).await.unwrap_err();
+        assert_fcm_gone(&err);
+    }
+    assert!(s.fake.messages().is_empty());
+}
+
+async fn classified(status: u16, body: Value) -> NotifyError {
+    let s = setup().await;
+    s.fake.set_send_mode(SendMode::Answer {
+        status,
+        body,
+        retry_after: None,
+    });
+    s.fcm.send(&chat()).await.unwrap_err()
+}
+
+#[tokio::test]
+async fn invalid_argument_is_gone_only_when_it_is_about_the_token() {
+    // Google's body for a bad token (FcmError + BadRequest on message.token).
+    assert_fcm_gone(&classified(400, invalid_token_body()).await);
+    // The field violation alone, without an FcmError.
+    let mut bare = google_error(400, "INVALID_ARGUMENT", "Invalid registration", None);
+    bare["error"]["details"] = json!([{
+        "@type": "type.googleapis.com/google.rpc.BadRequest",
+        "fieldViolations": [{"field": "message.token", "description": "Invalid registration"}],
+    }]);
+    assert_fcm_gone(&classified(400, bare).await);
+    // Google's message alone, with the FcmError code and no field violation.
+    let message_only = google_error(
+        400,
+        "INVALID_ARGUMENT",
+        INVALID_TOKEN_MESSAGE,
+        Some("INVALID_ARGUMENT"),
+    );
+    assert_fcm_gone(&classified(400, message_only).await);
+
+    // About anything else: our message is wrong, the token may be fine.
+    for body in [
+        invalid_field_body(
+            "message.android.ttl",
+            "Invalid value at 'message.android.ttl' (type.googleapis.com/google.protobuf.Duration)",
+        ),
+        invalid_field_body("message.data", "Invalid data key: from"),
+        google_error(
+            400,
+            "INVALID_ARGUMENT",
+            "Android message is too big",
+            Some("INVALID_ARGUMENT"),
+        ),
+        google_error(
+            400,
+            "INVALID_ARGUMENT",
+            "Request contains an invalid argument.",
+            None,
+        ),
+    ] {
+        let err = classified(400, body.clone()).await;
+        assert!(
+            matches!(err, NotifyError::Permanent { .. }),
+            "{body}: {err:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn sender_id_mismatch_is_never_gone_even_when_it_mentions_the_token() {
+    let body = google_error(
+        403,
+        "PERMISSION_DENIED",
+        "SenderId mismatch",
+        Some("SENDER_ID_MISMATCH"),
+    );
+    let err = classified(403, body).await;
     assert_eq!(err.class(), ErrorClass::Permanent, "{err}");
 }
 
@@ -368,6 +484,62 @@ async fn tokens_about_to_expire_are_refreshed() {
         s.fcm.send(&chat()).await.unwrap();
     }
     assert_eq!(s.fake.token_requests(), 3);
+}
+
+async fn token_requests_for_two_sends(expires_in: Value) -> usize {
+    let s = setup().await;
+    s.fake
+        .set_token_mode(TokenMode::AnnounceExpiresIn(expires_in.clone()));
+    s.fcm.send(&chat()).await.unwrap();
+    s.fcm.send(&chat()).await.unwrap();
+    assert_eq!(s.fake.messages().len(), 2, "{expires_in}");
+    s.fake.token_requests()
+}
+
+#[tokio::test]
+async fn a_huge_expires_in_is_capped_and_never_panics() {
+    for huge in [
+        json!(u64::MAX),
+        json!(i64::MAX),
+        json!(1e300),
+        json!("3599"),
+        serde_json::from_str::<Value>("184467440737095516150000").unwrap(),
+    ] {
+        assert_eq!(
+            token_requests_for_two_sends(huge.clone()).await,
+            1,
+            "{huge}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_negative_zero_or_unreadable_expires_in_makes_a_single_use_token() {
+    for bad in [
+        json!(-1),
+        json!(0),
+        json!(i64::MIN),
+        json!("soon"),
+        json!(true),
+    ] {
+        assert_eq!(token_requests_for_two_sends(bad.clone()).await, 2, "{bad}");
+    }
+}
+
+#[tokio::test]
+async fn an_access_token_that_cannot_go_in_a_header_is_misconfigured_and_not_sent() {
+    let s = setup().await;
+    for token in ["ya29.bad\r\nX-Injected: 1", "", "   "] {
+        s.fake.set_token_mode(TokenMode::Answer {
+            status: 200,
+            body: json!({"access_token": token, "expires_in": 3599, "token_type": "Bearer"}),
+        });
+        let err = s.fcm.send(&chat()).await.unwrap_err();
+        assert_eq!(err.class(), ErrorClass::Misconfigured, "{err}");
+        assert!(err.to_string().contains("Authorization header"), "{err}");
+        assert!(!err.to_string().contains("X-Injected"), "{err}");
+    }
+    assert_eq!(s.fake.send_requests(), 0);
 }
 
 #[tokio::test]
@@ -546,6 +718,41 @@ fn project_id_comes_from_the_key_file_or_the_config() {
     config.token_uri = Some("ftp://example.com/token".into());
     let err = config.build(Duration::from_secs(5)).unwrap_err();
     assert!(err.to_string().contains("providers.fcm.token_uri"), "{err}");
+}
+
+#[tokio::test]
+async fn durations_out_of_range_are_refused_without_panicking() {
+    let fake = FakeFcm::start().await.unwrap();
+    let dir = TempDir::new().unwrap();
+    let path = write_key(&dir, &fake.service_account_json());
+    let mut config = FcmConfig::new(path);
+    config.timeout = Some(Duration::MAX);
+    let err = config.build(Duration::from_secs(5)).unwrap_err();
+    assert!(
+        matches!(err, FcmConfigError::InvalidField { .. }),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().starts_with("invalid providers.fcm.timeout"),
+        "{err}"
+    );
+    config.timeout = Some(Duration::ZERO);
+    let err = config.build(Duration::from_secs(5)).unwrap_err();
+    assert!(err.to_string().contains("providers.fcm.timeout"), "{err}");
+    // Unset: the global timeout applies, and the error names it.
+    config.timeout = None;
+    let err = config.build(Duration::ZERO).unwrap_err();
+    assert!(err.to_string().starts_with("invalid timeout"), "{err}");
+
+    config.ttl = Some(Duration::MAX);
+    let err = config.build(Duration::from_secs(5)).unwrap_err();
+    assert!(
+        err.to_string().starts_with("invalid providers.fcm.ttl"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("2419200s"), "{err}");
+    config.ttl = Some(Duration::from_secs(28 * 24 * 3600));
+    config.build(Duration::from_secs(5)).unwrap();
 }
 
 #[test]

@@ -6,6 +6,12 @@
 //! (click URL for the web and Android clients, content type, notification id), and
 //! every answer classified into a [`NotifyError`].
 //!
+//! Every notification carries `client::notification.click.url` (opened when the
+//! user taps it). `android::action.onReceive.intentUrl`, which makes the Gotify
+//! Android app open the target as soon as the push arrives, without a tap, is
+//! only added for the kinds in `open_on_receive` (default: calls, so a ringing
+//! call surfaces; a chat message must not take over the phone, gotify/android#227).
+//!
 //! ```no_run
 //! use std::time::Duration;
 //! use mesh_notify_core::{Composer, Notifier, Recipient, Room, Secret};
@@ -28,8 +34,10 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use mesh_notify_core::{
-    parse_retry_after, AddressKind, Health, Notification, Notifier, NotifyError, Receipt, Secret,
+    parse_retry_after, AddressKind, Health, Kind, Notification, Notifier, NotifyError, Receipt,
+    Secret,
 };
+use reqwest::header::HeaderValue;
 use reqwest::StatusCode;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -37,6 +45,12 @@ use url::Url;
 
 /// Default per-request timeout.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest accepted `timeout` (per request). Longer is surely a typo, and
+/// keeps deadline arithmetic far from overflowing.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+/// The kinds that get `android::action.onReceive.intentUrl` unless
+/// `open_on_receive` says otherwise: calls only.
+pub const DEFAULT_OPEN_ON_RECEIVE: &[Kind] = &[Kind::Call];
 
 /// `[providers.gotify]` configuration.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -58,6 +72,11 @@ pub struct GotifyConfig {
     /// Allow `http://` in the production profile.
     #[serde(default)]
     pub allow_insecure_http: bool,
+    /// The kinds (`chat`, `call`, `file`, `system`) whose notifications the Gotify
+    /// Android app opens as soon as they arrive (`android::action.onReceive`).
+    /// Default: `["call"]`; `[]` for none.
+    #[serde(default)]
+    pub open_on_receive: Option<Vec<String>>,
 }
 
 /// Why a Gotify provider could not be built.
@@ -83,6 +102,14 @@ pub enum GotifyConfigError {
     /// Both `token` and `token_file` were given.
     #[error("give either `token` or `token_file` for Gotify, not both")]
     BothTokenAndFile,
+    /// A key has an invalid value.
+    #[error("invalid {key}: {reason}")]
+    InvalidField {
+        /// The configuration key (`providers.gotify.open_on_receive`, ...).
+        key: &'static str,
+        /// What is wrong with it (never a secret).
+        reason: String,
+    },
     /// The HTTP client could not be built.
     #[error("cannot build the HTTP client: {0}")]
     Client(String),
@@ -107,14 +134,74 @@ impl GotifyConfig {
         }
     }
 
+    /// The kinds listed in `open_on_receive` ([`DEFAULT_OPEN_ON_RECEIVE`] when
+    /// unset). An unknown kind is an error naming the key and the kinds it takes.
+    pub fn open_on_receive_kinds(&self) -> Result<Vec<Kind>, GotifyConfigError> {
+        let Some(names) = &self.open_on_receive else {
+            return Ok(DEFAULT_OPEN_ON_RECEIVE.to_vec());
+        };
+        let mut kinds = Vec::new();
+        for name in names {
+            let kind = Kind::ALL
+                .into_iter()
+                .find(|k| k.as_str() == name)
+                .ok_or_else(|| GotifyConfigError::InvalidField {
+                    key: "providers.gotify.open_on_receive",
+                    reason: format!(
+                        "unknown kind `{name}`; expected a list of chat, call, file, system \
+                         (lower case), e.g. [\"call\"], or [] for none"
+                    ),
+                })?;
+            if !kinds.contains(&kind) {
+                kinds.push(kind);
+            }
+        }
+        Ok(kinds)
+    }
+
     /// Builds the notifier (`default_timeout` applies when `timeout` is unset).
     pub fn build(&self, default_timeout: Duration) -> Result<GotifyNotifier, GotifyConfigError> {
-        GotifyNotifier::new(
-            &self.url,
-            self.resolve_token()?,
-            self.timeout.unwrap_or(default_timeout),
+        let open_on_receive = self.open_on_receive_kinds()?;
+        let timeout = self.timeout.unwrap_or(default_timeout);
+        check_timeout(
+            if self.timeout.is_some() {
+                "providers.gotify.timeout"
+            } else {
+                "timeout (used by Gotify, as providers.gotify.timeout is unset)"
+            },
+            timeout,
+        )?;
+        Ok(
+            GotifyNotifier::new(&self.url, self.resolve_token()?, timeout)?
+                .with_open_on_receive(open_on_receive),
         )
     }
+}
+
+/// The token (surrounding whitespace trimmed) as a sensitive `X-Gotify-Key`
+/// value, when it can be one: Gotify tokens are printable ASCII; anything else
+/// (inner spaces, line breaks, control characters, non-ASCII, which `http` would
+/// pass as opaque bytes) cannot be a token.
+fn header_value(token: &Secret) -> Option<HeaderValue> {
+    let raw = token.expose().trim();
+    if raw.is_empty() || !raw.bytes().all(|b| b.is_ascii_graphic()) {
+        return None;
+    }
+    let mut value = HeaderValue::from_str(raw).ok()?;
+    value.set_sensitive(true);
+    Some(value)
+}
+
+fn check_timeout(key: &'static str, timeout: Duration) -> Result<(), GotifyConfigError> {
+    if timeout.is_zero() || timeout > MAX_TIMEOUT {
+        return Err(GotifyConfigError::InvalidField {
+            key,
+            reason: format!(
+                "{timeout:?} is out of range: must be greater than zero and at most {MAX_TIMEOUT:?}"
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Sends notifications to a Gotify server.
@@ -125,6 +212,7 @@ pub struct GotifyNotifier {
     base_url: Url,
     token: Option<Secret>,
     timeout: Duration,
+    open_on_receive: Vec<Kind>,
 }
 
 impl std::fmt::Debug for GotifyNotifier {
@@ -133,13 +221,15 @@ impl std::fmt::Debug for GotifyNotifier {
             .field("url", &self.base_url.as_str())
             .field("token", &self.token)
             .field("timeout", &self.timeout)
+            .field("open_on_receive", &self.open_on_receive)
             .finish()
     }
 }
 
 impl GotifyNotifier {
     /// A notifier for the server at `base_url`, with an optional default application
-    /// token (recipients' own Gotify tokens override it).
+    /// token (recipients' own Gotify tokens override it). Calls open on receipt
+    /// ([`DEFAULT_OPEN_ON_RECEIVE`]); see [`GotifyNotifier::with_open_on_receive`].
     pub fn new(
         base_url: &str,
         token: Option<Secret>,
@@ -174,6 +264,17 @@ impl GotifyNotifier {
             let path = format!("{}/", base.path());
             base.set_path(&path);
         }
+        check_timeout("providers.gotify.timeout", timeout)?;
+        if let Some(token) = &token {
+            if header_value(token).is_none() {
+                return Err(GotifyConfigError::InvalidField {
+                    key: "providers.gotify.token",
+                    reason: "the token contains characters that cannot go in the X-Gotify-Key \
+                             header (spaces, control characters, line breaks or non-ASCII)"
+                        .into(),
+                });
+            }
+        }
         let message_url = base.join("message").map_err(|e| invalid(e.to_string()))?;
         let health_url = base.join("health").map_err(|e| invalid(e.to_string()))?;
         let client = reqwest::Client::builder()
@@ -190,7 +291,21 @@ impl GotifyNotifier {
             base_url: base,
             token,
             timeout,
+            open_on_receive: DEFAULT_OPEN_ON_RECEIVE.to_vec(),
         })
+    }
+
+    /// The kinds whose notifications the Gotify Android app opens as soon as they
+    /// arrive (`android::action.onReceive.intentUrl`); every other notification
+    /// opens on a tap only (`client::notification.click.url`).
+    pub fn with_open_on_receive(mut self, kinds: impl IntoIterator<Item = Kind>) -> Self {
+        self.open_on_receive = kinds.into_iter().collect();
+        self
+    }
+
+    /// The kinds that open on receipt.
+    pub fn open_on_receive(&self) -> &[Kind] {
+        &self.open_on_receive
     }
 
     /// The server's base URL.
@@ -211,8 +326,17 @@ impl GotifyNotifier {
     }
 }
 
-/// The JSON body of `POST /message` for a notification.
+/// The JSON body of `POST /message` for a notification, with the default
+/// [`DEFAULT_OPEN_ON_RECEIVE`] (what [`GotifyNotifier::new`] sends).
 pub fn message_body(n: &Notification) -> Value {
+    message_body_with(n, DEFAULT_OPEN_ON_RECEIVE)
+}
+
+/// The JSON body of `POST /message` for a notification: `title`, `message`,
+/// `priority` and `extras` (`client::display.contentType`, `mesh::notification`,
+/// and with a click URL `client::notification.click.url`, plus
+/// `android::action.onReceive.intentUrl` when the kind is in `open_on_receive`).
+pub fn message_body_with(n: &Notification, open_on_receive: &[Kind]) -> Value {
     // Gotify rejects an empty message; fall back to the title.
     let message = if n.body.trim().is_empty() {
         n.title.as_str()
@@ -228,7 +352,9 @@ pub fn message_body(n: &Notification) -> Value {
     });
     if let Some(url) = &n.click_url {
         extras["client::notification"] = json!({ "click": { "url": url } });
-        extras["android::action"] = json!({ "onReceive": { "intentUrl": url } });
+        if open_on_receive.contains(&n.kind) {
+            extras["android::action"] = json!({ "onReceive": { "intentUrl": url } });
+        }
     }
     if let Some(room) = &n.room {
         extras["mesh::notification"]["room_id"] = json!(room.id);
@@ -288,7 +414,13 @@ pub fn classify_status(
 }
 
 fn classify_transport(err: &reqwest::Error, timeout: Duration) -> NotifyError {
-    if err.is_timeout() {
+    if err.is_builder() {
+        // Nothing was sent, and a retry would build the same request.
+        NotifyError::permanent(format!(
+            "cannot build the Gotify request (not sent): {}",
+            source_chain(err)
+        ))
+    } else if err.is_timeout() {
         NotifyError::transient(format!("Gotify did not answer within {timeout:?}"))
     } else if err.is_connect() {
         NotifyError::transient(format!("cannot connect to Gotify: {}", source_chain(err)))
@@ -326,15 +458,17 @@ impl Notifier for GotifyNotifier {
     }
 
     fn describe(&self) -> String {
+        let open: Vec<&str> = self.open_on_receive.iter().map(|k| k.as_str()).collect();
         format!(
-            "url={}, default token: {}, timeout={:?}",
+            "url={}, default token: {}, timeout={:?}, open_on_receive=[{}]",
             self.base_url,
             if self.token.is_some() {
                 "set (redacted)"
             } else {
                 "none"
             },
-            self.timeout
+            self.timeout,
+            open.join(", ")
         )
     }
 
@@ -346,12 +480,21 @@ impl Notifier for GotifyNotifier {
         let (token, recipient_token) = self.token_for(n).ok_or(NotifyError::Unreachable {
             wanted: "Gotify application token",
         })?;
+        let key = header_value(token).ok_or_else(|| {
+            // Only a recipient's own token can get here (the default one is checked
+            // when the notifier is built). It is not proven dead, so it is not
+            // reported gone; it can never be sent either.
+            NotifyError::permanent(
+                "the recipient's Gotify token contains characters that cannot go in the \
+                 X-Gotify-Key header (not sent)",
+            )
+        })?;
         let started = Instant::now();
         let response = self
             .client
             .post(self.message_url.clone())
-            .header("X-Gotify-Key", token.expose())
-            .json(&message_body(n))
+            .header("X-Gotify-Key", key)
+            .json(&message_body_with(n, &self.open_on_receive))
             .send()
             .await
             .map_err(|e| classify_transport(&e, self.timeout))?;

@@ -140,6 +140,14 @@ pub enum SmtpConfigError {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// `timeout` (or the global one it defaults to) is zero or too long.
+    #[error("invalid {key}: {reason}")]
+    InvalidTimeout {
+        /// The key: `providers.smtp.timeout`, or the global `timeout`.
+        key: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// `pool_max_size` is 0.
     #[error("invalid SMTP `pool_max_size` 0: at least one connection is needed")]
     InvalidPoolSize,

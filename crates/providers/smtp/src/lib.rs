@@ -53,6 +53,10 @@ pub use classify::{classify_reply, classify_smtp_error};
 pub use config::{SmtpConfig, SmtpConfigError, TlsMode, DEFAULT_POOL_MAX_SIZE};
 pub use message::{build_message, html_body, importance, message_id, plain_body};
 
+/// The longest accepted `timeout` (it bounds each SMTP step). Longer is surely a
+/// typo, and keeps deadline arithmetic far from overflowing.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+
 use pool::{ConnectionPool, Target};
 
 /// Sends notifications as emails through one SMTP server.
@@ -124,6 +128,18 @@ impl SmtpNotifier {
         }
         let credentials = config.resolve_credentials()?;
         let timeout = config.timeout.unwrap_or(default_timeout);
+        if timeout.is_zero() || timeout > MAX_TIMEOUT {
+            return Err(SmtpConfigError::InvalidTimeout {
+                key: if config.timeout.is_some() {
+                    "providers.smtp.timeout"
+                } else {
+                    "timeout (used by SMTP, as providers.smtp.timeout is unset)"
+                },
+                reason: format!(
+                    "{timeout:?} is out of range: must be greater than zero and at most {MAX_TIMEOUT:?}"
+                ),
+            });
+        }
         let hello_name = match &config.hello_name {
             None => ClientId::default(),
             Some(name) => {

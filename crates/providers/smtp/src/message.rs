@@ -1,6 +1,6 @@
 //! One notification → one email.
 
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lettre::message::header::{ContentType, HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart, SinglePart};
@@ -8,6 +8,9 @@ use lettre::Message;
 use mesh_notify_core::{BodyFormat, Notification};
 
 use crate::markdown::{escape_html, render_markdown};
+
+/// 10000-01-01T00:00:00Z in ms: the first instant a `Date` header cannot carry.
+const LAST_HTTP_DATE_MS: u64 = 253_402_300_800_000;
 
 const IMPORTANCE: HeaderName = HeaderName::new_from_ascii_str("Importance");
 const X_PRIORITY: HeaderName = HeaderName::new_from_ascii_str("X-Priority");
@@ -87,8 +90,14 @@ pub fn build_message(
     let display_name = one_line(&n.recipient.display_name);
     let to = Mailbox::new(Some(display_name).filter(|d| !d.is_empty()), to);
     let (importance, x_priority) = importance(n.priority.get());
-    let created =
-        UNIX_EPOCH + Duration::from_millis(u64::try_from(n.created_at.as_millis()).unwrap_or(0));
+    // The Date header cannot say years after 9999 (lettre's formatter panics on
+    // them) nor before 1970: a creation time outside that range is corrupt, and the
+    // mail is dated now instead.
+    let created = u64::try_from(n.created_at.as_millis())
+        .ok()
+        .filter(|ms| *ms < LAST_HTTP_DATE_MS)
+        .and_then(|ms| UNIX_EPOCH.checked_add(Duration::from_millis(ms)))
+        .unwrap_or_else(SystemTime::now);
     let builder = Message::builder()
         .from(from.clone())
         .to(to)
@@ -122,6 +131,17 @@ pub fn build_message(
 mod tests {
     use super::*;
     use mesh_notify_core::{Kind, Recipient};
+
+    #[test]
+    fn an_absurd_creation_time_does_not_panic() {
+        let to: lettre::Address = "bob@example.com".parse().unwrap();
+        let from: Mailbox = "Mesh <mesh@example.com>".parse().unwrap();
+        for ms in [i64::MAX, i64::MIN, -1, 253_402_300_800_000] {
+            let mut n = Notification::new(Kind::Chat, Recipient::new("b", "B"), "t", "m");
+            n.created_at = mesh_notify_core::Timestamp(ms);
+            build_message(&from, to.clone(), &n).unwrap();
+        }
+    }
 
     #[test]
     fn importance_follows_priority() {

@@ -544,6 +544,27 @@ fn bad_settings_are_errors_naming_the_key() {
     ));
     c.port = None;
 
+    // Timeouts: zero or absurd (no panic), naming the key that set them.
+    for (own, default) in [
+        (Some(Duration::MAX), Duration::from_secs(1)),
+        (Some(Duration::ZERO), Duration::from_secs(1)),
+        (None, Duration::MAX),
+    ] {
+        c.timeout = own;
+        let err = c.build(default).unwrap_err();
+        assert!(
+            matches!(err, SmtpConfigError::InvalidTimeout { .. }),
+            "{err:?}"
+        );
+        let key = if own.is_some() {
+            "invalid providers.smtp.timeout"
+        } else {
+            "invalid timeout (used by SMTP"
+        };
+        assert!(err.to_string().starts_with(key), "{err}");
+    }
+    c.timeout = None;
+
     c.ca_file = Some("/nonexistent/ca.pem".into());
     let err = c.build(Duration::from_secs(1)).unwrap_err();
     assert!(
