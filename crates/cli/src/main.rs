@@ -128,7 +128,7 @@ async fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::CheckConfig => check_config(&config, &figment),
         Command::Outbox { command } => outbox_command(&config, &figment, command).await,
-        Command::Run => run_workers(&config, &figment).await,
+        Command::Run => run_workers(&config, &figment, cli.config.as_deref()).await,
         Command::Send {
             kind,
             title,
@@ -405,9 +405,15 @@ fn check_config(config: &Config, figment: &mesh_notify::Figment) -> ExitCode {
         Err(e) => return config_error(&e),
     };
     // As written in the configuration (`development`, `fr`), not Rust's names.
-    println!("profile: {}", format!("{:?}", config.profile).to_lowercase());
+    println!(
+        "profile: {}",
+        format!("{:?}", config.profile).to_lowercase()
+    );
     println!("timeout: {:?}", config.timeout);
-    println!("language: {}", format!("{:?}", config.language).to_lowercase());
+    println!(
+        "language: {}",
+        format!("{:?}", config.language).to_lowercase()
+    );
     println!("providers:");
     for p in dispatcher.providers() {
         println!("  {} enabled: {}", p.name(), p.describe());
@@ -584,7 +590,11 @@ async fn outbox_command(
     }
 }
 
-async fn run_workers(config: &Config, figment: &mesh_notify::Figment) -> ExitCode {
+async fn run_workers(
+    config: &Config,
+    figment: &mesh_notify::Figment,
+    config_path: Option<&std::path::Path>,
+) -> ExitCode {
     let dispatcher = match config.build_dispatcher(figment).await {
         Ok(d) => std::sync::Arc::new(d),
         Err(e) => return config_error(&e),
@@ -594,6 +604,14 @@ async fn run_workers(config: &Config, figment: &mesh_notify::Figment) -> ExitCod
         return ExitCode::from(78);
     }
     let workers = dispatcher.start_workers();
+    // Secrets given as *_file are re-read on SIGHUP and when the file changes.
+    let path = config_path.map(std::path::Path::to_path_buf);
+    let _secrets = mesh_notify::SecretWatcher::spawn(
+        std::sync::Arc::clone(&dispatcher),
+        config,
+        Box::new(move || Config::load(path.as_deref())),
+        std::time::Duration::from_secs(2),
+    );
     tracing::info!("delivery workers running; Ctrl-C to stop");
     shutdown_signal().await;
     tracing::info!("stopping delivery workers");

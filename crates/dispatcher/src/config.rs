@@ -554,6 +554,40 @@ impl Config {
         Ok(figment)
     }
 
+    /// The secret files the providers read (`token_file`, `service_account_file`,
+    /// `key_file`, `password_file`): watched for rotation (see
+    /// [`crate::SecretWatcher`]).
+    pub fn secret_files(&self) -> Vec<PathBuf> {
+        let mut files = Vec::new();
+        #[cfg(feature = "gotify")]
+        if let Some(f) = self
+            .providers
+            .gotify
+            .as_ref()
+            .and_then(|g| g.token_file.clone())
+        {
+            files.push(f);
+        }
+        #[cfg(feature = "fcm")]
+        if let Some(c) = &self.providers.fcm {
+            files.push(c.service_account_file.clone());
+        }
+        #[cfg(feature = "apns")]
+        if let Some(c) = &self.providers.apns {
+            files.push(c.key_file.clone());
+        }
+        #[cfg(feature = "smtp")]
+        if let Some(f) = self
+            .providers
+            .smtp
+            .as_ref()
+            .and_then(|c| c.password_file.clone())
+        {
+            files.push(f);
+        }
+        files
+    }
+
     /// Loads and validates the configuration.
     pub fn load(path: Option<&Path>) -> Result<(Self, Figment), ConfigError> {
         let figment = Self::figment(path)?;

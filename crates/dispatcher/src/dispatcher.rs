@@ -123,6 +123,12 @@ impl DispatcherBuilder {
         self
     }
 
+    /// The providers added so far (e.g. to hand rebuilt ones to
+    /// [`Router::replace_providers`] after a secret rotation).
+    pub fn into_providers(self) -> Vec<Arc<dyn Notifier>> {
+        self.providers
+    }
+
     /// Checks the routes and builds the dispatcher.
     pub fn build(self) -> Result<Dispatcher, BuildError> {
         let router = Arc::new(Router::new(RouterParts {

@@ -35,6 +35,7 @@ mod log_provider;
 #[cfg(feature = "logging")]
 mod logging;
 mod ratelimit;
+mod reload;
 mod router;
 
 pub use breaker::{Admission, BreakerConfig, BreakerState, CircuitBreaker};
@@ -50,6 +51,7 @@ pub use log_provider::LogNotifier;
 pub use logging::init_logging;
 pub use mesh_notify_core as core;
 pub use ratelimit::{RateLimitConfig, RateLimiter};
+pub use reload::{ConfigLoader, SecretWatcher};
 pub use router::{
     Attempt, BuildError, DeadAddress, DeviceOutcome, Outcome, RetryPolicy, Router, Skip, SkipReason,
 };

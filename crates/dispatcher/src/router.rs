@@ -380,9 +380,12 @@ impl HealthEvents {
     }
 }
 
+type ProviderMap = HashMap<String, Arc<dyn Notifier>>;
+
 /// Routes notifications through providers, now. Cheap to share behind an `Arc`.
 pub struct Router {
-    providers: HashMap<String, Arc<dyn Notifier>>,
+    /// Swapped whole when secrets are reloaded ([`Router::replace_providers`]).
+    providers: std::sync::RwLock<Arc<ProviderMap>>,
     disabled: BTreeSet<String>,
     routes: BTreeMap<Kind, Vec<String>>,
     policy: RetryPolicy,
@@ -395,7 +398,8 @@ pub struct Router {
 
 impl fmt::Debug for Router {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut names: Vec<&String> = self.providers.keys().collect();
+        let providers = self.provider_map();
+        let mut names: Vec<&String> = providers.keys().collect();
         names.sort();
         f.debug_struct("Router")
             .field("providers", &names)
@@ -504,7 +508,7 @@ impl Router {
             .map(|(name, cfg)| (name, RateLimiter::new(cfg)))
             .collect();
         Ok(Router {
-            providers,
+            providers: std::sync::RwLock::new(Arc::new(providers)),
             disabled: parts.disabled,
             routes: parts.routes,
             policy: parts.policy,
@@ -516,6 +520,39 @@ impl Router {
         })
     }
 
+    fn provider_map(&self) -> Arc<ProviderMap> {
+        Arc::clone(
+            &self
+                .providers
+                .read()
+                .unwrap_or_else(PoisonError::into_inner),
+        )
+    }
+
+    /// Replaces providers by name with new instances (e.g. built from a rotated
+    /// secret): sends that start from now on use them; sends in flight finish
+    /// with the old ones; breakers, routes and rate limits stay. Providers that
+    /// are not running here are ignored (returned), a reload cannot add or
+    /// remove a provider.
+    pub fn replace_providers(&self, new: Vec<Arc<dyn Notifier>>) -> Vec<String> {
+        let mut guard = self
+            .providers
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut map: ProviderMap = (**guard).clone();
+        let mut ignored = Vec::new();
+        for p in new {
+            let name = p.name().to_owned();
+            if map.contains_key(&name) {
+                map.insert(name, p);
+            } else {
+                ignored.push(name);
+            }
+        }
+        *guard = Arc::new(map);
+        ignored
+    }
+
     /// The route for a kind (empty when none is configured).
     pub fn route(&self, kind: Kind) -> &[String] {
         self.routes.get(&kind).map(Vec::as_slice).unwrap_or(&[])
@@ -523,7 +560,7 @@ impl Router {
 
     /// Enabled providers, sorted by name.
     pub fn providers(&self) -> Vec<Arc<dyn Notifier>> {
-        let mut v: Vec<_> = self.providers.values().cloned().collect();
+        let mut v: Vec<_> = self.provider_map().values().cloned().collect();
         v.sort_by(|a, b| a.name().cmp(b.name()));
         v
     }
@@ -570,10 +607,11 @@ impl Router {
     /// able to reach the recipient, not a log-only provider, and not only at
     /// addresses already reported dead.
     pub fn candidates(&self, n: &Notification) -> Vec<String> {
+        let providers = self.provider_map();
         self.route_for(n)
             .iter()
             .filter(|name| {
-                self.providers
+                providers
                     .get(*name)
                     .is_some_and(|p| p.reaches_people() && self.usable_for(p.as_ref(), n))
             })
@@ -610,6 +648,7 @@ impl Router {
     /// Tries the route once (all providers, with their inline retries).
     pub async fn try_route(&self, n: &Notification) -> Outcome {
         let mut outcome = Outcome::empty(n);
+        let providers = self.provider_map();
         // Computed only when the route holds a log-only provider.
         let mut real_candidates: Option<bool> = None;
         for name in self.route_for(n) {
@@ -617,7 +656,7 @@ impl Router {
                 provider: name.clone(),
                 reason,
             };
-            let Some(provider) = self.providers.get(name) else {
+            let Some(provider) = providers.get(name) else {
                 outcome.skipped.push(skip(SkipReason::NotConfigured));
                 continue;
             };

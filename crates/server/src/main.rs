@@ -46,7 +46,16 @@ async fn stop_signal() {
 
 async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     let (config, figment) = Config::load(cli.config.as_deref())?;
+    let watched = config.clone();
     let server = mesh_server::start(config, &figment, None).await?;
+    // Secrets given as *_file are re-read on SIGHUP and when the file changes.
+    let path = cli.config.clone();
+    let _secrets = mesh_notify::SecretWatcher::spawn(
+        std::sync::Arc::clone(server.dispatcher()),
+        &watched,
+        Box::new(move || Config::load(path.as_deref())),
+        std::time::Duration::from_secs(2),
+    );
     let stopper = server.stopper();
     tokio::spawn(async move {
         stop_signal().await;

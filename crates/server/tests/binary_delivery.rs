@@ -35,8 +35,11 @@ impl Server {
             .current_dir(dir)
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("GOTIFY_URL", gotify_url)
-            .env("GOTIFY_TOKEN", APP_TOKEN)
+            .envs(
+                [("GOTIFY_URL", gotify_url), ("GOTIFY_TOKEN", APP_TOKEN)]
+                    .into_iter()
+                    .filter(|_| !gotify_url.is_empty()),
+            )
             .env("MESH_NOTIFY_SERVER__BIND", "127.0.0.1:0")
             .env("RUST_LOG", "info")
             .envs(env.iter().copied())
@@ -362,5 +365,73 @@ async fn sigterm_with_a_hung_gotify_exits_in_the_grace_period_and_loses_nothing(
     let got = received(&gotify);
     assert_eq!(got.get("en vol"), Some(&1), "{got:?}");
     assert_eq!(got.len(), 1);
+    drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotating_the_gotify_token_file_needs_no_restart_and_loses_nothing() {
+    // Gotify only knows the new token: the old one was revoked there first.
+    let gotify = FakeGotify::start(&[("AnewRotatedTok", 1)])
+        .await
+        .expect("fake");
+    let dir = tempfile::tempdir().expect("dir");
+    let token_file = dir.path().join("gotify-token");
+    std::fs::write(&token_file, "AoldRevokedTok\n").expect("token");
+    let config = dir.path().join("mesh.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[providers.gotify]\nurl = \"{}\"\ntoken_file = \"{}\"\n",
+            gotify.url(),
+            token_file.display()
+        ),
+    )
+    .expect("config");
+    let config_arg = config.display().to_string();
+    let server = Server::start_with(
+        dir.path(),
+        "",
+        &[("MESH_NOTIFY_CONFIG", config_arg.as_str())],
+    );
+    let (mut alice, room) = server.scene().await;
+    let texts: Vec<String> = (0..5).map(|i| format!("pendant la rotation {i}")).collect();
+    for t in &texts {
+        alice.say(room, t).await;
+    }
+    // The old token is refused: nothing arrives, nothing is dead-lettered.
+    until("the old token is tried", Duration::from_secs(10), || {
+        gotify.requests() >= 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(gotify.messages().is_empty());
+    // Rotate the file (as a secret update does): no restart, no signal.
+    std::fs::write(&token_file, "AnewRotatedTok\n").expect("rotate");
+    until(
+        "all queued notifications delivered",
+        Duration::from_secs(30),
+        || gotify.messages().len() >= 5,
+    )
+    .await;
+    // SIGHUP reloads too, and does not stop the server.
+    // SAFETY: signalling our own child.
+    unsafe {
+        libc::kill(server.child.id() as i32, libc::SIGHUP);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    alice.say(room, "après le SIGHUP").await;
+    until("delivered after SIGHUP", Duration::from_secs(15), || {
+        gotify.messages().len() >= 6
+    })
+    .await;
+    let msgs = gotify.messages();
+    assert!(
+        msgs.iter().all(|m| m.token == "AnewRotatedTok"),
+        "every delivery used the new token"
+    );
+    let got = received(&gotify);
+    for t in &texts {
+        assert_eq!(got.get(t), Some(&1), "{got:?}");
+    }
     drop(server);
 }
