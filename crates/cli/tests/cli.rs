@@ -252,7 +252,10 @@ async fn inspecting_finds_mesh_servers_outbox_and_never_creates_one() {
         .unwrap();
     let (_, stderr) = text(&out);
     assert!(!out.status.success());
-    assert!(stderr.contains("no outbox at `data/mesh.sqlite3`"), "{stderr}");
+    assert!(
+        stderr.contains("no outbox at `data/mesh.sqlite3`"),
+        "{stderr}"
+    );
     assert!(stderr.contains("MESH_NOTIFY_OUTBOX__PATH"), "{stderr}");
     assert!(!dir.path().join("data").exists(), "nothing was created");
     // With a [server] data_dir, the CLI looks where mesh-server keeps it.
@@ -266,5 +269,8 @@ async fn inspecting_finds_mesh_servers_outbox_and_never_creates_one() {
         .unwrap();
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}\n{stderr}");
-    assert!(stdout.contains("outbox: sqlite srv/mesh.sqlite3"), "{stdout}");
+    assert!(
+        stdout.contains("outbox: sqlite srv/mesh.sqlite3"),
+        "{stdout}"
+    );
 }

@@ -267,6 +267,10 @@ impl Notifier for ApnsNotifier {
         "apns"
     }
 
+    fn address_kind(&self, n: &Notification) -> Option<AddressKind> {
+        self.target(n).map(|t| t.address)
+    }
+
     fn describe(&self) -> String {
         format!(
             "url={}, topic={}, key_id={}, team_id={}, key: set (redacted), timeout={:?}",

@@ -493,6 +493,10 @@ impl Notifier for FcmNotifier {
         "fcm"
     }
 
+    fn address_kind(&self, _n: &Notification) -> Option<AddressKind> {
+        Some(AddressKind::Fcm)
+    }
+
     fn describe(&self) -> String {
         format!(
             "project={}, url={}, token_uri={}, service account={}, key: redacted, timeout={:?}",
