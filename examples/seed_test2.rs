@@ -32,6 +32,22 @@ async fn post(
     Ok((status, resp.json().await.unwrap_or(Value::Null)))
 }
 
+/// A single-use WebSocket ticket for the session `token` (`/ws?ticket=`: the way a
+/// browser connects; the session token itself never goes into a URL).
+async fn ws_url(http: &reqwest::Client, base: &str, token: &str) -> Result<String, Error> {
+    let (status, answer) = post(
+        http,
+        format!("{base}/api/ws-ticket"),
+        Some(token),
+        Value::Null,
+    )
+    .await?;
+    match answer["ticket"].as_str() {
+        Some(t) if status == 200 => Ok(format!("{}/ws?ticket={t}", base.replacen("http", "ws", 1))),
+        _ => Err(format!("ws-ticket: {status} {answer}").into()),
+    }
+}
+
 /// Registers (unless the name exists) and logs in; returns the session token.
 async fn account(
     http: &reqwest::Client,
@@ -78,7 +94,6 @@ async fn main() -> Result<(), Error> {
     let base = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "http://127.0.0.1:8080".into());
-    let ws_base = base.replacen("http", "ws", 1);
     let http = reqwest::Client::new();
 
     let alice = account(&http, &base, "alice", "Alice").await?;
@@ -94,7 +109,7 @@ async fn main() -> Result<(), Error> {
 
     // Bob is connected when Alice invites him: the invitation reaches him live
     // (`room.invited`); he is a member only once he accepts it.
-    let (mut b, _) = tokio_tungstenite::connect_async(format!("{ws_base}/ws?token={bob}")).await?;
+    let (mut b, _) = tokio_tungstenite::connect_async(ws_url(&http, &base, &bob).await?).await?;
     // One round trip (an unknown event type gets an error back): the server has
     // registered Bob's connection.
     b.send(Message::text(json!({"type": "sync"}).to_string()))
@@ -127,8 +142,7 @@ async fn main() -> Result<(), Error> {
     }
     println!("room {room_id} \"Test Gotify\" created, Bob invited and accepted");
 
-    let (mut a, _) =
-        tokio_tungstenite::connect_async(format!("{ws_base}/ws?token={alice}")).await?;
+    let (mut a, _) = tokio_tungstenite::connect_async(ws_url(&http, &base, &alice).await?).await?;
     a.send(Message::text(
         json!({"type": "room.join", "room_id": room_id}).to_string(),
     ))

@@ -29,6 +29,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/login", post(login))
         .route("/api/logout", post(logout))
         .route("/api/logout-all", post(logout_all))
+        .route("/api/ws-ticket", post(ws_ticket))
         .route("/api/me", get(me))
         .route("/api/rooms", post(create_room).get(list_rooms))
         .route("/api/rooms/{id}/invite", post(crate::invites::invite))
@@ -243,7 +244,7 @@ async fn login(
 
 async fn logout(State(state): State<AppState>, req: Request) -> Result<StatusCode, AppError> {
     let (parts, _) = req.into_parts();
-    let Some(token) = auth::request_token(&parts.headers, &parts.uri, false) else {
+    let Some(token) = auth::request_token(&parts.headers) else {
         return Err(AppError::unauthorized());
     };
     let hash = auth::token_hash(&token);
@@ -258,6 +259,20 @@ async fn logout(State(state): State<AppState>, req: Request) -> Result<StatusCod
     let closed = state.presence.close_session(&hash);
     tracing::info!(websockets_closed = closed, "logged out");
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /api/ws-ticket` → `{"ticket", "expires_in"}`: a single-use ticket for
+/// `/ws?ticket=`, valid 30 s, bound to this session (logging out closes the
+/// WebSocket opened with it).
+async fn ws_ticket(State(state): State<AppState>, req: Request) -> Result<Json<Value>, AppError> {
+    let session = auth::authenticate_session(&state, auth::request_token(req.headers())).await?;
+    let ticket = state
+        .store
+        .call(move |conn| auth::issue_ticket(conn, &session.token_hash, now_ms()))
+        .await?;
+    Ok(Json(
+        json!({ "ticket": ticket, "expires_in": auth::WS_TICKET_TTL_MS / 1000 }),
+    ))
 }
 
 /// `POST /api/logout-all`: ends every session of the user (this one included) and

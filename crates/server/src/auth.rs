@@ -9,6 +9,7 @@ use axum::http::request::Parts;
 use sha2::{Digest, Sha256};
 
 use crate::error::AppError;
+use crate::rusqlite;
 use crate::state::AppState;
 use crate::store::{self, User};
 
@@ -126,32 +127,65 @@ fn hex(bytes: &[u8]) -> String {
     s
 }
 
-/// The bearer token of a request: `Authorization: Bearer ...`, else `?token=...`
-/// when `allow_query` (WebSocket upgrades from browsers cannot set headers).
-pub(crate) fn request_token(
-    headers: &axum::http::HeaderMap,
-    uri: &axum::http::Uri,
-    allow_query: bool,
-) -> Option<String> {
-    if let Some(value) = headers.get(axum::http::header::AUTHORIZATION) {
-        let value = value.to_str().ok()?;
-        let (scheme, token) = value.split_once(' ')?;
-        return scheme
-            .eq_ignore_ascii_case("bearer")
-            .then(|| token.trim().to_string())
-            .filter(|t| !t.is_empty());
-    }
-    if allow_query {
-        let query = uri.query()?;
-        for pair in query.split('&') {
-            if let Some(("token", v)) = pair.split_once('=') {
-                if !v.is_empty() {
-                    return Some(v.to_string());
-                }
-            }
-        }
-    }
-    None
+/// The bearer token of a request: `Authorization: Bearer ...`. Session tokens are
+/// never read from the URL (URLs end up in proxy logs and browser history):
+/// browsers open WebSockets with a single-use ticket instead (`/ws?ticket=`).
+pub(crate) fn request_token(headers: &axum::http::HeaderMap) -> Option<String> {
+    let value = headers.get(axum::http::header::AUTHORIZATION)?;
+    let value = value.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_string())
+        .filter(|t| !t.is_empty())
+}
+
+/// The value of `name` in the query string, if present and not empty.
+pub(crate) fn query_param<'a>(uri: &'a axum::http::Uri, name: &str) -> Option<&'a str> {
+    uri.query()?
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, v)| *k == name && !v.is_empty())
+        .map(|(_, v)| v)
+}
+
+/// How long a WebSocket ticket stays valid.
+pub(crate) const WS_TICKET_TTL_MS: i64 = 30_000;
+
+/// Issues a single-use WebSocket ticket for the session `token_hash`, valid
+/// [`WS_TICKET_TTL_MS`]. Only its hash is stored.
+pub(crate) fn issue_ticket(
+    conn: &rusqlite::Connection,
+    token_hash: &str,
+    now: i64,
+) -> Result<String, AppError> {
+    let ticket = new_token()?;
+    conn.execute(
+        "INSERT INTO ws_tickets (ticket_hash, token_hash, expires_at) VALUES (?1, ?2, ?3)",
+        rusqlite::params![
+            self::token_hash(&ticket),
+            token_hash,
+            now + WS_TICKET_TTL_MS
+        ],
+    )?;
+    Ok(ticket)
+}
+
+/// Takes (deletes) a ticket: the session token hash it was issued for, if it
+/// existed and had not expired at `now`. A ticket works once.
+pub(crate) fn consume_ticket(
+    conn: &rusqlite::Connection,
+    ticket: &str,
+    now: i64,
+) -> rusqlite::Result<Option<String>> {
+    use rusqlite::OptionalExtension;
+    conn.query_row(
+        "DELETE FROM ws_tickets WHERE ticket_hash = ?1 RETURNING token_hash, expires_at",
+        [token_hash(ticket)],
+        |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)),
+    )
+    .optional()
+    .map(|found| found.filter(|(_, exp)| *exp > now).map(|(hash, _)| hash))
 }
 
 /// A live login session.
@@ -165,18 +199,46 @@ pub(crate) struct Session {
     pub expires_at: i64,
 }
 
+/// How a request proves its session.
+pub(crate) enum Credential {
+    /// `Authorization: Bearer` session token.
+    Token(String),
+    /// A single-use WebSocket ticket (`/ws?ticket=`).
+    Ticket(String),
+}
+
 /// Looks a token up; `unauthorized` when unknown or expired.
 pub(crate) async fn authenticate_session(
     state: &AppState,
     token: Option<String>,
 ) -> Result<Session, AppError> {
-    let Some(token) = token else {
+    authenticate_credential(state, token.map(Credential::Token)).await
+}
+
+/// Looks a session token or a WebSocket ticket up (a ticket is used up);
+/// `unauthorized` when unknown or expired.
+pub(crate) async fn authenticate_credential(
+    state: &AppState,
+    credential: Option<Credential>,
+) -> Result<Session, AppError> {
+    let Some(credential) = credential else {
         return Err(AppError::unauthorized());
     };
-    let hash = token_hash(&token);
     state
         .store
         .call(move |conn| {
+            let hash = match credential {
+                Credential::Token(token) => token_hash(&token),
+                Credential::Ticket(ticket) => consume_ticket(conn, &ticket, store::now_ms())?
+                    .ok_or_else(|| {
+                        AppError::new(
+                            axum::http::StatusCode::UNAUTHORIZED,
+                            "unauthorized",
+                            "unknown, used or expired WebSocket ticket",
+                        )
+                        .field("ticket")
+                    })?,
+            };
             let (user, expires_at) = store::session_user(conn, &hash, store::now_ms())?
                 .ok_or_else(AppError::unauthorized)?;
             Ok(Session {
@@ -206,7 +268,7 @@ impl FromRequestParts<AppState> for AuthUser {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        authenticate(state, request_token(&parts.headers, &parts.uri, false))
+        authenticate(state, request_token(&parts.headers))
             .await
             .map(AuthUser)
     }
@@ -225,6 +287,46 @@ mod tests {
         assert!(verify_password("correct horse", &a));
         assert!(!verify_password("wrong horse", &a));
         assert!(!verify_password("x", "not a hash"));
+    }
+
+    #[test]
+    fn tickets_work_once_and_expire() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        conn.execute_batch(crate::store::SCHEMA).unwrap();
+        conn.execute_batch(
+            "INSERT INTO users (id, username, display_name, password_hash, created_at) VALUES (1, 'a', 'A', 'x', 0);
+             INSERT INTO sessions (token_hash, user_id, created_at, expires_at) VALUES ('session-hash', 1, 0, 1000000);",
+        )
+        .unwrap();
+        let ticket = issue_ticket(&conn, "session-hash", 1_000).unwrap();
+        assert_eq!(ticket.len(), 64);
+        let stored: String = conn
+            .query_row("SELECT ticket_hash FROM ws_tickets", [], |r| r.get(0))
+            .unwrap();
+        assert_ne!(stored, ticket, "only the hash is stored");
+        assert_eq!(
+            consume_ticket(&conn, &ticket, 1_001).unwrap().as_deref(),
+            Some("session-hash")
+        );
+        assert_eq!(consume_ticket(&conn, &ticket, 1_002).unwrap(), None, "used");
+        let late = issue_ticket(&conn, "session-hash", 1_000).unwrap();
+        assert_eq!(
+            consume_ticket(&conn, &late, 1_000 + WS_TICKET_TTL_MS).unwrap(),
+            None,
+            "expired after 30 s"
+        );
+        assert_eq!(consume_ticket(&conn, "unknown", 0).unwrap(), None);
+    }
+
+    #[test]
+    fn session_tokens_come_from_the_header_only() {
+        let mut headers = axum::http::HeaderMap::new();
+        let uri: axum::http::Uri = "/ws?token=abc&ticket=t1".parse().unwrap();
+        assert_eq!(request_token(&headers), None);
+        assert_eq!(query_param(&uri, "ticket"), Some("t1"));
+        assert_eq!(query_param(&uri, "nope"), None);
+        headers.insert("authorization", "Bearer xyz".parse().unwrap());
+        assert_eq!(request_token(&headers).as_deref(), Some("xyz"));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use crate::error::AppError;
 
-const SCHEMA: &str = "
+pub(crate) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS users (
     id INTEGER PRIMARY KEY,
     username TEXT NOT NULL UNIQUE COLLATE NOCASE,
@@ -82,6 +82,11 @@ CREATE TABLE IF NOT EXISTS invites (
     UNIQUE (room_id, user_id)
 );
 CREATE INDEX IF NOT EXISTS invites_by_user ON invites(user_id, status);
+CREATE TABLE IF NOT EXISTS ws_tickets (
+    ticket_hash TEXT PRIMARY KEY,
+    token_hash TEXT NOT NULL REFERENCES sessions(token_hash) ON DELETE CASCADE,
+    expires_at INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS blocks (
     user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
     blocked_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
@@ -265,8 +270,9 @@ pub(crate) fn session_user(
     .optional()
 }
 
-/// Deletes expired sessions; returns how many.
+/// Deletes expired sessions and WebSocket tickets; returns how many sessions.
 pub(crate) fn prune_sessions(conn: &Connection, now: i64) -> rusqlite::Result<usize> {
+    conn.execute("DELETE FROM ws_tickets WHERE expires_at <= ?1", [now])?;
     conn.execute("DELETE FROM sessions WHERE expires_at <= ?1", [now])
 }
 

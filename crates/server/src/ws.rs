@@ -37,18 +37,24 @@ use crate::store::{self, now_ms, StoredMessage, User};
 /// Events buffered per connection before further ones are dropped (slow client).
 const OUTGOING_BUFFER: usize = 1024;
 
-/// `GET /ws`: refuses unknown or expired tokens with 401 before upgrading.
+/// `GET /ws`: refuses unknown or expired tokens and tickets with 401 before upgrading.
 pub(crate) async fn upgrade(
     State(state): State<AppState>,
     headers: HeaderMap,
     uri: Uri,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let session =
-        match auth::authenticate_session(&state, auth::request_token(&headers, &uri, true)).await {
-            Ok(s) => s,
-            Err(e) => return e.into_response(),
-        };
+    // `Authorization: Bearer` (native clients), else a single-use ticket from
+    // `POST /api/ws-ticket` (browsers cannot set headers on the upgrade). A session
+    // token in the URL (`?token=`) is not accepted.
+    let credential = match auth::request_token(&headers) {
+        Some(token) => Some(auth::Credential::Token(token)),
+        None => auth::query_param(&uri, "ticket").map(|t| auth::Credential::Ticket(t.to_string())),
+    };
+    let session = match auth::authenticate_credential(&state, credential).await {
+        Ok(s) => s,
+        Err(e) => return e.into_response(),
+    };
     // Frames up to 4x the limit are read and refused with a clean 1009 close; larger
     // ones are cut off by the WebSocket layer itself.
     let hard_limit = state.config.max_frame_bytes.saturating_mul(4);

@@ -6,6 +6,7 @@ mod common;
 use common::*;
 use mesh_notify_testkit::gotify::FakeGotify;
 use serde_json::json;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -271,11 +272,19 @@ async fn unknown_or_expired_tokens_are_refused_at_the_upgrade() {
         Ok(_) => panic!("upgrade accepted"),
     };
     let addr = server.addr();
-    // Expired (the session lived 1 ms), via ?token=.
-    let r = tokio_tungstenite::connect_async(format!("ws://{addr}/ws?token={}", alice.token)).await;
+    let with_bearer = |token: &str| {
+        let mut req = format!("ws://{addr}/ws").into_client_request().unwrap();
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        req
+    };
+    // Expired (the session lived 1 ms).
+    let r = tokio_tungstenite::connect_async(with_bearer(&alice.token)).await;
     assert_eq!(refused(r.map(|_| ())), 401);
     // Unknown.
-    let r = tokio_tungstenite::connect_async(format!("ws://{addr}/ws?token=deadbeef")).await;
+    let r = tokio_tungstenite::connect_async(with_bearer("deadbeef")).await;
+    assert_eq!(refused(r.map(|_| ())), 401);
+    let r = tokio_tungstenite::connect_async(format!("ws://{addr}/ws?ticket=deadbeef")).await;
     assert_eq!(refused(r.map(|_| ())), 401);
     // Missing.
     let r = tokio_tungstenite::connect_async(format!("ws://{addr}/ws")).await;

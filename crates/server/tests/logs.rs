@@ -52,7 +52,7 @@ async fn passwords_and_tokens_never_reach_the_logs() {
         )
         .await;
     assert_eq!(status, 201);
-    // A failed login with a wrong password, and a WebSocket with ?token=.
+    // A failed login with a wrong password, and a WebSocket opened with a ticket.
     let (status, _) = api
         .call(
             "POST",
@@ -62,13 +62,15 @@ async fn passwords_and_tokens_never_reach_the_logs() {
         )
         .await;
     assert_eq!(status, 401);
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!(
-        "ws://{}/ws?token={}",
-        server.addr(),
-        alice.token
-    ))
-    .await
-    .unwrap();
+    let (status, body) = api
+        .call("POST", "/api/ws-ticket", Some(&alice.token), None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let ticket = body["ticket"].as_str().unwrap().to_string();
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(format!("ws://{}/ws?ticket={ticket}", server.addr(),))
+            .await
+            .unwrap();
     futures_util::SinkExt::send(
         &mut ws,
         tokio_tungstenite::tungstenite::Message::text(
@@ -92,6 +94,7 @@ async fn passwords_and_tokens_never_reach_the_logs() {
         "pw-bob-secret",
         "wrong-secret-pass",
         alice.token.as_str(),
+        ticket.as_str(),
         bob.token.as_str(),
         "bobs-secret-app-token",
         APP_TOKEN,

@@ -134,3 +134,57 @@ async fn expired_sessions_are_pruned_periodically() {
     eventually("the expired session is pruned", || sessions() == 0).await;
     server.shutdown().await.unwrap();
 }
+
+async fn ticket(api: &Api, token: &str) -> String {
+    let (status, body) = api.call("POST", "/api/ws-ticket", Some(token), None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["expires_in"], 30);
+    body["ticket"].as_str().expect("ticket").to_string()
+}
+
+fn upgrade_status(r: Result<impl Sized, tokio_tungstenite::tungstenite::Error>) -> u16 {
+    match r {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => resp.status().as_u16(),
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => 101,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browsers_open_websockets_with_a_single_use_ticket_never_with_the_token_in_the_url() {
+    let gotify = fake().await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(&figment(&gotify.url(), dir.path(), "")).await;
+    let api = Api::new(&server);
+    let alice = api.register_and_login("alice", "Alice").await;
+    let addr = server.addr();
+
+    // The session token in the URL is refused, valid as it is.
+    let r = tokio_tungstenite::connect_async(format!("ws://{addr}/ws?token={}", alice.token)).await;
+    assert_eq!(upgrade_status(r), 401);
+    let (status, _) = api.call("POST", "/api/ws-ticket", None, None).await;
+    assert_eq!(status, 401, "a ticket needs a session");
+
+    // A ticket opens one WebSocket, once.
+    let t = ticket(&api, &alice.token).await;
+    assert_ne!(t, alice.token);
+    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws?ticket={t}"))
+        .await
+        .expect("the ticket opens a WebSocket");
+    let mut ws = Ws { ws };
+    ws.sync().await;
+    let r = tokio_tungstenite::connect_async(format!("ws://{addr}/ws?ticket={t}")).await;
+    assert_eq!(upgrade_status(r), 401, "a ticket works once");
+
+    // The WebSocket belongs to the session: logging out closes it, and an unused
+    // ticket of that session is void.
+    let unused = ticket(&api, &alice.token).await;
+    let (status, _) = api
+        .call("POST", "/api/logout", Some(&alice.token), None)
+        .await;
+    assert_eq!(status, 204);
+    assert_eq!(closed_by_server(&mut ws).await, Some(1008));
+    let r = tokio_tungstenite::connect_async(format!("ws://{addr}/ws?ticket={unused}")).await;
+    assert_eq!(upgrade_status(r), 401);
+    server.shutdown().await.unwrap();
+}
