@@ -425,23 +425,22 @@ fn check_config(config: &Config, figment: &mesh_notify::Figment) -> ExitCode {
     let enabled: Vec<std::sync::Arc<dyn mesh_notify::core::Notifier>> = dispatcher.providers();
     for kind in Kind::ALL {
         let route = dispatcher.route(kind);
-        let real: Vec<&str> = route
+        let names: Vec<&str> = route
             .iter()
-            .filter(|n| {
-                enabled
-                    .iter()
-                    .any(|p| p.name() == n.as_str() && p.reaches_people())
-            })
-            .map(String::as_str)
+            .flat_map(|e| mesh_notify::group_members(e))
             .collect();
-        let has_log = route.iter().any(|n| {
+        let real: Vec<&str> = names
+            .iter()
+            .copied()
+            .filter(|n| enabled.iter().any(|p| p.name() == *n && p.reaches_people()))
+            .collect();
+        let has_log = names.iter().any(|n| {
             enabled
                 .iter()
-                .any(|p| p.name() == n.as_str() && !p.reaches_people())
+                .any(|p| p.name() == *n && !p.reaches_people())
         });
-        let terminal_log = config.providers.log.enabled
-            && config.providers.log.terminal
-            && route.iter().any(|n| n == "log");
+        let terminal_log =
+            config.providers.log.enabled && config.providers.log.terminal && names.contains(&"log");
         let note = if terminal_log {
             "  (log is terminal: what it writes counts as delivered, even while a real provider is down)".to_string()
         } else if has_log && real.is_empty() {

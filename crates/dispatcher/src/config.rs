@@ -734,8 +734,13 @@ impl Config {
             }
         }
         for kind in Kind::ALL {
-            for name in self.routes.get(kind) {
-                if !KNOWN_PROVIDERS.contains(&name.as_str()) {
+            for name in self
+                .routes
+                .get(kind)
+                .iter()
+                .flat_map(|e| crate::router::group_members(e))
+            {
+                if !KNOWN_PROVIDERS.contains(&name) {
                     let key = format!("routes.{kind}");
                     return Err(invalid(
                         &key,
@@ -929,9 +934,13 @@ impl Config {
                 continue;
             }
             builder = builder.disabled(*name);
-            let used = Kind::ALL
-                .iter()
-                .any(|k| self.routes.get(*k).iter().any(|n| n == name));
+            let used = Kind::ALL.iter().any(|k| {
+                self.routes
+                    .get(*k)
+                    .iter()
+                    .flat_map(|e| crate::router::group_members(e))
+                    .any(|n| n == *name)
+            });
             if used && *name != "gotify" {
                 tracing::warn!("{name} not configured - skipped in routes");
             }

@@ -53,5 +53,6 @@ pub use mesh_notify_core as core;
 pub use ratelimit::{RateLimitConfig, RateLimiter};
 pub use reload::{ConfigLoader, SecretWatcher};
 pub use router::{
-    Attempt, BuildError, DeadAddress, DeviceOutcome, Outcome, RetryPolicy, Router, Skip, SkipReason,
+    group_members, Attempt, BuildError, DeadAddress, DeviceOutcome, Outcome, RetryPolicy, Router,
+    Skip, SkipReason,
 };

@@ -458,7 +458,7 @@ impl Router {
             }
         }
         for (kind, route) in &parts.routes {
-            for name in route {
+            for name in route.iter().flat_map(|e| group_members(e)) {
                 if !providers.contains_key(name) && !parts.disabled.contains(name) {
                     let mut known: Vec<&str> = providers
                         .keys()
@@ -468,12 +468,16 @@ impl Router {
                     known.sort_unstable();
                     return Err(BuildError::UnknownProvider {
                         kind: *kind,
-                        name: name.clone(),
+                        name: name.to_owned(),
                         known: known.join(", "),
                     });
                 }
             }
-            if !route.iter().any(|n| providers.contains_key(n)) {
+            if !route
+                .iter()
+                .flat_map(|e| group_members(e))
+                .any(|n| providers.contains_key(n))
+            {
                 tracing::warn!(
                     kind = %kind,
                     "no enabled provider in routes.{kind}: {kind} notifications cannot be delivered"
@@ -610,12 +614,13 @@ impl Router {
         let providers = self.provider_map();
         self.route_for(n)
             .iter()
+            .flat_map(|entry| group_members(entry))
             .filter(|name| {
                 providers
                     .get(*name)
                     .is_some_and(|p| p.reaches_people() && self.usable_for(p.as_ref(), n))
             })
-            .cloned()
+            .map(str::to_owned)
             .collect()
     }
 
@@ -645,70 +650,42 @@ impl Router {
             }
     }
 
-    /// Tries the route once (all providers, with their inline retries).
+    /// Tries the route once (all providers, with their inline retries). A route
+    /// entry `a+b` is one step: every provider of the group sends at once (to all
+    /// of the recipient's devices), and the step delivered when any of them did.
     pub async fn try_route(&self, n: &Notification) -> Outcome {
         let mut outcome = Outcome::empty(n);
         let providers = self.provider_map();
         // Computed only when the route holds a log-only provider.
-        let mut real_candidates: Option<bool> = None;
-        for name in self.route_for(n) {
-            let skip = |reason| Skip {
-                provider: name.clone(),
-                reason,
-            };
-            let Some(provider) = providers.get(name) else {
-                outcome.skipped.push(skip(SkipReason::NotConfigured));
-                continue;
-            };
-            if !self.usable_for(provider.as_ref(), n) {
-                outcome.skipped.push(skip(SkipReason::NoAddress));
-                continue;
-            }
-            if !provider.reaches_people()
-                && *real_candidates.get_or_insert_with(|| !self.candidates(n).is_empty())
-            {
-                tracing::debug!(
-                    id = %n.id,
-                    kind = %n.kind,
-                    recipient = %n.recipient.user_id,
-                    "{name}: not counted as delivery while a real provider of routes.{} can reach the recipient; the notification waits for it",
-                    n.kind
-                );
-                outcome.skipped.push(skip(SkipReason::Standby));
-                continue;
-            }
-            let breaker = self.breakers.get(name);
-            let admission = breaker.map_or(Admission::Go, CircuitBreaker::allow);
-            match admission {
-                Admission::Open => {
-                    metrics::counter!("mesh_notify_skipped_total", "provider" => name.clone(), "reason" => "circuit_open").increment(1);
-                    outcome.skipped.push(skip(SkipReason::CircuitOpen));
-                    continue;
-                }
-                Admission::Paused => {
-                    metrics::counter!("mesh_notify_skipped_total", "provider" => name.clone(), "reason" => "paused").increment(1);
-                    outcome.skipped.push(skip(SkipReason::Paused));
-                    continue;
-                }
-                Admission::Go | Admission::Probe => {}
-            }
-            if let Some(limiter) = self.limiters.get(name) {
-                if !limiter.acquire_within(self.policy.max_inline_wait).await {
-                    if admission == Admission::Probe {
-                        if let Some(b) = breaker {
-                            b.abandon_probe();
-                        }
+        let real_candidates = std::sync::OnceLock::new();
+        for entry in self.route_for(n) {
+            let delivered = if entry.contains('+') {
+                let members: Vec<&str> = group_members(entry).collect();
+                let results = futures_util::future::join_all(members.iter().map(|name| {
+                    let (providers, real) = (&providers, &real_candidates);
+                    async move {
+                        let mut o = Outcome::empty(n);
+                        let r = self.try_one(name, providers, n, &mut o, real).await;
+                        (r, o)
                     }
-                    metrics::counter!("mesh_notify_skipped_total", "provider" => name.clone(), "reason" => "rate_limited").increment(1);
-                    outcome.skipped.push(skip(SkipReason::RateLimited));
-                    continue;
+                }))
+                .await;
+                let mut first = None;
+                for (r, o) in results {
+                    outcome.attempts.extend(o.attempts);
+                    outcome.skipped.extend(o.skipped);
+                    outcome.devices.extend(o.devices);
+                    outcome.pending_devices.extend(o.pending_devices);
+                    outcome.expired |= o.expired;
+                    if let Some(r) = r {
+                        first.get_or_insert(r);
+                    }
                 }
-            }
-            let probe = ProbeGuard {
-                breaker: (admission == Admission::Probe).then_some(breaker).flatten(),
+                first
+            } else {
+                self.try_one(entry, &providers, n, &mut outcome, &real_candidates)
+                    .await
             };
-            let delivered = self.send_via(provider.as_ref(), n, &mut outcome).await;
-            probe.disarm();
             if let Some(receipt) = delivered {
                 if outcome
                     .attempts
@@ -725,6 +702,75 @@ impl Router {
             }
         }
         outcome
+    }
+
+    /// One provider of the route: skipped (with why) or tried.
+    async fn try_one(
+        &self,
+        name: &str,
+        providers: &ProviderMap,
+        n: &Notification,
+        outcome: &mut Outcome,
+        real_candidates: &std::sync::OnceLock<bool>,
+    ) -> Option<Receipt> {
+        let skip = |reason| Skip {
+            provider: name.to_owned(),
+            reason,
+        };
+        let Some(provider) = providers.get(name) else {
+            outcome.skipped.push(skip(SkipReason::NotConfigured));
+            return None;
+        };
+        if !self.usable_for(provider.as_ref(), n) {
+            outcome.skipped.push(skip(SkipReason::NoAddress));
+            return None;
+        }
+        if !provider.reaches_people()
+            && *real_candidates.get_or_init(|| !self.candidates(n).is_empty())
+        {
+            tracing::debug!(
+                id = %n.id,
+                kind = %n.kind,
+                recipient = %n.recipient.user_id,
+                "{name}: not counted as delivery while a real provider of routes.{} can reach the recipient; the notification waits for it",
+                n.kind
+            );
+            outcome.skipped.push(skip(SkipReason::Standby));
+            return None;
+        }
+        let breaker = self.breakers.get(name);
+        let admission = breaker.map_or(Admission::Go, CircuitBreaker::allow);
+        match admission {
+            Admission::Open => {
+                metrics::counter!("mesh_notify_skipped_total", "provider" => name.to_owned(), "reason" => "circuit_open").increment(1);
+                outcome.skipped.push(skip(SkipReason::CircuitOpen));
+                return None;
+            }
+            Admission::Paused => {
+                metrics::counter!("mesh_notify_skipped_total", "provider" => name.to_owned(), "reason" => "paused").increment(1);
+                outcome.skipped.push(skip(SkipReason::Paused));
+                return None;
+            }
+            Admission::Go | Admission::Probe => {}
+        }
+        if let Some(limiter) = self.limiters.get(name) {
+            if !limiter.acquire_within(self.policy.max_inline_wait).await {
+                if admission == Admission::Probe {
+                    if let Some(b) = breaker {
+                        b.abandon_probe();
+                    }
+                }
+                metrics::counter!("mesh_notify_skipped_total", "provider" => name.to_owned(), "reason" => "rate_limited").increment(1);
+                outcome.skipped.push(skip(SkipReason::RateLimited));
+                return None;
+            }
+        }
+        let probe = ProbeGuard {
+            breaker: (admission == Admission::Probe).then_some(breaker).flatten(),
+        };
+        let delivered = self.send_via(provider.as_ref(), n, outcome).await;
+        probe.disarm();
+        delivered
     }
 
     /// Sends through one provider: to the one destination, or to every device
@@ -944,6 +990,11 @@ impl Router {
         }
         None
     }
+}
+
+/// The providers of a route entry: `fcm+apns` → `fcm`, `apns`.
+pub fn group_members(entry: &str) -> impl Iterator<Item = &str> {
+    entry.split('+').map(str::trim).filter(|s| !s.is_empty())
 }
 
 /// Gives a granted probe back if the send is cancelled before it reports (the
