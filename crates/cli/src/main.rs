@@ -101,7 +101,6 @@ enum OutboxCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    mesh_notify::init_logging(cli.log_level.as_deref());
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -125,6 +124,7 @@ async fn run(cli: Cli) -> ExitCode {
         Ok(c) => c,
         Err(e) => return config_error(&e),
     };
+    mesh_notify::init_logging_as(cli.log_level.as_deref(), config.log_format);
     match cli.command {
         Command::CheckConfig => check_config(&config, &figment),
         Command::Outbox { command } => outbox_command(&config, &figment, command).await,

@@ -295,6 +295,17 @@ pub enum OutboxBackend {
     None,
 }
 
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
 /// The default SQLite outbox file: mesh-server's database (`data/mesh.sqlite3`).
 pub const DEFAULT_OUTBOX_PATH: &str = "data/mesh.sqlite3";
 
@@ -350,6 +361,10 @@ pub struct Config {
     /// Send bodies as markdown (default false: text/plain).
     #[serde(default)]
     pub markdown: bool,
+    /// `text` (default: one line per event, coloured only on a terminal) or
+    /// `json` (one JSON object per line, for log shippers).
+    #[serde(default)]
+    pub log_format: LogFormat,
     /// How long a call notification may still be delivered (default 60s).
     #[serde(default = "default_call_ttl", with = "humantime_serde")]
     pub call_ttl: Duration,

@@ -40,15 +40,16 @@ mod router;
 
 pub use breaker::{Admission, BreakerConfig, BreakerState, CircuitBreaker};
 pub use config::{
-    BreakerSection, Config, ConfigError, MaxAgeSection, OutboxBackend, OutboxSection, Profile,
-    ProvidersConfig, QueueSection, RateLimitSection, RetryConfig, RoutesConfig, TemplatesOverride,
+    BreakerSection, Config, ConfigError, LogFormat, MaxAgeSection, OutboxBackend, OutboxSection,
+    Profile, ProvidersConfig, QueueSection, RateLimitSection, RetryConfig, RoutesConfig,
+    TemplatesOverride,
 };
 pub use delivery::{AddressBook, QueuePolicy, Submitted, Workers};
 pub use dispatcher::{Dispatcher, DispatcherBuilder};
 pub use figment::Figment;
 pub use log_provider::LogNotifier;
 #[cfg(feature = "logging")]
-pub use logging::init_logging;
+pub use logging::{init_logging, init_logging_as};
 pub use mesh_notify_core as core;
 pub use ratelimit::{RateLimitConfig, RateLimiter};
 pub use reload::{ConfigLoader, SecretWatcher};

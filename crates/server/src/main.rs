@@ -46,6 +46,7 @@ async fn stop_signal() {
 
 async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     let (config, figment) = Config::load(cli.config.as_deref())?;
+    mesh_notify::init_logging_as(cli.log_level.as_deref(), config.log_format);
     let watched = config.clone();
     let server = mesh_server::start(config, &figment, None).await?;
     // Secrets given as *_file are re-read on SIGHUP and when the file changes.
@@ -68,7 +69,6 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    mesh_notify::init_logging(cli.log_level.as_deref());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
