@@ -394,6 +394,10 @@ pub struct Config {
     /// (`figment.extract_inner("server")`).
     #[serde(default)]
     pub server: Option<figment::value::Dict>,
+    /// The `[serve]` table of `mesh-notify serve` (the HTTP front door). Not
+    /// interpreted here: the CLI extracts and checks it.
+    #[serde(default)]
+    pub serve: Option<figment::value::Dict>,
 }
 
 fn default_timeout() -> Duration {
