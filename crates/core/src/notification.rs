@@ -371,6 +371,10 @@ pub struct Notification {
     /// original (see [`Notification::follow_up`]): only this provider is tried.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resend_via: Option<String>,
+    /// Extra data from the sender, passed on to providers that carry it (Gotify
+    /// `extras`, as received by `mesh-notify serve`'s `POST /message`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extras: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 impl Notification {
@@ -394,6 +398,7 @@ impl Notification {
             created_at: Timestamp::now(),
             expires_at: None,
             resend_via: None,
+            extras: None,
         }
     }
 

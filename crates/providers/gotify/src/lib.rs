@@ -359,6 +359,12 @@ pub fn message_body_with(n: &Notification, open_on_receive: &[Kind]) -> Value {
     if let Some(room) = &n.room {
         extras["mesh::notification"]["room_id"] = json!(room.id);
     }
+    // The sender's own extras are passed on as they came; ours fill the rest.
+    if let (Some(theirs), Some(ours)) = (&n.extras, extras.as_object_mut()) {
+        for (k, v) in theirs {
+            ours.insert(k.clone(), v.clone());
+        }
+    }
     json!({
         "title": n.title,
         "message": message,
