@@ -408,6 +408,8 @@ failure_threshold = 0
 data_dir = "{dir}"
 messages_per_second = 100000.0
 message_burst = 100000
+# Every bench user registers from this one address.
+registrations_per_address = 1000000
 "#,
         timeout = timeout.as_millis(),
         dir = data_dir.display()

@@ -2,12 +2,13 @@
 
 use crate::rusqlite;
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::rusqlite::{params, OptionalExtension, TransactionBehavior};
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequest, Path, Query, Request, State};
-use axum::http::StatusCode;
+use axum::extract::{ConnectInfo, FromRequest, Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
@@ -17,10 +18,12 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::accounts::{self, check_len, NewUser};
 use crate::auth::{self, AuthUser};
 use crate::error::AppError;
 use crate::state::AppState;
-use crate::store::{self, now_ms, RoomInfo, User};
+use crate::store::{self, now_ms, RoomInfo};
+use crate::throttle;
 
 /// The router of the whole server (API, health, metrics, WebSocket).
 pub(crate) fn router(state: AppState) -> Router {
@@ -98,23 +101,6 @@ pub(crate) fn parse_id(raw: &str, field: &str) -> Result<i64, AppError> {
         .ok_or_else(|| AppError::invalid(field, format!("`{field}` must be a positive integer")))
 }
 
-fn check_len(field: &str, value: &str, min: usize, max: usize) -> Result<(), AppError> {
-    let n = value.chars().count();
-    if n < min || n > max {
-        return Err(AppError::invalid(
-            field,
-            format!("`{field}` must be {min} to {max} characters"),
-        ));
-    }
-    if value.chars().any(char::is_control) {
-        return Err(AppError::invalid(
-            field,
-            format!("`{field}` must not contain control characters"),
-        ));
-    }
-    Ok(())
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RegisterRequest {
@@ -124,67 +110,57 @@ struct RegisterRequest {
     display_name: Option<String>,
 }
 
+/// The throttling key of the request's client.
+fn client(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> String {
+    throttle::client_key(peer, headers, &state.config.trusted_proxies)
+}
+
+fn too_many(wait: std::time::Duration, what: &str) -> AppError {
+    let secs = throttle::retry_after_secs(wait);
+    AppError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_attempts",
+        format!("too many {what}; try again in {secs} s"),
+    )
+    .retry_after(secs)
+}
+
 async fn register(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     ApiJson(req): ApiJson<RegisterRequest>,
 ) -> Result<Response, AppError> {
-    let username = req.username.trim().to_string();
-    check_len("username", &username, 3, 32)?;
-    if !username
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
-    {
-        return Err(AppError::invalid(
-            "username",
-            "`username` may only contain letters, digits, `_`, `-` and `.`",
+    if !state.registration_open {
+        return Err(AppError::new(
+            StatusCode::FORBIDDEN,
+            "registration_closed",
+            "registration is closed on this server; an administrator creates accounts (`mesh-server user add`)",
         ));
     }
-    if req.password.len() < 8 || req.password.len() > 1024 {
-        return Err(AppError::invalid(
-            "password",
-            "`password` must be 8 to 1024 bytes",
-        ));
+    let new = NewUser::check(&req.username, &req.password, req.display_name.as_deref())?;
+    // Every well-formed attempt counts (also "username taken": it reveals which
+    // names exist).
+    let client = client(&state, peer, &headers);
+    if let Some(wait) = state.throttles.register_address.blocked(&client) {
+        metrics::counter!("mesh_server_throttled_total", "what" => "register").increment(1);
+        return Err(too_many(wait, "registrations from your address"));
     }
-    let display_name = req
-        .display_name
-        .map(|d| d.trim().to_string())
-        .unwrap_or_else(|| username.clone());
-    check_len("display_name", &display_name, 1, 64)?;
-    let taken = || {
-        AppError::new(
-            StatusCode::CONFLICT,
-            "username_taken",
-            "this username is taken",
-        )
-        .field("username")
-    };
-    let name = username.clone();
+    state.throttles.register_address.record(&client);
+    let name = new.username.clone();
     let exists = state
         .store
         .call(move |conn| Ok(store::user_by_name(conn, &name)?.is_some()))
         .await?;
     if exists {
-        return Err(taken());
+        return Err(accounts::username_taken());
     }
     // Hash outside the database lock: argon2 takes tens of milliseconds and must not
     // hold up chat writes.
-    let hash = auth::hash_password_async(req.password).await?;
+    let hash = state.hashing.hash(req.password).await?;
     let user = state
         .store
-        .call(move |conn| {
-            if store::user_by_name(conn, &username)?.is_some() {
-                return Err(taken());
-            }
-            conn.execute(
-                "INSERT INTO users (username, display_name, password_hash, created_at) VALUES (?1, ?2, ?3, ?4)",
-                params![username, display_name, hash, now_ms()],
-            )?;
-            Ok(User {
-                id: conn.last_insert_rowid(),
-                username,
-                display_name,
-            })
-        })
+        .call(move |conn| accounts::insert_user(conn, new, &hash))
         .await?;
     tracing::info!(user = user.id, username = %user.username, "user registered");
     Ok((StatusCode::CREATED, Json(json!({ "user": user }))).into_response())
@@ -199,9 +175,20 @@ struct LoginRequest {
 
 async fn login(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     ApiJson(req): ApiJson<LoginRequest>,
 ) -> Result<Json<Value>, AppError> {
     let ttl_ms = i64::try_from(state.config.session_ttl.as_millis()).unwrap_or(i64::MAX);
+    if req.password.len() > accounts::MAX_PASSWORD_BYTES {
+        return Err(AppError::invalid(
+            "password",
+            format!(
+                "`password` is longer than {} bytes",
+                accounts::MAX_PASSWORD_BYTES
+            ),
+        ));
+    }
     let refused = || {
         AppError::new(
             StatusCode::UNAUTHORIZED,
@@ -210,6 +197,20 @@ async fn login(
         )
     };
     let name = req.username.trim().to_string();
+    let account = name.to_lowercase();
+    let client = client(&state, peer, &headers);
+    // Refused before any password is checked, so a guess cannot succeed either.
+    let blocked = [
+        state.throttles.login_account.blocked(&account),
+        state.throttles.login_address.blocked(&client),
+    ]
+    .into_iter()
+    .flatten()
+    .max();
+    if let Some(wait) = blocked {
+        metrics::counter!("mesh_server_throttled_total", "what" => "login").increment(1);
+        return Err(too_many(wait, "failed logins"));
+    }
     let found = state
         .store
         .call(move |conn| Ok(store::user_by_name(conn, &name)?))
@@ -217,10 +218,14 @@ async fn login(
     // Verify outside the database lock; an unknown user costs the same argon2 work,
     // so response times do not reveal which usernames exist.
     let phc = found.as_ref().map(|(_, phc)| phc.clone());
-    let password_ok = auth::verify_password_async(req.password, phc).await;
+    let password_ok = state.hashing.verify(req.password, phc).await?;
     let Some((user, _)) = found.filter(|_| password_ok) else {
+        state.throttles.login_account.record(&account);
+        state.throttles.login_address.record(&client);
+        metrics::counter!("mesh_server_login_failures_total").increment(1);
         return Err(refused());
     };
+    state.throttles.login_account.clear(&account);
     let user_id = user.id;
     let (token, expires_at) = state
         .store

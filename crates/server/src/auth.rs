@@ -32,73 +32,8 @@ pub(crate) fn verify_password(password: &str, phc: &str) -> bool {
     }
 }
 
-type HashJob = Box<dyn FnOnce() + Send>;
-
-/// Two dedicated threads run every argon2 computation (19 MiB and a core each): at
-/// most two at a time, and their memory stays with two threads' allocators instead of
-/// spreading over the blocking pool (measured: ~290 MiB retained after 10 logins on
-/// the blocking pool). A login never holds the database lock while hashing.
-fn hashing_pool() -> Option<&'static std::sync::mpsc::Sender<HashJob>> {
-    static POOL: std::sync::OnceLock<Option<std::sync::mpsc::Sender<HashJob>>> =
-        std::sync::OnceLock::new();
-    POOL.get_or_init(|| {
-        let (tx, rx) = std::sync::mpsc::channel::<HashJob>();
-        let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
-        for i in 0..2 {
-            let rx = std::sync::Arc::clone(&rx);
-            let spawned = std::thread::Builder::new()
-                .name(format!("argon2-{i}"))
-                .spawn(move || loop {
-                    let job = match rx.lock() {
-                        Ok(guard) => guard.recv(),
-                        Err(_) => return,
-                    };
-                    match job {
-                        Ok(job) => job(),
-                        Err(_) => return,
-                    }
-                });
-            if spawned.is_err() {
-                return None;
-            }
-        }
-        Some(tx)
-    })
-    .as_ref()
-}
-
-async fn on_hashing_pool<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    hashing_pool()?
-        .send(Box::new(move || {
-            let _ = tx.send(f());
-        }))
-        .ok()?;
-    rx.await.ok()
-}
-
-/// [`hash_password`] on the hashing threads.
-pub(crate) async fn hash_password_async(password: String) -> Result<String, AppError> {
-    on_hashing_pool(move || hash_password(&password))
-        .await
-        .unwrap_or_else(|| Err(AppError::internal("password hashing threads unavailable")))
-}
-
-/// [`verify_password`] on the hashing threads. Without a stored hash (unknown user) it
-/// verifies against a dummy hash, so the answer takes as long.
-pub(crate) async fn verify_password_async(password: String, phc: Option<String>) -> bool {
-    on_hashing_pool(move || match phc {
-        Some(phc) => verify_password(&password, &phc),
-        None => {
-            let _ = dummy_hash().map(|d| verify_password(&password, d));
-            false
-        }
-    })
-    .await
-    .unwrap_or(false)
-}
-
-fn dummy_hash() -> Option<&'static str> {
+/// A hash to verify against when the user is unknown (same work as a real one).
+pub(crate) fn dummy_hash() -> Option<&'static str> {
     static DUMMY: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
     DUMMY
         .get_or_init(|| hash_password("mesh-server timing equaliser").ok())

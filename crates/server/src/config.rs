@@ -1,10 +1,11 @@
 //! The `[server]` table of the shared mesh-notify configuration.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use figment::Figment;
+use mesh_notify::Profile;
 use serde::Deserialize;
 
 use crate::ServerError;
@@ -50,6 +51,43 @@ pub struct ServerSection {
     /// (default 10 minutes).
     #[serde(with = "humantime_serde")]
     pub prune_interval: Duration,
+    /// `open`: anyone may `POST /api/register`; `closed`: accounts are created with
+    /// `mesh-server user add`. Default: open in the development profile, closed in
+    /// the production profile.
+    pub registration: Option<Registration>,
+    /// Failed logins per account within `login_failure_window` before `/api/login`
+    /// answers 429 for that account (default 5).
+    pub login_failures_per_account: u32,
+    /// Failed logins per client address within `login_failure_window` before
+    /// `/api/login` answers 429 for that address (default 5).
+    pub login_failures_per_address: u32,
+    /// The window of the login failure limits (default 15 minutes).
+    #[serde(with = "humantime_serde")]
+    pub login_failure_window: Duration,
+    /// Registration attempts per client address within `registration_window`
+    /// (default 10).
+    pub registrations_per_address: u32,
+    /// The window of the registration limit (default 1 hour).
+    #[serde(with = "humantime_serde")]
+    pub registration_window: Duration,
+    /// Reverse proxies whose `X-Forwarded-For` names the client (default none: the
+    /// peer address is the client).
+    pub trusted_proxies: Vec<IpAddr>,
+    /// Threads computing argon2 (default 2; each uses 19 MiB and a core).
+    pub hashing_threads: usize,
+    /// Password hashing jobs waiting for a thread; when full, register and login
+    /// answer 503 with `Retry-After` (default 32).
+    pub hashing_queue: usize,
+}
+
+/// `server.registration`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Registration {
+    /// Anyone may register.
+    Open,
+    /// Only `mesh-server user add` creates accounts.
+    Closed,
 }
 
 impl Default for ServerSection {
@@ -65,6 +103,15 @@ impl Default for ServerSection {
             max_message_chars: 4000,
             pending_retention: Duration::from_secs(24 * 3600),
             prune_interval: Duration::from_secs(600),
+            registration: None,
+            login_failures_per_account: 5,
+            login_failures_per_address: 5,
+            login_failure_window: Duration::from_secs(15 * 60),
+            registrations_per_address: 10,
+            registration_window: Duration::from_secs(3600),
+            trusted_proxies: Vec::new(),
+            hashing_threads: 2,
+            hashing_queue: 32,
         }
     }
 }
@@ -117,10 +164,44 @@ impl ServerSection {
         if self.prune_interval < Duration::from_millis(10) {
             return Err(invalid("prune_interval", "must be at least 10ms"));
         }
+        for (key, value) in [
+            (
+                "login_failures_per_account",
+                self.login_failures_per_account,
+            ),
+            (
+                "login_failures_per_address",
+                self.login_failures_per_address,
+            ),
+            ("registrations_per_address", self.registrations_per_address),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        for (key, value) in [
+            ("login_failure_window", self.login_failure_window),
+            ("registration_window", self.registration_window),
+        ] {
+            if value.is_zero() {
+                return Err(invalid(key, "must be greater than zero"));
+            }
+        }
+        if !(1..=64).contains(&self.hashing_threads) {
+            return Err(invalid("hashing_threads", "must be 1 to 64"));
+        }
         if self.max_message_chars == 0 {
             return Err(invalid("max_message_chars", "must be at least 1"));
         }
         Ok(())
+    }
+
+    /// Whether `POST /api/register` is open, given the deployment profile.
+    pub fn registration_open(&self, profile: Profile) -> bool {
+        match self.registration {
+            Some(r) => r == Registration::Open,
+            None => profile == Profile::Development,
+        }
     }
 
     /// The SQLite file: `{data_dir}/mesh.sqlite3`.
@@ -154,6 +235,35 @@ mod tests {
         let f = Figment::from(Toml::string("[server]\nbnd = \"x\""));
         let err = ServerSection::from_figment(&f).unwrap_err().to_string();
         assert!(err.contains("bnd"), "{err}");
+    }
+
+    #[test]
+    fn registration_is_open_in_development_and_closed_in_production_by_default() {
+        let s = ServerSection::default();
+        assert!(s.registration_open(Profile::Development));
+        assert!(!s.registration_open(Profile::Production));
+        let f = Figment::from(Toml::string("[server]\nregistration = \"open\""));
+        let s = ServerSection::from_figment(&f).unwrap();
+        assert!(s.registration_open(Profile::Production));
+        let f = Figment::from(Toml::string("[server]\nregistration = \"closed\""));
+        let s = ServerSection::from_figment(&f).unwrap();
+        assert!(!s.registration_open(Profile::Development));
+        let f = Figment::from(Toml::string("[server]\nregistration = \"maybe\""));
+        let err = ServerSection::from_figment(&f).unwrap_err().to_string();
+        assert!(err.contains("registration"), "{err}");
+        let f = Figment::from(Toml::string(
+            "[server]\ntrusted_proxies = [\"10.0.0.1\", \"::1\"]",
+        ));
+        assert_eq!(
+            ServerSection::from_figment(&f)
+                .unwrap()
+                .trusted_proxies
+                .len(),
+            2
+        );
+        let f = Figment::from(Toml::string("[server]\nlogin_failures_per_account = 0"));
+        let err = ServerSection::from_figment(&f).unwrap_err().to_string();
+        assert!(err.contains("server.login_failures_per_account"), "{err}");
     }
 
     #[test]

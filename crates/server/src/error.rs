@@ -51,6 +51,15 @@ pub enum ServerError {
     /// Serving failed.
     #[error("server failed: {0}")]
     Serve(std::io::Error),
+    /// An account cannot be created as asked (`mesh-server user add`); the message
+    /// names the field.
+    #[error("{message}")]
+    Account {
+        /// The field at fault (`username`, `password`, `display_name`), if one is.
+        field: Option<String>,
+        /// What is wrong.
+        message: String,
+    },
 }
 
 /// An error answered to one request or one WebSocket event.
@@ -64,6 +73,8 @@ pub struct AppError {
     pub message: String,
     /// The request field at fault, if one is.
     pub field: Option<String>,
+    /// Seconds to wait before trying again (`Retry-After`), for 429 and 503.
+    pub retry_after: Option<u64>,
 }
 
 impl AppError {
@@ -73,7 +84,13 @@ impl AppError {
             code,
             message: message.into(),
             field: None,
+            retry_after: None,
         }
+    }
+
+    pub(crate) fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
     }
 
     pub(crate) fn field(mut self, field: impl Into<String>) -> Self {
@@ -118,6 +135,9 @@ impl AppError {
         if let Some(f) = &self.field {
             v["field"] = json!(f);
         }
+        if let Some(r) = self.retry_after {
+            v["retry_after"] = json!(r);
+        }
         v
     }
 
@@ -152,7 +172,13 @@ impl From<rusqlite::Error> for AppError {
 
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
-        (self.status, Json(self.body())).into_response()
+        let mut response = (self.status, Json(self.body())).into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        response
     }
 }
 

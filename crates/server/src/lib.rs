@@ -22,17 +22,20 @@
 //! # Ok(()) }
 //! ```
 
+mod accounts;
 mod address_book;
 mod api;
 mod auth;
 mod config;
 mod error;
+mod hashing;
 mod invites;
 mod notify;
 mod outbox;
 mod presence;
 mod state;
 mod store;
+mod throttle;
 mod ws;
 
 use std::net::SocketAddr;
@@ -44,10 +47,10 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-pub use config::ServerSection;
+pub use config::{Registration, ServerSection};
 pub use error::{AppError, ServerError};
 pub(crate) use mesh_notify_outbox_sqlite::rusqlite;
-pub use store::Store;
+pub use store::{Store, User};
 
 use presence::Presence;
 use state::{AppState, NotifyPath, Shared};
@@ -125,6 +128,47 @@ impl ServerHandle {
     }
 }
 
+/// Creates an account in the server's database (`{server.data_dir}/mesh.sqlite3`,
+/// created if missing), with the checks of `POST /api/register`: the way to add
+/// users when `server.registration = "closed"` (`mesh-server user add`). Blocking
+/// (argon2 and SQLite): call it from a plain thread or the blocking pool.
+pub fn add_user(
+    figment: &Figment,
+    username: &str,
+    password: &str,
+    display_name: Option<&str>,
+) -> Result<store::User, ServerError> {
+    let section = ServerSection::from_figment(figment)?;
+    let account_err = |e: AppError| ServerError::Account {
+        field: e.field.clone(),
+        message: e.message,
+    };
+    let new = accounts::NewUser::check(username, password, display_name).map_err(account_err)?;
+    create_data_dir(&section.data_dir)?;
+    let db_path = section.database_path();
+    let store = Store::open(&db_path).map_err(|reason| ServerError::Storage {
+        path: db_path.clone(),
+        reason,
+    })?;
+    let hash = auth::hash_password(password).map_err(account_err)?;
+    store
+        .call_sync(|conn| accounts::insert_user(conn, new, &hash))
+        .map_err(account_err)
+}
+
+/// Creates the data directory (readable by the owner only, on Unix).
+fn create_data_dir(dir: &std::path::Path) -> Result<(), ServerError> {
+    let err = |e: std::io::Error| ServerError::Storage {
+        path: dir.to_path_buf(),
+        reason: e.to_string(),
+    };
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir).map_err(err)
+}
+
 /// Starts the server: opens the database in `server.data_dir`, builds the
 /// dispatcher from `config`, starts the delivery workers and serves on `listener`
 /// (or binds `server.bind`).
@@ -134,10 +178,7 @@ pub async fn start(
     listener: Option<TcpListener>,
 ) -> Result<ServerHandle, ServerError> {
     let section = ServerSection::from_figment(figment)?;
-    std::fs::create_dir_all(&section.data_dir).map_err(|e| ServerError::Storage {
-        path: section.data_dir.clone(),
-        reason: e.to_string(),
-    })?;
+    create_data_dir(&section.data_dir)?;
     let db_path = section.database_path();
     let storage_err = |reason: String| ServerError::Storage {
         path: db_path.clone(),
@@ -211,8 +252,40 @@ pub async fn start(
             })?,
     };
     let addr = listener.local_addr().map_err(ServerError::Serve)?;
+    let registration_open = section.registration_open(config.profile);
+    tracing::info!(
+        "registration: {}",
+        if registration_open {
+            "open (POST /api/register)"
+        } else {
+            "closed (accounts are created with `mesh-server user add`)"
+        }
+    );
+    let hashing = hashing::HashingPool::new(section.hashing_threads, section.hashing_queue)
+        .map_err(|e| ServerError::Serve(std::io::Error::other(format!("hashing threads: {e}"))))?;
+    const MAX_KEYS: usize = 100_000;
+    let throttles = throttle::Throttles {
+        login_account: throttle::Window::new(
+            section.login_failures_per_account,
+            section.login_failure_window,
+            MAX_KEYS,
+        ),
+        login_address: throttle::Window::new(
+            section.login_failures_per_address,
+            section.login_failure_window,
+            MAX_KEYS,
+        ),
+        register_address: throttle::Window::new(
+            section.registrations_per_address,
+            section.registration_window,
+            MAX_KEYS,
+        ),
+    };
     let (stop, stop_rx) = watch::channel(false);
     let state = AppState(Arc::new(Shared {
+        registration_open,
+        hashing,
+        throttles,
         composer: Arc::new(config.composer()),
         language: config.language,
         config: section,
@@ -232,11 +305,14 @@ pub async fn start(
     );
     let mut stop_serve = stop_rx;
     let task = tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stop_serve.wait_for(|s| *s).await;
-            })
-            .await;
+        let served = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = stop_serve.wait_for(|s| *s).await;
+        })
+        .await;
         workers.shutdown().await;
         tracing::info!("mesh-server stopped");
         served.map_err(ServerError::Serve)
@@ -315,6 +391,7 @@ async fn prune_loop(state: AppState, mut stop: watch::Receiver<bool>) {
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e.message, "pruning failed"),
         }
+        state.throttles.prune();
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             _ = stop.wait_for(|s| *s) => break,

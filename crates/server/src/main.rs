@@ -20,6 +20,55 @@ struct Cli {
     /// Log filter, e.g. `info` or `mesh_server=debug` (else LOG_LEVEL, else RUST_LOG, else info).
     #[arg(long)]
     log_level: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Manage accounts (without a subcommand, mesh-server serves).
+    User {
+        #[command(subcommand)]
+        action: UserCommand,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum UserCommand {
+    /// Create an account; the password is read from standard input (first line),
+    /// never from the command line: `printf '%s\n' "$PW" | mesh-server user add alice`.
+    Add {
+        /// Login name (3 to 32 letters, digits, `_`, `-`, `.`).
+        username: String,
+        /// Name shown to others (default: the username).
+        #[arg(long)]
+        display_name: Option<String>,
+    },
+}
+
+/// `mesh-server user add`: creates the account in `{server.data_dir}/mesh.sqlite3`.
+fn user_add(
+    config: Option<&std::path::Path>,
+    username: &str,
+    display_name: Option<&str>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use std::io::{BufRead, IsTerminal, Write};
+    let (_, figment) = Config::load(config)?;
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprint!("password for {username} (shown as typed; pipe it in to hide it): ");
+        let _ = std::io::stderr().flush();
+    }
+    let mut line = String::new();
+    stdin.lock().read_line(&mut line)?;
+    let password = line.strip_suffix('\n').unwrap_or(&line);
+    let password = password.strip_suffix('\r').unwrap_or(password);
+    let user = mesh_server::add_user(&figment, username, password, display_name)?;
+    println!(
+        "user {} created (id {}, display name {:?})",
+        user.username, user.id, user.display_name
+    );
+    Ok(())
 }
 
 async fn stop_signal() {
@@ -45,6 +94,13 @@ async fn stop_signal() {
 }
 
 async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+    if let Some(Command::User { action }) = &cli.command {
+        let UserCommand::Add {
+            username,
+            display_name,
+        } = action;
+        return user_add(cli.config.as_deref(), username, display_name.as_deref());
+    }
     let (config, figment) = Config::load(cli.config.as_deref())?;
     mesh_notify::init_logging_as(cli.log_level.as_deref(), config.log_format);
     let watched = config.clone();

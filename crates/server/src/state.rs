@@ -9,8 +9,10 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::watch;
 
 use crate::config::ServerSection;
+use crate::hashing::HashingPool;
 use crate::presence::Presence;
 use crate::store::Store;
+use crate::throttle::Throttles;
 
 /// How notifications reach the outbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +36,12 @@ pub(crate) struct Shared {
     pub notify_path: NotifyPath,
     pub shutdown: watch::Receiver<bool>,
     pub metrics: Option<PrometheusHandle>,
+    /// Whether `POST /api/register` is open (`server.registration` and the profile).
+    pub registration_open: bool,
+    /// The argon2 threads and their bounded queue.
+    pub hashing: HashingPool,
+    /// Failed-login and registration limits.
+    pub throttles: Throttles,
 }
 
 /// Cheap-to-clone handle on [`Shared`].
