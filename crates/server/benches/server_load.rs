@@ -408,6 +408,7 @@ failure_threshold = 0
 data_dir = "{dir}"
 messages_per_second = 100000.0
 message_burst = 100000
+admin_bind = "127.0.0.1:0"
 # Every bench user registers from this one address.
 registrations_per_address = 1000000
 "#,
@@ -565,11 +566,11 @@ impl Api {
         }
     }
 
-    /// `mesh_server_ws_connections` from `/metrics`, if exported.
-    async fn ws_connections_gauge(&self) -> Option<f64> {
+    /// `mesh_server_ws_connections` from the admin listener's `/metrics`, if exported.
+    async fn ws_connections_gauge(&self, admin: Option<SocketAddr>) -> Option<f64> {
         let resp = self
             .http
-            .get(format!("{}/metrics", self.base))
+            .get(format!("http://{}/metrics", admin?))
             .send()
             .await
             .ok()?;
@@ -685,7 +686,7 @@ async fn rss_scenario(sizes: &Sizes) -> BenchResult<(Vec<Row>, Vec<String>)> {
 
     let mut clients = ClientsChild::spawn(&ws_url, n, Some(room), &tokens).await?;
     let with = vmrss_kib()?;
-    let gauge = api.ws_connections_gauge().await;
+    let gauge = api.ws_connections_gauge(server.admin_addr()).await;
     clients.finish().await?;
     stop_server(server, Duration::from_secs(20)).await?;
     drop(gotify);

@@ -3,7 +3,6 @@
 use crate::rusqlite;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use crate::rusqlite::{params, OptionalExtension, TransactionBehavior};
 use axum::extract::rejection::JsonRejection;
@@ -12,8 +11,6 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use futures_util::future::join_all;
-use mesh_notify_core::Health;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -25,7 +22,8 @@ use crate::state::AppState;
 use crate::store::{self, now_ms, RoomInfo};
 use crate::throttle;
 
-/// The router of the whole server (API, health, metrics, WebSocket).
+/// The public router (API, minimal health, WebSocket). Detailed health and metrics
+/// are on the admin listener ([`crate::admin`]).
 pub(crate) fn router(state: AppState) -> Router {
     Router::new()
         .route("/api/register", post(register))
@@ -52,8 +50,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/rooms/{id}/messages", get(history))
         .route("/api/me/addresses", post(add_address).get(list_addresses))
         .route("/api/me/addresses/{id}", delete(delete_address))
-        .route("/health", get(health))
-        .route("/metrics", get(metrics_text))
+        .route("/health", get(crate::admin::public_health))
         .route("/ws", get(crate::ws::upgrade))
         .fallback(|| async {
             AppError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
@@ -543,85 +540,4 @@ async fn delete_address(
         );
     }
     Ok(StatusCode::NO_CONTENT)
-}
-
-fn health_json(h: &Health) -> Value {
-    match h {
-        Health::Healthy => json!({"status": "healthy"}),
-        Health::Degraded(d) => json!({"status": "degraded", "detail": d}),
-        Health::Unhealthy(d) => json!({"status": "unhealthy", "detail": d}),
-    }
-}
-
-/// Server, providers and outbox health. 200 while the server and its outbox work,
-/// even when providers are down (notifications then wait in the outbox).
-async fn health(State(state): State<AppState>) -> Response {
-    const CHECK: Duration = Duration::from_secs(3);
-    let providers = state.dispatcher.providers();
-    let checks = providers.iter().map(|p| async move {
-        let h = tokio::time::timeout(CHECK, p.health())
-            .await
-            .unwrap_or_else(|_| Health::Unhealthy(format!("no answer within {CHECK:?}")));
-        json!({"name": p.name(), "describe": p.describe(), "health": health_json(&h)})
-    });
-    let providers = join_all(checks).await;
-    let (outbox, outbox_ok) = match state.dispatcher.outbox() {
-        Some(o) => {
-            let h = tokio::time::timeout(CHECK, o.health())
-                .await
-                .unwrap_or_else(|_| Health::Unhealthy(format!("no answer within {CHECK:?}")));
-            let stats = match o.stats().await {
-                Ok(s) => json!(s),
-                Err(e) => json!({"error": e.to_string()}),
-            };
-            let ok = h.is_usable();
-            (
-                json!({"backend": o.backend(), "health": health_json(&h), "stats": stats}),
-                ok,
-            )
-        }
-        None => (json!({"backend": "none"}), true),
-    };
-    let db = state
-        .store
-        .call(|conn| Ok(conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?))
-        .await
-        .is_ok();
-    let ok = db && outbox_ok;
-    let body = json!({
-        "status": if ok { "ok" } else { "unhealthy" },
-        "database": if db { "ok" } else { "unavailable" },
-        "connections": state.presence.connections(),
-        "providers": providers,
-        "disabled_providers": state.dispatcher.disabled().collect::<Vec<_>>(),
-        "outbox": outbox,
-    });
-    let status = if ok {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (status, Json(body)).into_response()
-}
-
-async fn metrics_text(State(state): State<AppState>) -> Response {
-    match &state.metrics {
-        Some(handle) => {
-            handle.run_upkeep();
-            (
-                [(
-                    axum::http::header::CONTENT_TYPE,
-                    "text/plain; version=0.0.4",
-                )],
-                handle.render(),
-            )
-                .into_response()
-        }
-        None => AppError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "metrics_unavailable",
-            "another metrics recorder is installed in this process",
-        )
-        .into_response(),
-    }
 }

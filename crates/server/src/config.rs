@@ -27,6 +27,10 @@ use crate::ServerError;
 pub struct ServerSection {
     /// Address to listen on (default `127.0.0.1:8080`).
     pub bind: SocketAddr,
+    /// Address of the admin listener: detailed `/health` and `/metrics` (default
+    /// `127.0.0.1:9090`; `"none"` turns it off). Keep it off the public network.
+    #[serde(deserialize_with = "admin_bind")]
+    pub admin_bind: Option<SocketAddr>,
     /// Directory holding `mesh.sqlite3` (default `data`, created if missing).
     pub data_dir: PathBuf,
     /// Largest WebSocket message accepted, in bytes (default 64 KiB); larger ones
@@ -80,6 +84,19 @@ pub struct ServerSection {
     pub hashing_queue: usize,
 }
 
+/// `server.admin_bind`: an address, or `"none"`/`"off"`.
+fn admin_bind<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let raw = String::deserialize(d)?;
+    match raw.trim() {
+        "none" | "off" | "" => Ok(None),
+        addr => addr.parse().map(Some).map_err(|_| {
+            serde::de::Error::custom(format!(
+                "`{addr}` is not a socket address (e.g. \"127.0.0.1:9090\") nor \"none\""
+            ))
+        }),
+    }
+}
+
 /// `server.registration`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -94,6 +111,7 @@ impl Default for ServerSection {
     fn default() -> Self {
         Self {
             bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_bind: Some(SocketAddr::from(([127, 0, 0, 1], 9090))),
             data_dir: PathBuf::from("data"),
             max_frame_bytes: 64 * 1024,
             messages_per_second: 10.0,
@@ -235,6 +253,25 @@ mod tests {
         let f = Figment::from(Toml::string("[server]\nbnd = \"x\""));
         let err = ServerSection::from_figment(&f).unwrap_err().to_string();
         assert!(err.contains("bnd"), "{err}");
+    }
+
+    #[test]
+    fn the_admin_listener_is_on_loopback_by_default_and_can_be_turned_off() {
+        let s = ServerSection::default();
+        assert_eq!(s.admin_bind, Some("127.0.0.1:9090".parse().unwrap()));
+        let f = Figment::from(Toml::string("[server]\nadmin_bind = \"none\""));
+        assert_eq!(ServerSection::from_figment(&f).unwrap().admin_bind, None);
+        let f = Figment::from(Toml::string("[server]\nadmin_bind = \"127.0.0.1:0\""));
+        assert_eq!(
+            ServerSection::from_figment(&f).unwrap().admin_bind,
+            Some("127.0.0.1:0".parse().unwrap())
+        );
+        let f = Figment::from(Toml::string("[server]\nadmin_bind = \"nowhere\""));
+        let err = ServerSection::from_figment(&f).unwrap_err().to_string();
+        assert!(
+            err.contains("admin_bind") && err.contains("nowhere"),
+            "{err}"
+        );
     }
 
     #[test]

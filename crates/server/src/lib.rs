@@ -24,6 +24,7 @@
 
 mod accounts;
 mod address_book;
+mod admin;
 mod api;
 mod auth;
 mod config;
@@ -77,6 +78,7 @@ fn prometheus() -> Option<PrometheusHandle> {
 /// A running server. Stop it with [`ServerHandle::shutdown`].
 pub struct ServerHandle {
     addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
     stop: watch::Sender<bool>,
     task: JoinHandle<Result<(), ServerError>>,
     dispatcher: Arc<Dispatcher>,
@@ -87,6 +89,7 @@ impl std::fmt::Debug for ServerHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ServerHandle")
             .field("addr", &self.addr)
+            .field("admin_addr", &self.admin_addr)
             .finish()
     }
 }
@@ -95,6 +98,12 @@ impl ServerHandle {
     /// The address it listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The admin listener's address (detailed `/health`, `/metrics`), unless
+    /// `server.admin_bind = "none"`.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     /// The dispatcher (providers, outbox) the server uses.
@@ -252,6 +261,21 @@ pub async fn start(
             })?,
     };
     let addr = listener.local_addr().map_err(ServerError::Serve)?;
+    let admin_listener = match section.admin_bind {
+        Some(bind) => Some(
+            TcpListener::bind(bind)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    addr: format!("{bind} (server.admin_bind)"),
+                    source,
+                })?,
+        ),
+        None => None,
+    };
+    let admin_addr = match &admin_listener {
+        Some(l) => Some(l.local_addr().map_err(ServerError::Serve)?),
+        None => None,
+    };
     let registration_open = section.registration_open(config.profile);
     tracing::info!(
         "registration: {}",
@@ -286,6 +310,7 @@ pub async fn start(
         registration_open,
         hashing,
         throttles,
+        health: admin::HealthCache::default(),
         composer: Arc::new(config.composer()),
         language: config.language,
         config: section,
@@ -298,11 +323,25 @@ pub async fn start(
     }));
     tokio::spawn(dead_address_loop(store.clone(), dead_rx, stop_rx.clone()));
     tokio::spawn(prune_loop(state.clone(), stop_rx.clone()));
+    let admin_app = admin::router(state.clone());
     let app = api::router(state);
     tracing::info!(
         "mesh-server listening on http://{addr} (database {})",
         db_path.display()
     );
+    let admin_task = admin_listener.map(|l| {
+        if let Some(a) = admin_addr {
+            tracing::info!("admin endpoints (detailed /health, /metrics) on http://{a}");
+        }
+        let mut stop_admin = stop_rx.clone();
+        tokio::spawn(async move {
+            axum::serve(l, admin_app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop_admin.wait_for(|s| *s).await;
+                })
+                .await
+        })
+    });
     let mut stop_serve = stop_rx;
     let task = tokio::spawn(async move {
         let served = axum::serve(
@@ -313,12 +352,20 @@ pub async fn start(
             let _ = stop_serve.wait_for(|s| *s).await;
         })
         .await;
+        if let Some(admin) = admin_task {
+            match admin.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "the admin listener failed"),
+                Err(e) => tracing::warn!(error = %e, "the admin listener task failed"),
+            }
+        }
         workers.shutdown().await;
         tracing::info!("mesh-server stopped");
         served.map_err(ServerError::Serve)
     });
     Ok(ServerHandle {
         addr,
+        admin_addr,
         stop,
         task,
         dispatcher,

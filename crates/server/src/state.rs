@@ -8,6 +8,7 @@ use mesh_notify_core::{Composer, Language};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::watch;
 
+use crate::admin::HealthCache;
 use crate::config::ServerSection;
 use crate::hashing::HashingPool;
 use crate::presence::Presence;
@@ -42,6 +43,8 @@ pub(crate) struct Shared {
     pub hashing: HashingPool,
     /// Failed-login and registration limits.
     pub throttles: Throttles,
+    /// Cached health checks.
+    pub health: HealthCache,
 }
 
 /// Cheap-to-clone handle on [`Shared`].

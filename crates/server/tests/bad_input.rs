@@ -431,13 +431,19 @@ async fn http_api_validates_and_names_the_bad_field() {
         .await;
     assert_eq!(rooms["rooms"][0]["name"], "Salon");
 
-    // Health and metrics.
-    let (s, h) = api.call("GET", "/health", None, None).await;
-    assert_eq!(s, 200, "{h}");
+    // Health and metrics: on the admin listener.
+    let admin = server.admin_addr().expect("admin listener");
+    let h: serde_json::Value = reqwest::get(format!("http://{admin}/health"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(h["status"], "ok", "{h}");
     assert_eq!(h["providers"][0]["name"], "gotify");
     assert_eq!(h["providers"][0]["health"]["status"], "healthy");
     assert_eq!(h["outbox"]["backend"], "sqlite");
-    let metrics = reqwest::get(format!("http://{}/metrics", server.addr()))
+    let metrics = reqwest::get(format!("http://{admin}/metrics"))
         .await
         .unwrap()
         .text()

@@ -41,6 +41,7 @@ impl Server {
                     .filter(|_| !gotify_url.is_empty()),
             )
             .env("MESH_NOTIFY_SERVER__BIND", "127.0.0.1:0")
+            .env("MESH_NOTIFY_SERVER__ADMIN_BIND", "127.0.0.1:0")
             .env("RUST_LOG", "info")
             .envs(env.iter().copied())
             .stdout(Stdio::null())

@@ -46,6 +46,7 @@ lease = "3s"
 failure_threshold = 0
 [server]
 data_dir = "{}"
+admin_bind = "127.0.0.1:0"
 "#,
         data_dir.display()
     );
