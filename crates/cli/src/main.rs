@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+mod serve;
 use mesh_notify::core::{
     room_click_url, Address, AddressKind, ErrorClass, Kind, Notification, Priority, Recipient,
     Room, Timestamp,
@@ -69,6 +71,9 @@ enum Command {
     },
     /// Run delivery workers on the configured outbox until Ctrl-C / SIGTERM.
     Run,
+    /// Serve the HTTP front door (Gotify-compatible `POST /message`, the native
+    /// `/v1` API, `/health`, `/metrics`) with delivery workers in the same process.
+    Serve,
 }
 
 #[derive(Subcommand, Debug)]
@@ -129,6 +134,13 @@ async fn run(cli: Cli) -> ExitCode {
         Command::CheckConfig => check_config(&config, &figment),
         Command::Outbox { command } => outbox_command(&config, &figment, command).await,
         Command::Run => run_workers(&config, &figment, cli.config.as_deref()).await,
+        Command::Serve => match serve::run(&config, &figment, None, shutdown_signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(78)
+            }
+        },
         Command::Send {
             kind,
             title,

@@ -222,7 +222,12 @@ pub(crate) struct Delivery {
     /// Providers this process has parked notifications on (the monitor probes them).
     parked_on: Mutex<HashSet<String>>,
     address_book: Option<Arc<dyn AddressBook>>,
+    on_outcome: Option<OutcomeHook>,
 }
+
+/// Called with every try of a queued or dispatched notification (cheap: it runs on
+/// the delivery path).
+pub(crate) type OutcomeHook = Arc<dyn Fn(&Notification, &Outcome) + Send + Sync>;
 
 impl Delivery {
     pub(crate) fn new(
@@ -230,6 +235,7 @@ impl Delivery {
         outbox: Option<Arc<dyn Outbox>>,
         queue: QueuePolicy,
         address_book: Option<Arc<dyn AddressBook>>,
+        on_outcome: Option<OutcomeHook>,
     ) -> Self {
         Self {
             router,
@@ -238,6 +244,13 @@ impl Delivery {
             wake: Notify::new(),
             parked_on: Mutex::new(HashSet::new()),
             address_book,
+            on_outcome,
+        }
+    }
+
+    fn report(&self, n: &Notification, outcome: &Outcome) {
+        if let Some(hook) = &self.on_outcome {
+            hook(n, outcome);
         }
     }
 
@@ -310,6 +323,7 @@ impl Delivery {
     /// refused for good is not queued: the outcome says why.
     pub(crate) async fn dispatch(&self, n: Notification) -> Outcome {
         let mut outcome = self.router.try_route(&n).await;
+        self.report(&n, &outcome);
         if outcome.is_delivered() {
             if let (Some(outbox), false) = (&self.outbox, outcome.pending_devices.is_empty()) {
                 self.queue_follow_ups(&**outbox, &n, &outcome).await;
@@ -494,6 +508,7 @@ impl Delivery {
         let refreshed = self.with_current_addresses(n).await;
         let n = refreshed.as_ref().unwrap_or(n);
         let outcome = self.router.try_route(n).await;
+        self.report(n, &outcome);
         if outcome.is_delivered() {
             if !outcome.pending_devices.is_empty() {
                 self.queue_follow_ups(outbox, n, &outcome).await;

@@ -45,9 +45,20 @@ pub struct DispatcherBuilder {
     outbox: Option<Arc<dyn Outbox>>,
     queue: QueuePolicy,
     address_book: Option<Arc<dyn AddressBook>>,
+    on_outcome: Option<crate::delivery::OutcomeHook>,
 }
 
 impl DispatcherBuilder {
+    /// Called (synchronously, keep it cheap) with the outcome of every try of a
+    /// notification, queued or dispatched: e.g. to answer "what happened to it?".
+    pub fn on_outcome(
+        mut self,
+        hook: impl Fn(&Notification, &Outcome) + Send + Sync + 'static,
+    ) -> Self {
+        self.on_outcome = Some(Arc::new(hook));
+        self
+    }
+
     /// Looks up each recipient's current addresses just before a queued
     /// notification is sent (see [`AddressBook`]).
     pub fn address_book(mut self, book: Arc<dyn AddressBook>) -> Self {
@@ -146,6 +157,7 @@ impl DispatcherBuilder {
             self.outbox,
             self.queue,
             self.address_book,
+            self.on_outcome,
         ));
         Ok(Dispatcher { router, delivery })
     }

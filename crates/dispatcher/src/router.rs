@@ -547,10 +547,9 @@ impl Router {
         let mut ignored = Vec::new();
         for p in new {
             let name = p.name().to_owned();
-            if map.contains_key(&name) {
-                map.insert(name, p);
-            } else {
-                ignored.push(name);
+            match map.get_mut(&name) {
+                Some(slot) => *slot = p,
+                None => ignored.push(name),
             }
         }
         *guard = Arc::new(map);
