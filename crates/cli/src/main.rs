@@ -5,12 +5,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-
-mod serve;
 use mesh_notify::core::{
     room_click_url, Address, AddressKind, ErrorClass, Kind, Notification, Priority, Recipient,
     Room, Timestamp,
 };
+use mesh_notify::serve;
 use mesh_notify::{Config, ConfigError};
 
 #[derive(Parser, Debug)]

@@ -37,6 +37,8 @@ mod logging;
 mod ratelimit;
 mod reload;
 mod router;
+#[cfg(feature = "serve")]
+pub mod serve;
 
 pub use breaker::{Admission, BreakerConfig, BreakerState, CircuitBreaker};
 pub use config::{

@@ -24,13 +24,13 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use mesh_notify::core::{
+use figment::Figment;
+use mesh_notify_core::{
     room_click_url, Address, AddressKind, Composer, Kind, Notification, NotificationId, Priority,
     Recipient, Room, Secret, Timestamp,
 };
-use mesh_notify::{
-    Config, ConfigError, Dispatcher, Figment, Outcome, RateLimitConfig, RateLimiter,
-};
+
+use crate::{Config, ConfigError, Dispatcher, Outcome, RateLimitConfig, RateLimiter};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
@@ -212,7 +212,7 @@ fn build_apps(section: &ServeSection) -> Result<Vec<App>, ConfigError> {
         let kind: Kind = app
             .kind
             .parse()
-            .map_err(|e| invalid(&format!("{base}.kind"), e.to_string()))?;
+            .map_err(|e: String| invalid(&format!("{base}.kind"), e))?;
         let priority = app
             .priority
             .map(Priority::new)
@@ -260,7 +260,8 @@ fn same(a: &str, b: &str) -> bool {
             == 0
 }
 
-/// Runs `serve` until `stop` resolves.
+/// Runs `serve` until `stop` resolves: on `listener` when given (tests,
+/// benchmarks), else on `serve.bind`.
 pub async fn run(
     config: &Config,
     figment: &Figment,
@@ -323,7 +324,7 @@ pub async fn run(
     let workers = dispatcher.start_workers();
     let path = std::env::var("MESH_NOTIFY_CONFIG").ok();
     let watched = config.clone();
-    let _secrets = mesh_notify::SecretWatcher::spawn(
+    let _secrets = crate::SecretWatcher::spawn(
         Arc::clone(&dispatcher),
         &watched,
         Box::new(move || Config::load(path.as_deref().map(std::path::Path::new))),
