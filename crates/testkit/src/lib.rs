@@ -2,3 +2,4 @@
 pub mod apns;
 pub mod fcm;
 pub mod gotify;
+pub mod harness;

@@ -4,6 +4,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use jsonwebtoken::EncodingKey;
+use mesh_notify_provider_kit::http::{
+    load_root_certificate, parse_url, ClientSettings, Transport, UrlRole,
+};
 use serde::{Deserialize, Serialize};
 use url::Url;
 
@@ -238,21 +241,14 @@ impl ApnsConfig {
         };
         let tokens = load_key(&self.key_file, &self.key_id, &self.team_id)?;
 
-        let mut builder = reqwest::Client::builder()
-            .http2_prior_knowledge()
-            .http2_keep_alive_interval(Duration::from_secs(60))
-            .http2_keep_alive_timeout(Duration::from_secs(20))
-            .timeout(timeout)
-            .connect_timeout(timeout)
-            .user_agent(concat!("mesh-notify/", env!("CARGO_PKG_VERSION")));
+        let mut settings = ClientSettings::new(timeout).http2_only();
         if let Some(path) = &self.ca_file {
-            builder = builder.tls_certs_merge([load_ca(path)?]);
+            settings = settings.trust(load_ca(path)?);
         }
-        let client = builder
-            .build()
-            .map_err(|e| ApnsConfigError::Client(crate::source_chain(&e)))?;
+        let client = settings.build().map_err(ApnsConfigError::Client)?;
         Ok(ApnsNotifier {
             client,
+            transport: Transport::new("APNs", timeout).with_endpoint(&base_url),
             base_url,
             bundle_id: self.bundle_id.clone(),
             key_id: self.key_id.clone(),
@@ -302,28 +298,10 @@ fn check_bundle_id(value: &str) -> Result<(), ApnsConfigError> {
 }
 
 fn parse_base_url(raw: &str) -> Result<Url, ApnsConfigError> {
-    let invalid = |reason: String| ApnsConfigError::InvalidUrl {
+    parse_url(raw, UrlRole::Base).map_err(|reason| ApnsConfigError::InvalidUrl {
         url: raw.to_string(),
         reason,
-    };
-    let mut url = Url::parse(raw).map_err(|e| invalid(e.to_string()))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(invalid(format!("scheme `{}` is not https", url.scheme())));
-    }
-    if url.cannot_be_a_base() || url.host_str().is_none() {
-        return Err(invalid("no host".into()));
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(invalid("credentials in the URL are not allowed".into()));
-    }
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err(invalid("a query or fragment is not allowed".into()));
-    }
-    if !url.path().ends_with('/') {
-        let path = format!("{}/", url.path());
-        url.set_path(&path);
-    }
-    Ok(url)
+    })
 }
 
 fn load_key(path: &Path, key_id: &str, team_id: &str) -> Result<ProviderTokens, ApnsConfigError> {
@@ -345,18 +323,14 @@ fn load_key(path: &Path, key_id: &str, team_id: &str) -> Result<ProviderTokens, 
 }
 
 fn load_ca(path: &Path) -> Result<reqwest::Certificate, ApnsConfigError> {
-    let pem = std::fs::read(path).map_err(|source| ApnsConfigError::CaFile {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
-        return Err(ApnsConfigError::InvalidCa {
+    if let Err(source) = std::fs::metadata(path) {
+        return Err(ApnsConfigError::CaFile {
             path: path.to_path_buf(),
-            reason: "no `-----BEGIN CERTIFICATE-----` block".into(),
+            source,
         });
     }
-    reqwest::Certificate::from_pem(&pem).map_err(|e| ApnsConfigError::InvalidCa {
+    load_root_certificate(path).map_err(|reason| ApnsConfigError::InvalidCa {
         path: path.to_path_buf(),
-        reason: crate::source_chain(&e),
+        reason,
     })
 }

@@ -47,6 +47,7 @@ mod classify;
 mod config;
 mod mismatch;
 mod payload;
+mod plugin;
 mod token;
 
 use std::path::PathBuf;
@@ -56,7 +57,8 @@ use async_trait::async_trait;
 use mesh_notify_core::{
     AddressKind, Health, Kind, Notification, Notifier, NotifyError, Receipt, Secret, Timestamp,
 };
-use reqwest::header::{HeaderValue, AUTHORIZATION, RETRY_AFTER};
+use mesh_notify_provider_kit::http::{token_header, Transport};
+use reqwest::header::{HeaderValue, AUTHORIZATION};
 use url::Url;
 
 pub use classify::{classify_response, is_provider_token_refusal, ApnsErrorBody};
@@ -76,6 +78,7 @@ use token::ProviderTokens;
 /// Sends notifications through APNs. Built by [`ApnsConfig::build`].
 pub struct ApnsNotifier {
     client: reqwest::Client,
+    transport: Transport,
     base_url: Url,
     bundle_id: String,
     key_id: String,
@@ -185,11 +188,9 @@ impl ApnsNotifier {
         headers: &[(&'static str, String)],
         body: &[u8],
     ) -> Result<Answer, NotifyError> {
-        let mut auth =
-            HeaderValue::from_str(&format!("bearer {}", jwt.expose())).map_err(|_| {
-                NotifyError::misconfigured("the signed provider token is not a valid header")
-            })?;
-        auth.set_sensitive(true);
+        let auth = token_header("bearer ", jwt).ok_or_else(|| {
+            NotifyError::misconfigured("the signed provider token is not a valid header")
+        })?;
         let mut request = self
             .client
             .post(url.clone())
@@ -205,61 +206,19 @@ impl ApnsNotifier {
             })?;
             request = request.header(*name, value);
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| self.classify_transport(e))?;
-        let status = response.status().as_u16();
-        let header = |name| {
-            response
-                .headers()
-                .get(name)
-                .and_then(|v: &HeaderValue| v.to_str().ok())
-                .map(str::to_owned)
-        };
-        let apns_id = header("apns-id");
-        let retry_after = header(RETRY_AFTER.as_str());
-        let body = response
-            .text()
-            .await
-            .map_err(|e| self.classify_transport(e))?;
+        let answer = self.transport.send(request).await?;
         Ok(Answer {
-            status,
-            apns_id,
-            retry_after,
-            body,
+            status: answer.status.as_u16(),
+            apns_id: answer.header("apns-id").map(str::to_owned),
+            retry_after: answer.retry_after_header().map(str::to_owned),
+            body: answer.body,
         })
-    }
-
-    fn classify_transport(&self, err: reqwest::Error) -> NotifyError {
-        // The URL holds the device token: keep it out of the message.
-        let err = err.without_url();
-        if err.is_builder() {
-            // Nothing was sent: the request itself cannot be made, and will not be
-            // on a retry either.
-            NotifyError::permanent(format!(
-                "cannot build the APNs request (not sent): {}",
-                source_chain(&err)
-            ))
-        } else if err.is_timeout() {
-            NotifyError::transient(format!("APNs did not answer within {:?}", self.timeout))
-        } else if err.is_connect() {
-            NotifyError::transient(format!(
-                "cannot connect to APNs at {}: {}",
-                self.base_url,
-                source_chain(&err)
-            ))
-        } else {
-            NotifyError::transient(format!("APNs request failed: {}", source_chain(&err)))
-        }
     }
 
     fn sign_error(e: jsonwebtoken::errors::Error) -> NotifyError {
         NotifyError::misconfigured(format!("cannot sign the APNs provider token: {e}"))
     }
 }
-
-pub(crate) use mesh_notify_core::error_chain as source_chain;
 
 #[async_trait]
 impl Notifier for ApnsNotifier {

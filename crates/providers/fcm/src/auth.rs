@@ -11,7 +11,8 @@ use reqwest::StatusCode;
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-use crate::{source_chain, FcmConfigError};
+use crate::FcmConfigError;
+use mesh_notify_provider_kit::http::Transport;
 
 /// The OAuth scope FCM's `messages:send` needs.
 pub const FCM_SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
@@ -148,11 +149,11 @@ struct CachedToken {
 /// Issues and caches access tokens for one service account.
 pub(crate) struct ServiceAccountAuth {
     client: reqwest::Client,
+    transport: Transport,
     token_uri: Url,
     client_email: String,
     key_id: Option<String>,
     key: EncodingKey,
-    timeout: Duration,
     /// Held across a refresh, so at most one token request is in flight and the
     /// callers that waited reuse its result.
     cache: tokio::sync::Mutex<Option<CachedToken>>,
@@ -185,12 +186,12 @@ impl ServiceAccountAuth {
         let encoding = EncodingKey::from_rsa_pem(key.private_key.expose().as_bytes())
             .map_err(|e| bad_key(e.to_string()))?;
         let auth = Self {
+            transport: Transport::new("Google's token endpoint", timeout).with_endpoint(&token_uri),
             client,
             token_uri,
             client_email: key.client_email.clone(),
             key_id: key.private_key_id.clone(),
             key: encoding,
-            timeout,
             cache: tokio::sync::Mutex::new(None),
         };
         // Key parsing is lazy in the signer: sign once now so a bad key is a
@@ -258,34 +259,31 @@ impl ServiceAccountAuth {
             .append_pair("assertion", &assertion)
             .finish();
         let started = Instant::now();
-        let response = self
+        let request = self
             .client
             .post(self.token_uri.clone())
             .header(
                 reqwest::header::CONTENT_TYPE,
                 "application/x-www-form-urlencoded",
             )
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| self.transport(&e))?;
-        let status = response.status();
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let text = response.text().await.map_err(|e| self.transport(&e))?;
+            .body(body);
+        let answer = self.transport.send(request).await.map_err(|e| match e {
+            // Built from the configuration alone (token_uri, the signed
+            // assertion): the provider's problem, not one notification's.
+            NotifyError::Permanent { reason } => NotifyError::misconfigured(reason),
+            other => other,
+        })?;
+        let (status, text) = (answer.status, answer.body.as_str());
         if status != StatusCode::OK {
             return Err(classify_token_error(
                 status,
-                retry_after.as_deref(),
-                &text,
+                answer.retry_after_header(),
+                text,
                 self.token_uri.as_str(),
                 &self.client_email,
             ));
         }
-        let answer: TokenAnswer = serde_json::from_str(&text).map_err(|_| {
+        let answer: TokenAnswer = serde_json::from_str(text).map_err(|_| {
             NotifyError::misconfigured(format!(
                 "the token endpoint {} answered 200 without an access_token; is token_uri right?",
                 self.token_uri
@@ -334,29 +332,6 @@ impl ServiceAccountAuth {
             token: Secret::new(token),
             refresh_at,
         })
-    }
-
-    fn transport(&self, err: &reqwest::Error) -> NotifyError {
-        if err.is_builder() {
-            // Built from the configuration alone (token_uri, the signed assertion):
-            // the provider's problem, not one notification's.
-            NotifyError::misconfigured(format!(
-                "cannot build the request to the token endpoint {}: {}",
-                self.token_uri,
-                source_chain(err)
-            ))
-        } else if err.is_timeout() {
-            NotifyError::transient(format!(
-                "Google's token endpoint {} did not answer within {:?}",
-                self.token_uri, self.timeout
-            ))
-        } else {
-            NotifyError::transient(format!(
-                "cannot obtain an access token from {}: {}",
-                self.token_uri,
-                source_chain(err)
-            ))
-        }
     }
 }
 

@@ -33,6 +33,7 @@
 
 mod auth;
 mod message;
+mod plugin;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -41,6 +42,7 @@ use async_trait::async_trait;
 use mesh_notify_core::{
     parse_retry_after, AddressKind, Health, Notification, Notifier, NotifyError, Receipt, Timestamp,
 };
+use mesh_notify_provider_kit::http::{self, ClientSettings, Transport, UrlRole};
 use reqwest::StatusCode;
 use serde::Deserialize;
 use url::Url;
@@ -251,16 +253,13 @@ impl FcmConfig {
                 });
             }
         }
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .user_agent(concat!("mesh-notify/", env!("CARGO_PKG_VERSION")))
+        let client = ClientSettings::new(timeout)
             .build()
-            .map_err(|e| FcmConfigError::Client(e.to_string()))?;
+            .map_err(FcmConfigError::Client)?;
         let auth = ServiceAccountAuth::new(client.clone(), &key, token_uri, timeout, path)?;
         Ok(FcmNotifier {
             client,
+            transport: Transport::new("FCM", timeout),
             send_url,
             base_url,
             project_id,
@@ -275,37 +274,22 @@ impl FcmConfig {
 }
 
 fn parse_url(key: &'static str, raw: &str) -> Result<Url, FcmConfigError> {
-    let invalid = |reason: String| FcmConfigError::InvalidUrl {
+    let role = if key == "providers.fcm.base_url" {
+        UrlRole::Base
+    } else {
+        UrlRole::Endpoint
+    };
+    http::parse_url(raw, role).map_err(|reason| FcmConfigError::InvalidUrl {
         key,
         url: raw.to_string(),
         reason,
-    };
-    let mut url = Url::parse(raw.trim()).map_err(|e| invalid(e.to_string()))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(invalid(format!(
-            "scheme `{}` is not http or https",
-            url.scheme()
-        )));
-    }
-    if url.cannot_be_a_base() || url.host_str().is_none() {
-        return Err(invalid("no host".into()));
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(invalid("credentials in the URL would be logged".into()));
-    }
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err(invalid("a query or fragment is not allowed".into()));
-    }
-    if key == "providers.fcm.base_url" && !url.path().ends_with('/') {
-        let path = format!("{}/", url.path());
-        url.set_path(&path);
-    }
-    Ok(url)
+    })
 }
 
 /// Sends notifications through FCM HTTP v1.
 pub struct FcmNotifier {
     client: reqwest::Client,
+    transport: Transport,
     send_url: Url,
     base_url: Url,
     project_id: String,
@@ -339,22 +323,6 @@ impl FcmNotifier {
             ("providers.fcm.base_url", self.base_url.to_string()),
             ("providers.fcm.token_uri", self.auth.token_uri().to_string()),
         ]
-    }
-
-    fn transport(&self, err: &reqwest::Error) -> NotifyError {
-        if err.is_builder() {
-            // Nothing was sent, and a retry would build the same request.
-            NotifyError::permanent(format!(
-                "cannot build the FCM request (not sent): {}",
-                source_chain(err)
-            ))
-        } else if err.is_timeout() {
-            NotifyError::transient(format!("FCM did not answer within {:?}", self.timeout))
-        } else if err.is_connect() {
-            NotifyError::transient(format!("cannot connect to FCM: {}", source_chain(err)))
-        } else {
-            NotifyError::transient(format!("FCM request failed: {}", source_chain(err)))
-        }
     }
 }
 
@@ -474,13 +442,11 @@ pub fn classify_send_error(
             403 | 404 => NotifyError::misconfigured(format!(
                 "FCM refused the project; check project_id and the service account's permissions ({what})"
             )),
-            408 | 425 | 429 | 500..=599 => transient(),
+            _ if http::is_transient_status(status) => transient(),
             _ => NotifyError::permanent(what),
         },
     }
 }
-
-pub(crate) use mesh_notify_core::error_chain as source_chain;
 
 #[derive(Deserialize)]
 struct SentMessage {
@@ -531,23 +497,18 @@ impl Notifier for FcmNotifier {
         }
         let started = Instant::now();
         let token = self.auth.access_token().await?;
-        let response = self
+        let authorization = http::token_header("Bearer ", &token).ok_or_else(|| {
+            NotifyError::misconfigured("the access token cannot go in an Authorization header")
+        })?;
+        let request = self
             .client
             .post(self.send_url.clone())
-            .bearer_auth(token.expose())
-            .json(&serde_json::json!({ "message": message }))
-            .send()
-            .await
-            .map_err(|e| self.transport(&e))?;
-        let status = response.status();
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let body = response.text().await.map_err(|e| self.transport(&e))?;
+            .header(reqwest::header::AUTHORIZATION, authorization)
+            .json(&serde_json::json!({ "message": message }));
+        let answer = self.transport.send(request).await?;
+        let (status, body) = (answer.status, answer.body.as_str());
         if status != StatusCode::OK {
-            let err = classify_send_error(status, retry_after.as_deref(), &body);
+            let err = classify_send_error(status, answer.retry_after_header(), body);
             if status == StatusCode::UNAUTHORIZED
                 && matches!(err, NotifyError::Misconfigured { .. })
                 && !body.contains("THIRD_PARTY_AUTH_ERROR")
@@ -557,7 +518,7 @@ impl Notifier for FcmNotifier {
             }
             return Err(err);
         }
-        let message_id = match serde_json::from_str::<SentMessage>(&body) {
+        let message_id = match serde_json::from_str::<SentMessage>(body) {
             Ok(m) => Some(m.name),
             Err(e) => {
                 tracing::warn!(error = %e, "FCM accepted the message but its answer had no name");

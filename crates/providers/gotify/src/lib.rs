@@ -29,6 +29,8 @@
 //! # Ok(()) }
 //! ```
 
+mod plugin;
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -37,6 +39,10 @@ use mesh_notify_core::{
     parse_retry_after, AddressKind, Health, Kind, Notification, Notifier, NotifyError, Receipt,
     Secret,
 };
+use mesh_notify_provider_kit::http::{
+    is_transient_status, parse_url, token_header, ClientSettings, Transport, UrlRole,
+};
+pub use mesh_notify_provider_kit::MAX_TIMEOUT;
 use reqwest::header::HeaderValue;
 use reqwest::StatusCode;
 use serde::Deserialize;
@@ -45,9 +51,6 @@ use url::Url;
 
 /// Default per-request timeout.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
-/// The longest accepted `timeout` (per request). Longer is surely a typo, and
-/// keeps deadline arithmetic far from overflowing.
-pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 /// The kinds that get `android::action.onReceive.intentUrl` unless
 /// `open_on_receive` says otherwise: calls only.
 pub const DEFAULT_OPEN_ON_RECEIVE: &[Kind] = &[Kind::Call];
@@ -183,13 +186,7 @@ impl GotifyConfig {
 /// (inner spaces, line breaks, control characters, non-ASCII, which `http` would
 /// pass as opaque bytes) cannot be a token.
 fn header_value(token: &Secret) -> Option<HeaderValue> {
-    let raw = token.expose().trim();
-    if raw.is_empty() || !raw.bytes().all(|b| b.is_ascii_graphic()) {
-        return None;
-    }
-    let mut value = HeaderValue::from_str(raw).ok()?;
-    value.set_sensitive(true);
-    Some(value)
+    token_header("", token)
 }
 
 fn check_timeout(key: &'static str, timeout: Duration) -> Result<(), GotifyConfigError> {
@@ -207,6 +204,7 @@ fn check_timeout(key: &'static str, timeout: Duration) -> Result<(), GotifyConfi
 /// Sends notifications to a Gotify server.
 pub struct GotifyNotifier {
     client: reqwest::Client,
+    transport: Transport,
     message_url: Url,
     health_url: Url,
     base_url: Url,
@@ -239,31 +237,7 @@ impl GotifyNotifier {
             url: base_url.to_string(),
             reason,
         };
-        let mut base = Url::parse(base_url.trim()).map_err(|e| invalid(e.to_string()))?;
-        if !matches!(base.scheme(), "http" | "https") {
-            return Err(invalid(format!(
-                "scheme `{}` is not http or https",
-                base.scheme()
-            )));
-        }
-        if base.cannot_be_a_base() || base.host_str().is_none() {
-            return Err(invalid("no host".into()));
-        }
-        if !base.username().is_empty() || base.password().is_some() {
-            return Err(invalid(
-                "credentials in the URL would be logged; use token or token_file".into(),
-            ));
-        }
-        if base.query().is_some() {
-            return Err(invalid(
-                "a query string in the URL is not allowed (tokens go in the X-Gotify-Key header)"
-                    .into(),
-            ));
-        }
-        if !base.path().ends_with('/') {
-            let path = format!("{}/", base.path());
-            base.set_path(&path);
-        }
+        let base = parse_url(base_url, UrlRole::Base).map_err(invalid)?;
         check_timeout("providers.gotify.timeout", timeout)?;
         if let Some(token) = &token {
             if header_value(token).is_none() {
@@ -277,15 +251,12 @@ impl GotifyNotifier {
         }
         let message_url = base.join("message").map_err(|e| invalid(e.to_string()))?;
         let health_url = base.join("health").map_err(|e| invalid(e.to_string()))?;
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .user_agent(concat!("mesh-notify/", env!("CARGO_PKG_VERSION")))
+        let client = ClientSettings::new(timeout)
             .build()
-            .map_err(|e| GotifyConfigError::Client(e.to_string()))?;
+            .map_err(GotifyConfigError::Client)?;
         Ok(Self {
             client,
+            transport: Transport::new("Gotify", timeout),
             message_url,
             health_url,
             base_url: base,
@@ -411,31 +382,13 @@ pub fn classify_status(
             format!("the recipient's Gotify token was refused ({what})"),
         ),
         401 | 403 => NotifyError::misconfigured(format!("the Gotify token was refused ({what})")),
-        408 | 425 | 429 | 500..=599 => NotifyError::Transient {
+        _ if is_transient_status(status) => NotifyError::Transient {
             reason: what,
             retry_after: retry_after.and_then(parse_retry_after),
         },
         _ => NotifyError::permanent(what),
     }
 }
-
-fn classify_transport(err: &reqwest::Error, timeout: Duration) -> NotifyError {
-    if err.is_builder() {
-        // Nothing was sent, and a retry would build the same request.
-        NotifyError::permanent(format!(
-            "cannot build the Gotify request (not sent): {}",
-            source_chain(err)
-        ))
-    } else if err.is_timeout() {
-        NotifyError::transient(format!("Gotify did not answer within {timeout:?}"))
-    } else if err.is_connect() {
-        NotifyError::transient(format!("cannot connect to Gotify: {}", source_chain(err)))
-    } else {
-        NotifyError::transient(format!("Gotify request failed: {}", source_chain(err)))
-    }
-}
-
-use mesh_notify_core::error_chain as source_chain;
 
 #[derive(Deserialize)]
 struct CreatedMessage {
@@ -496,33 +449,21 @@ impl Notifier for GotifyNotifier {
             )
         })?;
         let started = Instant::now();
-        let response = self
+        let request = self
             .client
             .post(self.message_url.clone())
             .header("X-Gotify-Key", key)
-            .json(&message_body_with(n, &self.open_on_receive))
-            .send()
-            .await
-            .map_err(|e| classify_transport(&e, self.timeout))?;
-        let status = response.status();
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let body = response
-            .text()
-            .await
-            .map_err(|e| classify_transport(&e, self.timeout))?;
-        if status != StatusCode::OK {
+            .json(&message_body_with(n, &self.open_on_receive));
+        let answer = self.transport.send(request).await?;
+        if answer.status != StatusCode::OK {
             return Err(classify_status(
-                status,
-                retry_after.as_deref(),
-                &body,
+                answer.status,
+                answer.retry_after_header(),
+                &answer.body,
                 recipient_token,
             ));
         }
-        let message_id = match serde_json::from_str::<CreatedMessage>(&body) {
+        let message_id = match serde_json::from_str::<CreatedMessage>(&answer.body) {
             Ok(m) => Some(m.id.to_string()),
             Err(e) => {
                 tracing::warn!(error = %e, "Gotify accepted the message but its answer had no id");
@@ -542,11 +483,15 @@ impl Notifier for GotifyNotifier {
             health: String,
             database: String,
         }
-        match self.client.get(self.health_url.clone()).send().await {
-            Err(e) => Health::Unhealthy(classify_transport(&e, self.timeout).to_string()),
-            Ok(resp) => {
-                let status = resp.status();
-                match resp.json::<GotifyHealth>().await {
+        match self
+            .transport
+            .send(self.client.get(self.health_url.clone()))
+            .await
+        {
+            Err(e) => Health::Unhealthy(e.to_string()),
+            Ok(answer) => {
+                let status = answer.status;
+                match serde_json::from_str::<GotifyHealth>(&answer.body) {
                     Ok(h)
                         if status.is_success() && h.health == "green" && h.database == "green" =>
                     {

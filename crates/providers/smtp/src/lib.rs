@@ -37,6 +37,7 @@ mod classify;
 mod config;
 mod markdown;
 mod message;
+mod plugin;
 mod pool;
 
 use std::str::FromStr;
