@@ -32,18 +32,19 @@ use report::{status_kib, Report};
 use scenarios::{Bench, BenchError, Sizes};
 use sink::Sink;
 
-const SCENARIOS: [&str; 4] = ["dispatch", "failover", "outbox", "memory"];
+const SCENARIOS: [&str; 5] = ["dispatch", "failover", "outbox", "serve", "memory"];
 
 /// The order scenarios run in (memory first, see `run`).
-const RUN_ORDER: [&str; 4] = ["memory", "dispatch", "failover", "outbox"];
+const RUN_ORDER: [&str; 5] = ["memory", "dispatch", "failover", "outbox", "serve"];
 
 const USAGE: &str =
-    "usage: mesh-notify-bench [all|dispatch|failover|outbox|memory]... [--quick] [--pin] [--json FILE]
+    "usage: mesh-notify-bench [all|dispatch|failover|outbox|serve|memory]... [--quick] [--pin] [--json FILE]
 
   all        every scenario (the default)
   dispatch   reqwest baseline vs Dispatcher::dispatch, c=1 and c=64
   failover   primary refused / 503 / hung before and after its breaker opens
   outbox     SQLite enqueue (durable, batched), Redis (REDIS_URL), backlog drain
+  serve      mesh-notify serve (POST /message, durable) → sink vs raw client, c=64
   memory     RSS at rest, with queued entries, under c=64 load
   --quick    tiny sizes (seconds): a smoke run, figures not meaningful
   --pin      dispatch: sink process on the last core, client on the others
@@ -178,6 +179,7 @@ fn run(args: &Args) -> Result<Report, BenchError> {
                 "dispatch" => scenarios::dispatch(&mut bench).await?,
                 "failover" => scenarios::failover(&mut bench).await?,
                 "outbox" => scenarios::outbox(&mut bench).await?,
+                "serve" => scenarios::serve(&mut bench).await?,
                 _ => scenarios::memory(&mut bench).await?,
             };
             by_scenario.push((*s, r));

@@ -1,6 +1,8 @@
 //! The four scenarios. Each returns its table rows, or an error when it could not run.
 
 use std::sync::Arc;
+
+use serde_json::json;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -1373,4 +1375,131 @@ pub async fn memory(b: &mut Bench) -> Result<Vec<Row>, BenchError> {
         )),
     }
     Ok(rows)
+}
+
+/// Scenario 5: `mesh-notify serve` (Gotify-compatible `POST /message`, durable
+/// before the 200, delivered by its workers to the sink) vs the raw client posting
+/// straight to the same sink, both at c=64, in one run.
+pub async fn serve(b: &mut Bench) -> Result<Vec<Row>, BenchError> {
+    const S: &str = "serve";
+    let dir = temp_dir(S)?;
+    let sink = Sink::start(b.sink_rt.clone()).await?;
+    let url = sink.url();
+    let tpl = template();
+    let n = b.sizes.c64;
+    // Raw: the same sink, the client posting Gotify bodies itself.
+    let message_url =
+        reqwest::Url::parse(&format!("{url}message")).map_err(|e| setup(S)(e.to_string()))?;
+    let raw = baseline_op(
+        baseline_client(PROVIDER_TIMEOUT).map_err(setup(S))?,
+        message_url,
+    );
+    load::run(64, (n / 4).max(64), &tpl, Arc::clone(&raw))
+        .await
+        .map_err(run_err(S))?;
+    // Serve, in this process, on its own port.
+    const INGEST: &str = "AbenchIngestTok";
+    let toml = format!(
+        "[outbox]\npath = \"{}\"\n[providers.gotify]\nurl = \"{url}\"\ntoken = \"{TOKEN}\"\n[routes]\nchat = [\"gotify\"]\n[serve.gotify_apps.bench]\ntoken = \"{INGEST}\"\nkind = \"chat\"\n",
+        dir.path().join("serve.sqlite3").display()
+    );
+    let figment = mesh_notify::Figment::from(
+        <figment::providers::Toml as figment::providers::Format>::string(&toml),
+    );
+    let config =
+        mesh_notify::Config::from_figment(&figment).map_err(|e| setup(S)(e.to_string()))?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| setup(S)(e.to_string()))?;
+    let addr = listener.local_addr().map_err(|e| setup(S)(e.to_string()))?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        mesh_notify::serve::run(&config, &figment, Some(listener), async move {
+            let _ = stop_rx.await;
+        })
+        .await
+    });
+    let client = baseline_client(PROVIDER_TIMEOUT).map_err(setup(S))?;
+    let ingest_url = format!("http://{addr}/message");
+    let ingest: Op = Arc::new(move |n: Notification| {
+        let (client, url) = (client.clone(), ingest_url.clone());
+        Box::pin(async move {
+            let r = client
+                .post(url)
+                .header("X-Gotify-Key", INGEST)
+                .json(&json!({"title": n.title, "message": n.body, "priority": 6}))
+                .send()
+                .await
+                .map_err(|e| format!("serve POST failed: {e}"))?;
+            if r.status() != reqwest::StatusCode::OK {
+                return Err(format!("serve answered {}", r.status()));
+            }
+            Ok(())
+        })
+    });
+    // Warm-up, then interleaved repetitions of raw and serve (ingest until the
+    // sink received every message).
+    let warm = (n / 4).max(64);
+    let before = sink.delivered();
+    load::run(64, warm, &tpl, Arc::clone(&ingest))
+        .await
+        .map_err(run_err(S))?;
+    wait_delivered(&sink, before + warm as u64, b.sizes.drain_deadline)
+        .await
+        .map_err(run_err(S))?;
+    let (mut raw_rates, mut serve_rates) = (Vec::new(), Vec::new());
+    for _ in 0..b.sizes.reps.min(3) {
+        raw_rates.push(
+            load::run(64, n, &tpl, Arc::clone(&raw))
+                .await
+                .map_err(run_err(S))?
+                .throughput,
+        );
+        let before = sink.delivered();
+        let started = Instant::now();
+        load::run(64, n, &tpl, Arc::clone(&ingest))
+            .await
+            .map_err(run_err(S))?;
+        wait_delivered(&sink, before + n as u64, b.sizes.drain_deadline)
+            .await
+            .map_err(run_err(S))?;
+        serve_rates.push(n as f64 / started.elapsed().as_secs_f64());
+    }
+    let _ = stop_tx.send(());
+    let _ = server.await;
+    let (raw_rate, serve_rate) = (median(&raw_rates), median(&serve_rates));
+    let ratio = serve_rate / raw_rate.max(f64::MIN_POSITIVE);
+    b.notes.push(format!(
+        "serve: mesh-notify serve in this process (SQLite outbox, fsync'd before each 200; route chat → Gotify provider → sink); {n} messages per repetition at c=64 through POST /message, timed until the sink received the last one; raw = the reqwest client posting the same messages straight to the sink at c=64; {} interleaved repetitions, medians.",
+        b.sizes.reps.min(3)
+    ));
+    Ok(vec![
+        Row::info(
+            S,
+            "raw client → sink, c=64",
+            format!("{}/s", thousands(raw_rate)),
+            raw_rate,
+            "notifications/s",
+        ),
+        Row::info(
+            S,
+            "mesh-notify serve: POST /message (durable) → delivered to the sink, c=64",
+            format!("{}/s", thousands(serve_rate)),
+            serve_rate,
+            "notifications/s",
+        )
+        .ratio(ratio)
+        .target("≥ 0.5× raw", ratio >= 0.5),
+    ])
+}
+
+async fn wait_delivered(sink: &Sink, target: u64, limit: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + limit;
+    while sink.delivered() < target {
+        if Instant::now() > deadline {
+            return Err(format!("only {} of {target} delivered", sink.delivered()));
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    Ok(())
 }
