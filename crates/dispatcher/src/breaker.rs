@@ -16,14 +16,20 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// Breaker settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Breaker settings; the configuration's `[breaker]` table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct BreakerConfig {
-    /// Consecutive transient failures that open the circuit (0 disables the breaker).
+    /// Consecutive transient failures that open the circuit (0 disables the
+    /// breaker; default 5).
     pub failure_threshold: u32,
-    /// Wait between opening and the first probe; doubles after each failed probe.
+    /// Wait between opening and the first probe (default 1s); doubles after each
+    /// failed probe. `cool_down` is accepted as its former name.
+    #[serde(with = "humantime_serde", alias = "cool_down")]
     pub probe_interval: Duration,
-    /// Longest wait between two probes.
+    /// Longest wait between two probes of a provider that is down (default 5s):
+    /// the longest a backlog waits after the provider is back.
+    #[serde(with = "humantime_serde")]
     pub probe_max_interval: Duration,
 }
 

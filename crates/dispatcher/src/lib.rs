@@ -42,9 +42,9 @@ pub mod serve;
 
 pub use breaker::{Admission, BreakerConfig, BreakerState, CircuitBreaker};
 pub use config::{
-    BreakerSection, Config, ConfigError, LogFormat, MaxAgeSection, OutboxBackend, OutboxSection,
-    Profile, ProvidersConfig, QueueSection, RateLimitSection, RetryConfig, RoutesConfig,
-    TemplatesOverride,
+    known_providers, BreakerSection, Config, ConfigError, LogConfig, LogFormat, MaxAgeSection,
+    OutboxBackend, OutboxSection, Profile, ProvidersConfig, QueueSection, RateLimitSection,
+    Registration, RetryConfig, RoutesConfig, TemplatesOverride, REGISTRY,
 };
 pub use delivery::{AddressBook, QueuePolicy, Submitted, Workers};
 pub use dispatcher::{Dispatcher, DispatcherBuilder};
@@ -53,6 +53,7 @@ pub use log_provider::LogNotifier;
 #[cfg(feature = "logging")]
 pub use logging::{init_logging, init_logging_as};
 pub use mesh_notify_core as core;
+pub use mesh_notify_provider_kit as provider_kit;
 pub use ratelimit::{RateLimitConfig, RateLimiter};
 pub use reload::{ConfigLoader, SecretWatcher};
 pub use router::{

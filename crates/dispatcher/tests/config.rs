@@ -5,6 +5,7 @@
 use figment::Jail;
 use mesh_notify::{Config, ConfigError, Profile};
 use mesh_notify_core::{Kind, Language};
+use mesh_notify_gotify::GotifyConfig;
 
 fn load(path: Option<&str>) -> Result<(Config, mesh_notify::Figment), ConfigError> {
     Config::load(path.map(std::path::Path::new))
@@ -17,7 +18,7 @@ fn defaults_work_without_file_or_environment() {
         assert_eq!(config.profile, Profile::Development);
         assert_eq!(config.timeout, std::time::Duration::from_secs(5));
         assert_eq!(config.language, Language::Fr);
-        assert!(config.providers.gotify.is_none());
+        assert!(config.providers.get::<GotifyConfig>().is_none());
         assert_eq!(config.routes.get(Kind::Chat), ["gotify", "log"]);
         let d = config
             .dispatcher_builder(&figment)
@@ -51,7 +52,7 @@ fn seed_variables_configure_gotify_and_numeric_tokens_stay_strings() {
         jail.set_env("GOTIFY_URL", "http://127.0.0.1:9");
         jail.set_env("GOTIFY_TOKEN", "012345");
         let (config, figment) = load(None).unwrap();
-        let g = config.providers.gotify.as_ref().unwrap();
+        let g = config.providers.get::<GotifyConfig>().unwrap();
         assert_eq!(g.url, "http://127.0.0.1:9");
         assert_eq!(g.token.as_ref().unwrap().expose(), "012345");
         assert!(
@@ -85,7 +86,14 @@ fn prefixed_variables_override_the_file_and_secrets_are_not_parsed() {
         let (config, _) = load(Some("mesh.toml")).unwrap();
         assert_eq!(config.timeout, std::time::Duration::from_secs(7));
         assert_eq!(
-            config.providers.gotify.unwrap().token.unwrap().expose(),
+            config
+                .providers
+                .get::<GotifyConfig>()
+                .unwrap()
+                .token
+                .as_ref()
+                .unwrap()
+                .expose(),
             "007"
         );
         Ok(())
@@ -290,6 +298,97 @@ fn every_example_file_in_config_loads() {
             }
         }
         assert!(seen >= 4, "expected the example files, found {seen}");
+        Ok(())
+    });
+}
+
+#[test]
+fn an_unknown_provider_section_is_rejected_naming_the_known_ones_and_the_file() {
+    Jail::expect_with(|jail| {
+        jail.create_file("p.toml", "[providers.pigeon]\nloft = \"roof\"\n")?;
+        let err = load(Some("p.toml")).unwrap_err().to_string();
+        assert!(err.contains("pigeon"), "{err}");
+        assert!(err.contains("p.toml"), "{err}");
+        for known in mesh_notify::known_providers() {
+            assert!(err.contains(known), "{err}");
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn unknown_keys_inside_a_provider_section_name_the_full_key_and_the_variable() {
+    Jail::expect_with(|jail| {
+        jail.set_env(
+            "MESH_NOTIFY_PROVIDERS__FCM__SERVICE_ACCOUNT_FILE",
+            "/x.json",
+        );
+        jail.set_env("MESH_NOTIFY_PROVIDERS__FCM__CHANEL_ID", "typo");
+        let err = load(None).unwrap_err().to_string();
+        assert!(
+            err.to_lowercase().contains("providers.fcm.chanel_id"),
+            "{err}"
+        );
+        assert!(err.contains("MESH_NOTIFY_"), "{err}");
+        Ok(())
+    });
+}
+
+#[test]
+fn the_registry_names_every_provider_and_secret_files_come_from_the_sections() {
+    Jail::expect_with(|jail| {
+        let known = mesh_notify::known_providers();
+        for name in ["gotify", "fcm", "apns", "smtp", "log"] {
+            assert!(known.contains(&name), "{known:?}");
+        }
+        jail.create_file(
+            "s.toml",
+            r#"
+            [providers.gotify]
+            url = "https://push.example.com"
+            token_file = "/run/secrets/gotify"
+            [providers.fcm]
+            service_account_file = "/run/secrets/fcm.json"
+            [providers.smtp]
+            host = "smtp.example.com"
+            from = "mesh@example.com"
+            username = "mesh"
+            password_file = "/run/secrets/smtp"
+            "#,
+        )?;
+        let (config, _) = load(Some("s.toml")).unwrap();
+        let files: Vec<String> = config
+            .secret_files()
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        assert_eq!(
+            files,
+            [
+                "/run/secrets/gotify",
+                "/run/secrets/fcm.json",
+                "/run/secrets/smtp"
+            ]
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn provider_build_errors_name_the_key_and_its_source() {
+    Jail::expect_with(|jail| {
+        jail.create_file(
+            "g.toml",
+            "[providers.gotify]\nurl = \"https://x\"\ntoken = \"a\"\ntoken_file = \"/t\"\n",
+        )?;
+        let (config, figment) = load(Some("g.toml")).unwrap();
+        let err = config
+            .dispatcher_builder(&figment)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("providers.gotify.token"), "{err}");
+        assert!(err.contains("g.toml"), "{err}");
         Ok(())
     });
 }
