@@ -21,10 +21,14 @@ use crate::error::AppError;
 use crate::state::AppState;
 use crate::store::{self, now_ms, RoomInfo};
 use crate::throttle;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
 
 /// The public router (API, minimal health, WebSocket). Detailed health and metrics
 /// are on the admin listener ([`crate::admin`]).
 pub(crate) fn router(state: AppState) -> Router {
+    let max_body = state.config.max_body_bytes;
+    let request_timeout = state.config.request_timeout;
     Router::new()
         .route("/api/register", post(register))
         .route("/api/login", post(login))
@@ -55,7 +59,39 @@ pub(crate) fn router(state: AppState) -> Router {
         .fallback(|| async {
             AppError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })
+        .layer(RequestBodyLimitLayer::new(max_body))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            request_timeout,
+        ))
+        .layer(axum::middleware::map_response(json_errors))
         .with_state(state)
+}
+
+/// The limit layers answer in plain text: give their refusals the API's JSON shape.
+async fn json_errors(response: Response) -> Response {
+    let is_json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if is_json {
+        return response;
+    }
+    match response.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => AppError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            "the request body is too large",
+        )
+        .into_response(),
+        StatusCode::REQUEST_TIMEOUT => AppError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            "the request took too long",
+        )
+        .into_response(),
+        _ => response,
+    }
 }
 
 /// `Json<T>` whose rejections are JSON errors naming the field.
@@ -74,6 +110,11 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "invalid_request",
                 "expected `Content-Type: application/json`",
+            )),
+            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(AppError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                "the request body is too large",
             )),
             Err(e) => Err(AppError::new(
                 StatusCode::BAD_REQUEST,

@@ -77,6 +77,23 @@ pub struct ServerSection {
     /// Reverse proxies whose `X-Forwarded-For` names the client (default none: the
     /// peer address is the client).
     pub trusted_proxies: Vec<IpAddr>,
+    /// Open connections at most, WebSockets included (default 10,000); beyond, new
+    /// connections are closed at once.
+    pub max_connections: usize,
+    /// A client must send a request's head within this; a keep-alive connection
+    /// idle this long between requests is closed (default 10 s).
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Longest time to answer an HTTP request, reading its body included (default
+    /// 30 s; then 408).
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// A WebSocket from which nothing arrives for this long (not even the answer to
+    /// the server's pings, sent every third of it) is closed (default 60 s).
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Largest HTTP request body, in bytes (default 64 KiB; then 413).
+    pub max_body_bytes: usize,
     /// Threads computing argon2 (default 2; each uses 19 MiB and a core).
     pub hashing_threads: usize,
     /// Password hashing jobs waiting for a thread; when full, register and login
@@ -128,6 +145,11 @@ impl Default for ServerSection {
             registrations_per_address: 10,
             registration_window: Duration::from_secs(3600),
             trusted_proxies: Vec::new(),
+            max_connections: 10_000,
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            max_body_bytes: 64 * 1024,
             hashing_threads: 2,
             hashing_queue: 32,
         }
@@ -204,6 +226,21 @@ impl ServerSection {
             if value.is_zero() {
                 return Err(invalid(key, "must be greater than zero"));
             }
+        }
+        for (key, value) in [
+            ("header_read_timeout", self.header_read_timeout),
+            ("request_timeout", self.request_timeout),
+            ("idle_timeout", self.idle_timeout),
+        ] {
+            if value < Duration::from_millis(10) {
+                return Err(invalid(key, "must be at least 10ms"));
+            }
+        }
+        if self.max_connections == 0 {
+            return Err(invalid("max_connections", "must be at least 1"));
+        }
+        if self.max_body_bytes < 1024 {
+            return Err(invalid("max_body_bytes", "must be at least 1024"));
         }
         if !(1..=64).contains(&self.hashing_threads) {
             return Err(invalid("hashing_threads", "must be 1 to 64"));

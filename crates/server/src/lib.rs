@@ -34,6 +34,7 @@ mod invites;
 mod notify;
 mod outbox;
 mod presence;
+mod serve;
 mod state;
 mod store;
 mod throttle;
@@ -323,6 +324,10 @@ pub async fn start(
     }));
     tokio::spawn(dead_address_loop(store.clone(), dead_rx, stop_rx.clone()));
     tokio::spawn(prune_loop(state.clone(), stop_rx.clone()));
+    let limits = serve::ConnLimits {
+        max_connections: state.config.max_connections,
+        header_read_timeout: state.config.header_read_timeout,
+    };
     let admin_app = admin::router(state.clone());
     let app = api::router(state);
     tracing::info!(
@@ -333,25 +338,11 @@ pub async fn start(
         if let Some(a) = admin_addr {
             tracing::info!("admin endpoints (detailed /health, /metrics) on http://{a}");
         }
-        let mut stop_admin = stop_rx.clone();
-        tokio::spawn(async move {
-            axum::serve(l, admin_app)
-                .with_graceful_shutdown(async move {
-                    let _ = stop_admin.wait_for(|s| *s).await;
-                })
-                .await
-        })
+        let stop_admin = stop_rx.clone();
+        tokio::spawn(async move { serve::serve(l, admin_app, limits, stop_admin).await })
     });
-    let mut stop_serve = stop_rx;
     let task = tokio::spawn(async move {
-        let served = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            let _ = stop_serve.wait_for(|s| *s).await;
-        })
-        .await;
+        let served = serve::serve(listener, app, limits, stop_rx).await;
         if let Some(admin) = admin_task {
             match admin.await {
                 Ok(Ok(())) => {}

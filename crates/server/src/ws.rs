@@ -163,9 +163,28 @@ async fn connection(state: AppState, session: auth::Session, mut socket: WebSock
         burst: f64::from(state.config.message_burst),
     };
     let max = state.config.max_frame_bytes;
+    // A client over the rate limit this many times in a row is closed (1008).
+    let max_strikes = state.config.message_burst.max(10);
+    let mut strikes = 0u32;
+    // Liveness: pings every third of the idle timeout; nothing received (not even a
+    // pong) for the whole timeout closes the connection.
+    let idle = state.config.idle_timeout;
+    let mut last_seen = Instant::now();
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + idle / 3, idle / 3);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut shutdown = state.shutdown.clone();
     loop {
         tokio::select! {
+            _ = ping.tick() => {
+                if last_seen.elapsed() >= idle {
+                    metrics::counter!("mesh_server_ws_idle_closed_total").increment(1);
+                    let _ = socket.send(close(1001, "idle timeout")).await;
+                    break;
+                }
+                if socket.send(Message::Ping(Default::default())).await.is_err() {
+                    break;
+                }
+            }
             _ = shutdown.changed() => {
                 let _ = socket.send(close(1001, "server shutting down")).await;
                 break;
@@ -196,27 +215,40 @@ async fn connection(state: AppState, session: auth::Session, mut socket: WebSock
                         break;
                     }
                 };
-                let reply = match msg {
-                    Message::Text(t) if t.len() > max => {
-                        let _ = socket.send(close(1009, "message too big")).await;
+                last_seen = Instant::now();
+                let size = match &msg {
+                    Message::Text(t) => t.len(),
+                    Message::Binary(b) => b.len(),
+                    Message::Close(_) => break,
+                    _ => 0,
+                };
+                if size > max {
+                    let _ = socket.send(close(1009, "message too big")).await;
+                    break;
+                }
+                // Every frame counts against the rate limit (text, binary, ping, pong).
+                if !limit.allow() {
+                    metrics::counter!("mesh_server_rate_limited_total").increment(1);
+                    strikes += 1;
+                    if strikes > max_strikes {
+                        let _ = socket.send(close(1008, "rate limit exceeded")).await;
                         break;
                     }
-                    Message::Binary(b) if b.len() > max => {
-                        let _ = socket.send(close(1009, "message too big")).await;
-                        break;
-                    }
-                    Message::Text(t) => {
-                        if limit.allow() {
-                            handle(&state, &conn, t.as_str()).await
-                        } else {
-                            metrics::counter!("mesh_server_rate_limited_total").increment(1);
-                            Some(error_event(
-                                &AppError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many events; slow down"),
-                                None,
-                                None,
-                            ))
+                    if matches!(msg, Message::Text(_) | Message::Binary(_)) {
+                        let refused = error_event(
+                            &AppError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many events; slow down"),
+                            None,
+                            None,
+                        );
+                        if socket.send(Message::Text(text(&refused))).await.is_err() {
+                            break;
                         }
                     }
+                    continue;
+                }
+                strikes = 0;
+                let reply = match msg {
+                    Message::Text(t) => handle(&state, &conn, t.as_str()).await,
                     Message::Binary(_) => Some(error_event(
                         &AppError::new(StatusCode::BAD_REQUEST, "binary_not_supported", "send events as JSON text frames"),
                         None,

@@ -42,6 +42,9 @@ impl Server {
             )
             .env("MESH_NOTIFY_SERVER__BIND", "127.0.0.1:0")
             .env("MESH_NOTIFY_SERVER__ADMIN_BIND", "127.0.0.1:0")
+            // 20 messages back to back plus a join: above the default burst of 20
+            // now that answers are not held back by Nagle's algorithm.
+            .env("MESH_NOTIFY_SERVER__MESSAGE_BURST", "100")
             .env("RUST_LOG", "info")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
