@@ -388,14 +388,15 @@ fn gotify_error(status: StatusCode, description: &str) -> Response {
 const UNAUTHORIZED: &str =
     "you need to provide a valid access token or user credentials to access this api";
 
-/// The application token as Gotify looks for it: `X-Gotify-Key`, `?token=`, then
-/// `Authorization: Bearer`.
+/// The application token as Gotify looks for it: `?token=`, `X-Gotify-Key`, then
+/// `Authorization: Bearer` (the order of Gotify's own lookup, as the test fake
+/// follows it).
 fn gotify_token(query: &HashMap<String, String>, headers: &HeaderMap) -> Option<String> {
-    if let Some(t) = headers.get("x-gotify-key").and_then(|v| v.to_str().ok()) {
-        return Some(t.to_owned());
-    }
     if let Some(t) = query.get("token") {
         return Some(t.clone());
+    }
+    if let Some(t) = headers.get("x-gotify-key").and_then(|v| v.to_str().ok()) {
+        return Some(t.to_owned());
     }
     headers
         .get("authorization")
