@@ -32,19 +32,20 @@ use report::{status_kib, Report};
 use scenarios::{Bench, BenchError, Sizes};
 use sink::Sink;
 
-const SCENARIOS: [&str; 5] = ["dispatch", "failover", "outbox", "serve", "memory"];
+const SCENARIOS: [&str; 6] = ["dispatch", "failover", "outbox", "serve", "scale", "memory"];
 
 /// The order scenarios run in (memory first, see `run`).
-const RUN_ORDER: [&str; 5] = ["memory", "dispatch", "failover", "outbox", "serve"];
+const RUN_ORDER: [&str; 6] = ["memory", "dispatch", "failover", "outbox", "serve", "scale"];
 
 const USAGE: &str =
-    "usage: mesh-notify-bench [all|dispatch|failover|outbox|serve|memory]... [--quick] [--pin] [--json FILE]
+    "usage: mesh-notify-bench [all|dispatch|failover|outbox|serve|scale|memory]... [--quick] [--pin] [--json FILE]
 
   all        every scenario (the default)
   dispatch   reqwest baseline vs Dispatcher::dispatch, c=1 and c=64
   failover   primary refused / 503 / hung before and after its breaker opens
   outbox     SQLite enqueue (durable, batched), Redis (REDIS_URL), backlog drain
   serve      mesh-notify serve (POST /message, durable) → sink vs raw client, c=64
+  scale      1/2/3 instances sharing one Redis outbox, sink latency 20 ms (REDIS_URL)
   memory     RSS at rest, with queued entries, under c=64 load
   --quick    tiny sizes (seconds): a smoke run, figures not meaningful
   --pin      dispatch: sink process on the last core, client on the others
@@ -180,6 +181,7 @@ fn run(args: &Args) -> Result<Report, BenchError> {
                 "failover" => scenarios::failover(&mut bench).await?,
                 "outbox" => scenarios::outbox(&mut bench).await?,
                 "serve" => scenarios::serve(&mut bench).await?,
+                "scale" => scenarios::scale(&mut bench).await?,
                 _ => scenarios::memory(&mut bench).await?,
             };
             by_scenario.push((*s, r));

@@ -1503,3 +1503,108 @@ async fn wait_delivered(sink: &Sink, target: u64, limit: Duration) -> Result<(),
     }
     Ok(())
 }
+
+/// Scenario 6 (needs `REDIS_URL`): scale-out on Redis. The sink answers after 20 ms
+/// (a provider over a WAN, so throughput is bound by latency, not by this
+/// machine's cores); 1, 2 and 3 dispatcher instances (each with the default
+/// workers, as `mesh-notify run` starts them) share one Redis outbox holding a
+/// backlog; deliveries/s until the outbox is empty, and duplicates.
+pub async fn scale(b: &mut Bench) -> Result<Vec<Row>, BenchError> {
+    const S: &str = "scale";
+    let url = match std::env::var("REDIS_URL") {
+        Ok(u) if !u.is_empty() => u,
+        _ => {
+            return Ok(vec![Row::skipped(
+                S,
+                "scale-out on Redis, 1/2/3 instances",
+                "skipped (REDIS_URL not set)",
+                "≥ 0.8 × N × one instance",
+            )])
+        }
+    };
+    let total = b.sizes.c64 / 4;
+    let tpl = template();
+    let mut rows = Vec::new();
+    let mut one = None;
+    for n in 1..=3usize {
+        let sink = Sink::start(b.sink_rt.clone()).await?;
+        sink.set_latency(Duration::from_millis(20));
+        let prefix = format!(
+            "mesh-notify-bench-scale:{}:{}:{n}",
+            std::process::id(),
+            Timestamp::now().as_millis()
+        );
+        let mut instances = Vec::new();
+        let mut outboxes = Vec::new();
+        for _ in 0..n {
+            let outbox = Arc::new(
+                mesh_notify_outbox_redis::RedisOutbox::connect(&url, &prefix)
+                    .await
+                    .map_err(|e| setup(S)(e.to_string()))?,
+            );
+            outboxes.push(Arc::clone(&outbox));
+            instances.push(Arc::new(
+                Dispatcher::builder()
+                    .notifier(Arc::new(gotify(&sink.url(), PROVIDER_TIMEOUT, S)?))
+                    .route(Kind::Chat, ["gotify"])
+                    .outbox(outbox)
+                    .queue_policy(QueuePolicy::default())
+                    .build()
+                    .map_err(|e| setup(S)(e.to_string()))?,
+            ));
+        }
+        fill(outboxes[0].as_ref(), &tpl, total, 500)
+            .await
+            .map_err(run_err(S))?;
+        let started = Instant::now();
+        let workers: Vec<_> = instances.iter().map(|d| d.start_workers()).collect();
+        wait_delivered(&sink, total as u64, b.sizes.drain_deadline)
+            .await
+            .map_err(run_err(S))?;
+        let elapsed = started.elapsed();
+        // Let any second delivery show up while the last acknowledgements land.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let st = outboxes[0]
+                .stats()
+                .await
+                .map_err(|e| run_err(S)(e.to_string()))?;
+            if st.pending == 0 || Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for w in workers {
+            w.shutdown().await;
+        }
+        let dupes = sink.delivered().saturating_sub(total as u64);
+        let rate = total as f64 / elapsed.as_secs_f64();
+        let base = *one.get_or_insert(rate);
+        let ratio = rate / (base * n as f64);
+        let row = Row::info(
+            S,
+            format!("scale-out on Redis, {n} instance(s), sink latency 20 ms"),
+            format!("{}/s ({dupes} delivered twice)", thousands(rate)),
+            rate,
+            "notifications/s",
+        );
+        rows.push(if n == 1 {
+            row
+        } else {
+            row.ratio(ratio).target(
+                "≥ 0.8 × N × one instance, no duplicate",
+                ratio >= 0.8 && dupes == 0,
+            )
+        });
+        // Clean up this run's keys.
+        if let Ok(client) = redis::Client::open(url.as_str()) {
+            if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
+                let _ = redis_cleanup(&mut conn, &prefix).await;
+            }
+        }
+    }
+    b.notes.push(format!(
+        "scale: {total} notifications queued in one Redis outbox, then 1, 2 or 3 dispatcher instances (each 2 workers × 32 in flight, QueuePolicy defaults, own Redis connection) deliver them to a sink answering after 20 ms; rate = backlog / time to the last delivery; ratio = rate / (N × the 1-instance rate); duplicates = deliveries beyond the backlog."
+    ));
+    Ok(rows)
+}

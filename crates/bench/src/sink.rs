@@ -41,6 +41,8 @@ pub enum Mode {
 
 struct Shared {
     mode: AtomicU8,
+    /// Added before every answer (a provider over a WAN), in microseconds.
+    latency_us: AtomicU64,
     delivered: AtomicU64,
     next_id: AtomicU64,
 }
@@ -80,6 +82,7 @@ impl Sink {
         })?;
         let shared = Arc::new(Shared {
             mode: AtomicU8::new(Mode::Ok as u8),
+            latency_us: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
         });
@@ -108,6 +111,14 @@ impl Sink {
     /// Sets how `POST /message` is answered.
     pub fn set_mode(&self, mode: Mode) {
         self.shared.mode.store(mode as u8, Ordering::SeqCst);
+    }
+
+    /// Answers every request after `latency` (a provider far away).
+    pub fn set_latency(&self, latency: Duration) {
+        self.shared.latency_us.store(
+            u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
+            Ordering::SeqCst,
+        );
     }
 
     /// Messages answered with 200 so far.
@@ -261,6 +272,10 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Answer, I
         Ok(b) => b.to_bytes(),
         Err(_) => return Ok(gotify_error(StatusCode::BAD_REQUEST, "unreadable body")),
     };
+    let latency = shared.latency_us.load(Ordering::Relaxed);
+    if latency > 0 {
+        tokio::time::sleep(Duration::from_micros(latency)).await;
+    }
     match shared.mode.load(Ordering::Relaxed) {
         m if m == Mode::Unavailable as u8 => {
             return Ok(gotify_error(
