@@ -293,6 +293,9 @@ fn provider_for(kind: AddressKind) -> &'static str {
         AddressKind::Fcm => "fcm",
         AddressKind::Apns | AddressKind::ApnsVoip => "apns",
         AddressKind::Email => "smtp",
+        AddressKind::Ntfy => "ntfy",
+        AddressKind::Webhook => "webhook",
+        AddressKind::WebPush => "webpush",
     }
 }
 

@@ -243,9 +243,29 @@ pub enum AddressKind {
     ApnsVoip,
     /// An email address.
     Email,
+    /// An ntfy topic (on the configured ntfy server).
+    Ntfy,
+    /// An https URL that receives signed webhooks.
+    Webhook,
+    /// A Web Push subscription (the browser's `PushSubscription` as JSON:
+    /// `endpoint`, `keys.p256dh`, `keys.auth`).
+    #[serde(rename = "webpush")]
+    WebPush,
 }
 
 impl AddressKind {
+    /// Every kind, in a stable order.
+    pub const ALL: [AddressKind; 8] = [
+        AddressKind::Gotify,
+        AddressKind::Fcm,
+        AddressKind::Apns,
+        AddressKind::ApnsVoip,
+        AddressKind::Email,
+        AddressKind::Ntfy,
+        AddressKind::Webhook,
+        AddressKind::WebPush,
+    ];
+
     /// Lower-case name used in APIs and logs.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -254,7 +274,24 @@ impl AddressKind {
             AddressKind::Apns => "apns",
             AddressKind::ApnsVoip => "apns_voip",
             AddressKind::Email => "email",
+            AddressKind::Ntfy => "ntfy",
+            AddressKind::Webhook => "webhook",
+            AddressKind::WebPush => "webpush",
         }
+    }
+}
+
+impl std::str::FromStr for AddressKind {
+    type Err = String;
+    /// The kind named as by [`AddressKind::as_str`].
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        AddressKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| {
+                let known: Vec<&str> = AddressKind::ALL.iter().map(|k| k.as_str()).collect();
+                format!("unknown address kind `{s}` (expected {})", known.join(", "))
+            })
     }
 }
 

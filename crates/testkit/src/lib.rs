@@ -3,3 +3,4 @@ pub mod apns;
 pub mod fcm;
 pub mod gotify;
 pub mod harness;
+pub mod ntfy;

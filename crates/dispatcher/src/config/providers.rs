@@ -28,6 +28,8 @@ pub static REGISTRY: &[Registration] = &[
     Registration::of::<mesh_notify_apns::ApnsConfig>(),
     #[cfg(feature = "smtp")]
     Registration::of::<mesh_notify_smtp::SmtpConfig>(),
+    #[cfg(feature = "ntfy")]
+    Registration::of::<mesh_notify_ntfy::NtfyConfig>(),
 ];
 
 /// The built-in provider that writes notifications to the log (`[providers.log]`).
