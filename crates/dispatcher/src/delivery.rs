@@ -623,7 +623,7 @@ where
 async fn worker_loop(d: Arc<Delivery>, outbox: Arc<dyn Outbox>, worker: String, mut stop: StopRx) {
     let policy = d.queue.clone();
     let concurrency = policy.concurrency.max(1);
-    let refill_at = (concurrency / 2).max(1);
+    let refill_at = (concurrency / 4).max(1);
     let mut in_flight: JoinSet<Settled> = JoinSet::new();
     let mut claims_by_task: HashMap<tokio::task::Id, Claim> = HashMap::new();
     let mut error_backoff = Duration::from_millis(100);
