@@ -4,3 +4,4 @@ pub mod fcm;
 pub mod gotify;
 pub mod harness;
 pub mod ntfy;
+pub mod webhook;

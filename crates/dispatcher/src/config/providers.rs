@@ -30,6 +30,8 @@ pub static REGISTRY: &[Registration] = &[
     Registration::of::<mesh_notify_smtp::SmtpConfig>(),
     #[cfg(feature = "ntfy")]
     Registration::of::<mesh_notify_ntfy::NtfyConfig>(),
+    #[cfg(feature = "webhook")]
+    Registration::of::<mesh_notify_webhook::WebhookConfig>(),
 ];
 
 /// The built-in provider that writes notifications to the log (`[providers.log]`).
