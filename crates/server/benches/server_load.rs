@@ -409,6 +409,8 @@ data_dir = "{dir}"
 messages_per_second = 100000.0
 message_burst = 100000
 admin_bind = "127.0.0.1:0"
+# The rss scenario opens many WebSockets per user.
+max_connections_per_user = 100000
 # Every bench user registers from this one address.
 registrations_per_address = 1000000
 "#,

@@ -356,10 +356,30 @@ async fn create_room(
 ) -> Result<Response, AppError> {
     let name = req.name.trim().to_string();
     check_len("name", &name, 1, 100)?;
+    let max_created = state.config.max_rooms_created_per_user;
+    let max_rooms = state.config.max_rooms_per_user;
     let room = state
         .store
         .call(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let created: i64 = tx.query_row(
+                "SELECT COUNT(*) FROM rooms r JOIN members m ON m.room_id = r.id AND m.user_id = r.created_by
+                 WHERE r.created_by = ?1",
+                [user.id],
+                |r| r.get(0),
+            )?;
+            if created >= i64::from(max_created) {
+                return Err(store::limit_reached(
+                    "too_many_rooms",
+                    format!("at most {max_created} rooms created per user (leaving one frees its place)"),
+                ));
+            }
+            if store::memberships(&tx, user.id)? >= i64::from(max_rooms) {
+                return Err(store::limit_reached(
+                    "too_many_memberships",
+                    format!("at most {max_rooms} rooms per user; leave one first"),
+                ));
+            }
             let now = now_ms();
             tx.execute(
                 "INSERT INTO rooms (name, created_by, created_at) VALUES (?1, ?2, ?3)",
@@ -454,9 +474,6 @@ struct AddressRequest {
     value: String,
 }
 
-/// At most this many addresses per user.
-const MAX_ADDRESSES: i64 = 20;
-
 fn preview(value: &str) -> String {
     let prefix: String = value.chars().take(4).collect();
     format!("{prefix}…")
@@ -496,6 +513,7 @@ async fn add_address(
         }
     }
     let shown = preview(&value);
+    let max_addresses = i64::from(state.config.max_addresses_per_user);
     let id = state
         .store
         .call(move |conn| {
@@ -514,11 +532,10 @@ async fn add_address(
             if let Some(id) = existing {
                 return Ok(id);
             }
-            if count >= MAX_ADDRESSES {
-                return Err(AppError::new(
-                    StatusCode::CONFLICT,
+            if count >= max_addresses {
+                return Err(store::limit_reached(
                     "too_many_addresses",
-                    format!("at most {MAX_ADDRESSES} addresses per user"),
+                    format!("at most {max_addresses} addresses per user; delete one first"),
                 ));
             }
             conn.execute(

@@ -94,6 +94,16 @@ pub struct ServerSection {
     pub idle_timeout: Duration,
     /// Largest HTTP request body, in bytes (default 64 KiB; then 413).
     pub max_body_bytes: usize,
+    /// Open WebSockets per user at most (default 20; then the upgrade answers 429).
+    pub max_connections_per_user: usize,
+    /// Rooms a user may have created and still be in (default 100).
+    pub max_rooms_created_per_user: u32,
+    /// Rooms a user may be a member of (default 500).
+    pub max_rooms_per_user: u32,
+    /// Members per room (default 1,000).
+    pub max_members_per_room: u32,
+    /// Notification addresses per user (default 20).
+    pub max_addresses_per_user: u32,
     /// Threads computing argon2 (default 2; each uses 19 MiB and a core).
     pub hashing_threads: usize,
     /// Password hashing jobs waiting for a thread; when full, register and login
@@ -150,6 +160,11 @@ impl Default for ServerSection {
             request_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
             max_body_bytes: 64 * 1024,
+            max_connections_per_user: 20,
+            max_rooms_created_per_user: 100,
+            max_rooms_per_user: 500,
+            max_members_per_room: 1000,
+            max_addresses_per_user: 20,
             hashing_threads: 2,
             hashing_queue: 32,
         }
@@ -214,6 +229,13 @@ impl ServerSection {
                 self.login_failures_per_address,
             ),
             ("registrations_per_address", self.registrations_per_address),
+            (
+                "max_rooms_created_per_user",
+                self.max_rooms_created_per_user,
+            ),
+            ("max_rooms_per_user", self.max_rooms_per_user),
+            ("max_members_per_room", self.max_members_per_room),
+            ("max_addresses_per_user", self.max_addresses_per_user),
         ] {
             if value == 0 {
                 return Err(invalid(key, "must be at least 1"));
@@ -235,6 +257,9 @@ impl ServerSection {
             if value < Duration::from_millis(10) {
                 return Err(invalid(key, "must be at least 10ms"));
             }
+        }
+        if self.max_connections_per_user == 0 {
+            return Err(invalid("max_connections_per_user", "must be at least 1"));
         }
         if self.max_connections == 0 {
             return Err(invalid("max_connections", "must be at least 1"));

@@ -102,6 +102,7 @@ pub(crate) async fn invite(
     let st = state.clone();
     let path = state.notify_path;
     let language = state.language;
+    let max_members = state.config.max_members_per_room;
     let (invite, created, queued, invitee_id) = state
         .store
         .call(move |c| {
@@ -117,6 +118,12 @@ pub(crate) async fn invite(
                     "this user is already a member of the room",
                 )
                 .field("username"));
+            }
+            if store::member_count(&tx, room_id)? >= i64::from(max_members) {
+                return Err(store::limit_reached(
+                    "room_full",
+                    format!("the room has {max_members} members, the most allowed"),
+                ));
             }
             if has_blocked(&tx, invitee.id, user.id)? {
                 return Err(AppError::new(
@@ -236,6 +243,10 @@ pub(crate) async fn accept(
     Path(raw_id): Path<String>,
 ) -> Result<Json<Value>, AppError> {
     let id = parse_id(&raw_id, "id")?;
+    let (max_rooms, max_members) = (
+        state.config.max_rooms_per_user,
+        state.config.max_members_per_room,
+    );
     let room = state
         .store
         .call(move |c| {
@@ -248,6 +259,8 @@ pub(crate) async fn accept(
                 )
                 .optional()?
                 .ok_or_else(no_such_invite)?;
+            // Refused: the invitation stays pending (the delete is rolled back).
+            store::check_can_join(&tx, room_id, user.id, max_rooms, max_members)?;
             let room = store::room(&tx, room_id)?.ok_or_else(no_such_invite)?;
             tx.execute(
                 "INSERT OR IGNORE INTO members (room_id, user_id, joined_at) VALUES (?1, ?2, ?3)",

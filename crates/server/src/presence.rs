@@ -326,6 +326,11 @@ impl Presence {
         ids.iter().filter(|id| inner.send(**id, msg)).count()
     }
 
+    /// Open connections of `user_id`.
+    pub(crate) fn user_connections(&self, user_id: i64) -> usize {
+        self.lock().by_user.get(&user_id).map_or(0, HashSet::len)
+    }
+
     /// Open connections.
     pub(crate) fn connections(&self) -> usize {
         self.lock().conns.len()

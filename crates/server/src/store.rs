@@ -309,6 +309,52 @@ pub(crate) fn room_for_member(
     room(conn, room_id)?.ok_or_else(AppError::not_member)
 }
 
+/// A per-user or per-room limit reached: 409 with `code`, naming the limit.
+pub(crate) fn limit_reached(code: &'static str, what: String) -> AppError {
+    AppError::new(axum::http::StatusCode::CONFLICT, code, what)
+}
+
+/// Rooms `user_id` is a member of.
+pub(crate) fn memberships(conn: &Connection, user_id: i64) -> rusqlite::Result<i64> {
+    conn.query_row(
+        "SELECT COUNT(*) FROM members WHERE user_id = ?1",
+        [user_id],
+        |r| r.get(0),
+    )
+}
+
+/// Members of `room_id`.
+pub(crate) fn member_count(conn: &Connection, room_id: i64) -> rusqlite::Result<i64> {
+    conn.query_row(
+        "SELECT COUNT(*) FROM members WHERE room_id = ?1",
+        [room_id],
+        |r| r.get(0),
+    )
+}
+
+/// Checks that `user_id` may join one more room and `room_id` take one more member.
+pub(crate) fn check_can_join(
+    conn: &Connection,
+    room_id: i64,
+    user_id: i64,
+    max_rooms_per_user: u32,
+    max_members_per_room: u32,
+) -> Result<(), AppError> {
+    if member_count(conn, room_id)? >= i64::from(max_members_per_room) {
+        return Err(limit_reached(
+            "room_full",
+            format!("the room has {max_members_per_room} members, the most allowed"),
+        ));
+    }
+    if memberships(conn, user_id)? >= i64::from(max_rooms_per_user) {
+        return Err(limit_reached(
+            "too_many_memberships",
+            format!("at most {max_rooms_per_user} rooms per user; leave one first"),
+        ));
+    }
+    Ok(())
+}
+
 pub(crate) fn parse_address_kind(s: &str) -> Option<AddressKind> {
     Some(match s {
         "gotify" => AddressKind::Gotify,

@@ -55,6 +55,15 @@ pub(crate) async fn upgrade(
         Ok(s) => s,
         Err(e) => return e.into_response(),
     };
+    let max = state.config.max_connections_per_user;
+    if state.presence.user_connections(session.user.id) >= max {
+        return AppError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_connections",
+            format!("at most {max} open WebSockets per user; close one first"),
+        )
+        .into_response();
+    }
     // Frames up to 4x the limit are read and refused with a clean 1009 close; larger
     // ones are cut off by the WebSocket layer itself.
     let hard_limit = state.config.max_frame_bytes.saturating_mul(4);
