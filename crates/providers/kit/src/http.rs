@@ -22,7 +22,9 @@ use std::time::Duration;
 use mesh_notify_core::{error_chain, parse_retry_after, NotifyError, Secret};
 use reqwest::header::{HeaderMap, HeaderValue, RETRY_AFTER};
 use reqwest::StatusCode;
-use url::Url;
+use std::net::IpAddr;
+
+use url::{Host, Url};
 
 use crate::{ConfigIssue, Profile, ProviderContext};
 
@@ -177,6 +179,41 @@ pub fn check_https(
             key,
             format!("scheme `{other}` is not supported (use https://)"),
         )),
+    }
+}
+
+/// Whether `url` names a loopback, private, shared (100.64/10), link-local,
+/// unspecified or broadcast address, or `localhost`: where a URL given by a
+/// user (a webhook, a push endpoint) must not make the server connect. Host
+/// names are not resolved: block internal networks at the egress too.
+pub fn is_internal_address(url: &Url) -> bool {
+    let internal_ip = |ip: IpAddr| match ip {
+        IpAddr::V4(v4) => {
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64 // 100.64/10
+        }
+        IpAddr::V6(v6) => {
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || (v6.segments()[0] & 0xfe00) == 0xfc00 // unique local
+                || (v6.segments()[0] & 0xffc0) == 0xfe80 // link local
+                || v6.to_ipv4_mapped().is_some_and(|v4| {
+                    v4.is_loopback() || v4.is_private() || v4.is_link_local()
+                })
+        }
+    };
+    match url.host() {
+        Some(Host::Ipv4(ip)) => internal_ip(IpAddr::V4(ip)),
+        Some(Host::Ipv6(ip)) => internal_ip(IpAddr::V6(ip)),
+        Some(Host::Domain(d)) => {
+            let d = d.trim_end_matches('.').to_ascii_lowercase();
+            d == "localhost" || d.ends_with(".localhost")
+        }
+        None => true,
     }
 }
 
@@ -390,6 +427,34 @@ mod tests {
         assert!(token_header("", &Secret::new("two words")).is_none());
         assert!(token_header("", &Secret::new("é")).is_none());
         assert!(token_header("", &Secret::new("  ")).is_none());
+    }
+
+    #[test]
+    fn internal_addresses_are_recognised() {
+        for u in [
+            "http://127.0.0.1:9090/admin",
+            "http://localhost/x",
+            "http://api.localhost/x",
+            "https://10.1.2.3/",
+            "https://192.168.1.1/",
+            "https://172.16.0.1/",
+            "https://169.254.169.254/latest/meta-data",
+            "https://100.64.0.1/",
+            "https://[::1]/",
+            "https://[fd00::1]/",
+            "https://[fe80::1]/",
+            "https://[::ffff:127.0.0.1]/",
+            "https://0.0.0.0/",
+        ] {
+            assert!(is_internal_address(&Url::parse(u).unwrap()), "{u}");
+        }
+        for u in [
+            "https://hooks.example.com/x",
+            "https://8.8.8.8/",
+            "https://[2001:db8::1]/",
+        ] {
+            assert!(!is_internal_address(&Url::parse(u).unwrap()), "{u}");
+        }
     }
 
     #[test]
