@@ -35,6 +35,18 @@ impl LoopbackServer {
         Ok(Self { addr, app, task })
     }
 
+    /// Serves `app` at `addr` (a port just found free; retried briefly while
+    /// another socket releases it).
+    pub async fn start_at(addr: SocketAddr, app: Router) -> std::io::Result<Self> {
+        let mut server = Self {
+            addr,
+            app,
+            task: None,
+        };
+        server.restart().await?;
+        Ok(server)
+    }
+
     /// `http://127.0.0.1:PORT` (no trailing slash).
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)

@@ -5,3 +5,4 @@ pub mod gotify;
 pub mod harness;
 pub mod ntfy;
 pub mod webhook;
+pub mod webpush;

@@ -32,6 +32,8 @@ pub static REGISTRY: &[Registration] = &[
     Registration::of::<mesh_notify_ntfy::NtfyConfig>(),
     #[cfg(feature = "webhook")]
     Registration::of::<mesh_notify_webhook::WebhookConfig>(),
+    #[cfg(feature = "webpush")]
+    Registration::of::<mesh_notify_webpush::WebPushConfig>(),
 ];
 
 /// The built-in provider that writes notifications to the log (`[providers.log]`).
