@@ -52,7 +52,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
+
+use crate::harness::LoopbackServer;
 
 /// The fake's Firebase project id.
 pub const PROJECT_ID: &str = "mesh-test-project";
@@ -335,9 +336,8 @@ impl Shared {
 
 /// A running fake FCM + OAuth token endpoint on 127.0.0.1 (free port).
 pub struct FakeFcm {
-    addr: SocketAddr,
+    server: LoopbackServer,
     shared: Shared,
-    task: Option<JoinHandle<()>>,
 }
 
 impl FakeFcm {
@@ -361,15 +361,13 @@ impl FakeFcm {
             next_id: Arc::new(AtomicU64::new(1)),
         };
         let app = Router::new().fallback(route).with_state(shared.clone());
-        let task = Some(tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        }));
-        Ok(Self { addr, shared, task })
+        let server = LoopbackServer::from_listener(listener, app)?;
+        Ok(Self { server, shared })
     }
 
     /// Base URL of the FCM API, e.g. `http://127.0.0.1:41234`.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        self.server.url()
     }
 
     /// The OAuth token endpoint, `{url}/token`.
@@ -379,7 +377,7 @@ impl FakeFcm {
 
     /// Socket address.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.server.addr()
     }
 
     /// A Google service-account JSON file's content for the fake account, with
@@ -461,15 +459,7 @@ impl FakeFcm {
 
     /// Stops serving: the port is closed and connections are refused.
     pub fn stop(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
-    }
-}
-
-impl Drop for FakeFcm {
-    fn drop(&mut self) {
-        self.stop();
+        self.server.stop();
     }
 }
 

@@ -29,8 +29,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
+
+use crate::harness::LoopbackServer;
 
 /// How the fake answers `POST /message`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -107,16 +107,13 @@ impl Shared {
 
 /// A running fake Gotify on 127.0.0.1 (free port).
 pub struct FakeGotify {
-    addr: SocketAddr,
+    server: LoopbackServer,
     shared: Shared,
-    task: Option<JoinHandle<()>>,
 }
 
 impl FakeGotify {
     /// Starts a fake that knows these application tokens (token, appid).
     pub async fn start(tokens: &[(&str, i64)]) -> std::io::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
         let shared = Shared {
             inner: Arc::new(Mutex::new(Inner {
                 tokens: tokens.iter().map(|(t, a)| (t.to_string(), *a)).collect(),
@@ -124,18 +121,18 @@ impl FakeGotify {
             })),
             next_id: Arc::new(AtomicI64::new(1)),
         };
-        let task = Some(spawn_server(listener, shared.clone()));
-        Ok(Self { addr, shared, task })
+        let server = LoopbackServer::start(app(shared.clone())).await?;
+        Ok(Self { server, shared })
     }
 
     /// Base URL, e.g. `http://127.0.0.1:41234`.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        self.server.url()
     }
 
     /// Socket address.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.server.addr()
     }
 
     /// Changes how `POST /message` answers.
@@ -155,46 +152,20 @@ impl FakeGotify {
 
     /// Stops serving: the port is closed and connections are refused.
     pub fn stop(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
+        self.server.stop();
     }
 
     /// Serves again on the same port after [`FakeGotify::stop`], keeping the record.
     pub async fn restart(&mut self) -> std::io::Result<()> {
-        self.stop();
-        // The aborted task drops its listener asynchronously; retry briefly.
-        let mut last_err = None;
-        for _ in 0..50 {
-            match TcpListener::bind(self.addr).await {
-                Ok(listener) => {
-                    self.task = Some(spawn_server(listener, self.shared.clone()));
-                    return Ok(());
-                }
-                Err(e) => {
-                    last_err = Some(e);
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            }
-        }
-        Err(last_err.unwrap_or_else(|| std::io::Error::other("could not rebind")))
+        self.server.restart().await
     }
 }
 
-impl Drop for FakeGotify {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn spawn_server(listener: TcpListener, shared: Shared) -> JoinHandle<()> {
-    let app = Router::new()
+fn app(shared: Shared) -> Router {
+    Router::new()
         .route("/message", post(create_message))
         .route("/health", get(health))
-        .with_state(shared);
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    })
+        .with_state(shared)
 }
 
 fn gotify_error(status: StatusCode, description: &str) -> Response {

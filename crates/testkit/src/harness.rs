@@ -35,16 +35,12 @@ impl LoopbackServer {
         Ok(Self { addr, app, task })
     }
 
-    /// Serves `app` at `addr` (a port just found free; retried briefly while
-    /// another socket releases it).
-    pub async fn start_at(addr: SocketAddr, app: Router) -> std::io::Result<Self> {
-        let mut server = Self {
-            addr,
-            app,
-            task: None,
-        };
-        server.restart().await?;
-        Ok(server)
+    /// Serves `app` on a listener already bound (when the app must know its own
+    /// address, e.g. a token endpoint URL or the VAPID audience).
+    pub fn from_listener(listener: TcpListener, app: Router) -> std::io::Result<Self> {
+        let addr = listener.local_addr()?;
+        let task = Some(serve(listener, app.clone()));
+        Ok(Self { addr, app, task })
     }
 
     /// `http://127.0.0.1:PORT` (no trailing slash).

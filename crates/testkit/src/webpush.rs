@@ -100,9 +100,8 @@ impl FakePushService {
     /// Starts the service.
     pub async fn start() -> std::io::Result<Self> {
         // The origin is known only once bound: bind first, then build the app.
-        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        drop(listener);
         let shared = Shared {
             origin: Arc::new(format!("http://{addr}")),
             inner: Arc::default(),
@@ -111,7 +110,7 @@ impl FakePushService {
         let app = Router::new()
             .route("/push/{id}", post(push))
             .with_state(shared.clone());
-        let server = LoopbackServer::start_at(addr, app).await?;
+        let server = LoopbackServer::from_listener(listener, app)?;
         Ok(Self { server, shared })
     }
 
