@@ -392,15 +392,13 @@ async fn quota_exceeded_is_transient_with_retry_after_seconds() {
 
 #[tokio::test]
 async fn quota_exceeded_honours_an_http_date_retry_after() {
-    let at = SystemTime::now() + Duration::from_secs(120);
-    let date = httpdate::fmt_http_date(at);
+    // A day ahead: the assertion holds however long the test waits for a core.
+    let day = Duration::from_secs(24 * 3600);
+    let date = httpdate::fmt_http_date(SystemTime::now() + day);
     let err = send_failing(FcmErrorCode::QuotaExceeded, Some(&date)).await;
     assert_eq!(err.class(), ErrorClass::Transient, "{err}");
     let ra = err.retry_after().unwrap();
-    assert!(
-        ra > Duration::from_secs(110) && ra <= Duration::from_secs(120),
-        "{ra:?}"
-    );
+    assert!(ra > day - Duration::from_secs(3600) && ra <= day, "{ra:?}");
 }
 
 #[tokio::test]

@@ -340,15 +340,10 @@ async fn a_silent_server_times_out_as_transient() {
         }
     });
     let smtp = config(port).build(Duration::from_millis(300)).unwrap();
-    let started = std::time::Instant::now();
+    // The step deadline fired (the message says so); no wall-clock assertion.
     let e = smtp.send(&call_to("bob@example.com")).await.unwrap_err();
     assert_eq!(e.class(), ErrorClass::Transient, "{e}");
     assert!(e.to_string().contains("did not answer within"), "{e}");
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        started.elapsed()
-    );
     holder.abort();
 }
 
