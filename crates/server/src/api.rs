@@ -54,6 +54,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/rooms/{id}/messages", get(history))
         .route("/api/me/addresses", post(add_address).get(list_addresses))
         .route("/api/me/addresses/{id}", delete(delete_address))
+        .route("/api/me/addresses/{id}/verify", post(crate::verify::verify))
         .route("/health", get(crate::admin::public_health))
         .route("/ws", get(crate::ws::upgrade))
         .fallback(|| async {
@@ -474,7 +475,7 @@ struct AddressRequest {
     value: String,
 }
 
-fn preview(value: &str) -> String {
+pub(crate) fn preview(value: &str) -> String {
     let prefix: String = value.chars().take(4).collect();
     format!("{prefix}…")
 }
@@ -512,44 +513,88 @@ async fn add_address(
             }
         }
     }
+    let is_email = kind == mesh_notify_core::AddressKind::Email;
+    if is_email && crate::verify::smtp_provider(&state).is_none() {
+        return Err(crate::verify::email_unavailable());
+    }
     let shown = preview(&value);
     let max_addresses = i64::from(state.config.max_addresses_per_user);
-    let id = state
+    let email = value.clone();
+    let (id, verified, code) = state
         .store
         .call(move |conn| {
-            let count: i64 = conn.query_row(
-                "SELECT COUNT(*) FROM addresses WHERE user_id = ?1",
-                [user.id],
-                |r| r.get(0),
-            )?;
-            let existing: Option<i64> = conn
-                .query_row(
-                    "SELECT id FROM addresses WHERE user_id = ?1 AND kind = ?2 AND value = ?3",
-                    params![user.id, kind.as_str(), value],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            if let Some(id) = existing {
-                return Ok(id);
-            }
-            if count >= max_addresses {
-                return Err(store::limit_reached(
-                    "too_many_addresses",
-                    format!("at most {max_addresses} addresses per user; delete one first"),
-                ));
-            }
-            conn.execute(
-                "INSERT INTO addresses (user_id, kind, value, created_at) VALUES (?1, ?2, ?3, ?4)",
-                params![user.id, kind.as_str(), value, now_ms()],
-            )?;
-            Ok(conn.last_insert_rowid())
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let (id, verified) = add_address_row(&tx, user.id, kind, &value, max_addresses)?;
+            // An email address gets a code (again, if it is still unverified).
+            let code = if verified {
+                None
+            } else {
+                Some(crate::verify::issue_code(&tx, id)?)
+            };
+            tx.commit()?;
+            Ok((id, verified, code))
         })
         .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({ "address": { "id": id, "kind": kind, "value": shown } })),
-    )
-        .into_response())
+    let mut status = StatusCode::CREATED;
+    if let Some(code) = code {
+        if let Err(e) = crate::verify::send_code(&state, &user, &email, &code).await {
+            // Not sent: forget the code so that a retry can send one at once.
+            let _ = state
+                .store
+                .call(move |conn| Ok(crate::verify::drop_code(conn, id)?))
+                .await;
+            return Err(e);
+        }
+        status = StatusCode::ACCEPTED;
+    }
+    let mut body =
+        json!({ "address": { "id": id, "kind": kind, "value": shown, "verified": verified } });
+    if !verified {
+        body["verification"] = json!({
+            "sent_to": shown,
+            "expires_in": crate::verify::CODE_TTL_MS / 1000,
+            "verify": format!("/api/me/addresses/{id}/verify"),
+        });
+    }
+    Ok((status, Json(body)).into_response())
+}
+
+/// Finds or inserts the address row: (id, verified). Email addresses start
+/// unverified.
+fn add_address_row(
+    conn: &rusqlite::Connection,
+    user_id: i64,
+    kind: mesh_notify_core::AddressKind,
+    value: &str,
+    max_addresses: i64,
+) -> Result<(i64, bool), AppError> {
+    let existing: Option<(i64, bool)> = conn
+        .query_row(
+            "SELECT id, verified FROM addresses WHERE user_id = ?1 AND kind = ?2 AND value = ?3",
+            params![user_id, kind.as_str(), value],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    if let Some(found) = existing {
+        return Ok(found);
+    }
+    let count: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM addresses WHERE user_id = ?1",
+        [user_id],
+        |r| r.get(0),
+    )?;
+    if count >= max_addresses {
+        return Err(store::limit_reached(
+            "too_many_addresses",
+            format!("at most {max_addresses} addresses per user; delete one first"),
+        ));
+    }
+    let verified = kind != mesh_notify_core::AddressKind::Email;
+    conn.execute(
+        "INSERT INTO addresses (user_id, kind, value, created_at, verified) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![user_id, kind.as_str(), value, now_ms(), verified],
+    )?;
+    Ok((conn.last_insert_rowid(), verified))
 }
 
 async fn list_addresses(
@@ -560,7 +605,7 @@ async fn list_addresses(
         .store
         .call(move |conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT id, kind, value, created_at FROM addresses WHERE user_id = ?1 ORDER BY id",
+                "SELECT id, kind, value, created_at, verified FROM addresses WHERE user_id = ?1 ORDER BY id",
             )?;
             let rows = stmt.query_map([user.id], |r| {
                 let value: String = r.get(2)?;
@@ -569,6 +614,7 @@ async fn list_addresses(
                     "kind": r.get::<_, String>(1)?,
                     "value": preview(&value),
                     "created_at": r.get::<_, i64>(3)?,
+                    "verified": r.get::<_, bool>(4)?,
                 }))
             })?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)

@@ -38,6 +38,7 @@ mod serve;
 mod state;
 mod store;
 mod throttle;
+mod verify;
 mod ws;
 
 use std::net::SocketAddr;

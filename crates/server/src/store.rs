@@ -61,7 +61,15 @@ CREATE TABLE IF NOT EXISTS addresses (
     kind TEXT NOT NULL,
     value TEXT NOT NULL,
     created_at INTEGER NOT NULL,
+    verified INTEGER NOT NULL DEFAULT 1,
     UNIQUE (user_id, kind, value)
+);
+CREATE TABLE IF NOT EXISTS address_verifications (
+    address_id INTEGER PRIMARY KEY REFERENCES addresses(id) ON DELETE CASCADE,
+    code_hash TEXT NOT NULL,
+    expires_at INTEGER NOT NULL,
+    attempts INTEGER NOT NULL,
+    sent_at INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS pending_notifications (
     notification_id TEXT PRIMARY KEY,
@@ -94,6 +102,21 @@ CREATE TABLE IF NOT EXISTS blocks (
     PRIMARY KEY (user_id, blocked_id)
 ) WITHOUT ROWID;
 ";
+
+/// Brings a database made by an earlier version up to date.
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let has_verified = conn
+        .prepare("SELECT 1 FROM pragma_table_info('addresses') WHERE name = 'verified'")?
+        .exists([])?;
+    if !has_verified {
+        // Email addresses were used unverified: they must be verified now.
+        conn.execute_batch(
+            "ALTER TABLE addresses ADD COLUMN verified INTEGER NOT NULL DEFAULT 1;
+             UPDATE addresses SET verified = 0 WHERE kind = 'email';",
+        )?;
+    }
+    Ok(())
+}
 
 /// Milliseconds since the Unix epoch.
 pub(crate) fn now_ms() -> i64 {
@@ -130,6 +153,7 @@ impl Store {
         )?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.execute_batch(SCHEMA)?;
+        migrate(&conn)?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
             path: path.to_path_buf(),
@@ -369,8 +393,9 @@ pub(crate) fn parse_address_kind(s: &str) -> Option<AddressKind> {
 /// A member with the addresses they registered (newest first, so a provider uses the
 /// most recent token of its kind).
 pub(crate) fn recipient(conn: &Connection, user: &User) -> rusqlite::Result<Recipient> {
-    let mut stmt = conn
-        .prepare_cached("SELECT kind, value FROM addresses WHERE user_id = ?1 ORDER BY id DESC")?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT kind, value FROM addresses WHERE user_id = ?1 AND verified = 1 ORDER BY id DESC",
+    )?;
     let mut r = Recipient::new(user.id.to_string(), user.display_name.clone());
     let rows = stmt.query_map([user.id], |row| {
         Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
@@ -449,4 +474,46 @@ pub(crate) fn take_pending(
     };
     tx.commit()?;
     Ok(ids)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn email_addresses_of_an_older_database_must_be_verified() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mesh.sqlite3");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE users (id INTEGER PRIMARY KEY, username TEXT NOT NULL UNIQUE COLLATE NOCASE,
+                     display_name TEXT NOT NULL, password_hash TEXT NOT NULL, created_at INTEGER NOT NULL);
+                 CREATE TABLE addresses (id INTEGER PRIMARY KEY, user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+                     kind TEXT NOT NULL, value TEXT NOT NULL, created_at INTEGER NOT NULL, UNIQUE (user_id, kind, value));
+                 INSERT INTO users VALUES (1, 'bob', 'Bob', 'x', 0);
+                 INSERT INTO addresses VALUES (1, 1, 'email', 'bob@example.com', 0);
+                 INSERT INTO addresses VALUES (2, 1, 'gotify', 'bob-token', 0);",
+            )
+            .unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let kinds = store.call_sync(|c| {
+            let bob = user_by_id(c, 1).unwrap().unwrap();
+            recipient(c, &bob)
+                .unwrap()
+                .addresses
+                .iter()
+                .map(|a| a.kind)
+                .collect::<Vec<_>>()
+        });
+        assert_eq!(
+            kinds,
+            [AddressKind::Gotify],
+            "the email address waits for verification"
+        );
+        // Opening again does not migrate twice.
+        drop(store);
+        Store::open(&path).unwrap();
+    }
 }
