@@ -53,7 +53,8 @@ enum Command {
         to_gotify_token: Option<String>,
         /// Send to this address instead of the configured default recipient:
         /// `gotify:APPTOKEN`, `fcm:REGISTRATION_TOKEN`, `apns:DEVICE_TOKEN`,
-        /// `apns_voip:PUSHKIT_TOKEN` or `email:ADDRESS`. Repeatable: each address
+        /// `apns_voip:PUSHKIT_TOKEN`, `email:ADDRESS`, `ntfy:TOPIC`, `webhook:URL`
+        /// or `webpush:SUBSCRIPTION_JSON`. Repeatable: each address
         /// is tried through its provider only, and the result is printed per device.
         #[arg(long = "to", value_name = "KIND:ADDRESS", value_parser = parse_to)]
         to: Vec<Address>,
@@ -268,18 +269,7 @@ fn parse_to(s: &str) -> Result<Address, String> {
     let (kind, value) = s
         .split_once(':')
         .ok_or_else(|| format!("`{s}`: expected KIND:ADDRESS (e.g. fcm:TOKEN)"))?;
-    let kind = match kind {
-        "gotify" => AddressKind::Gotify,
-        "fcm" => AddressKind::Fcm,
-        "apns" => AddressKind::Apns,
-        "apns_voip" => AddressKind::ApnsVoip,
-        "email" => AddressKind::Email,
-        other => {
-            return Err(format!(
-                "unknown address kind `{other}` (gotify, fcm, apns, apns_voip, email)"
-            ))
-        }
-    };
+    let kind: AddressKind = kind.parse()?;
     if value.trim().is_empty() {
         return Err(format!("`{}:` has an empty address", kind.as_str()));
     }
