@@ -138,14 +138,17 @@ async fn breaker_opens_skips_the_hung_primary_without_waiting_and_closes_on_reco
         s.dispatcher.breaker_state("gotify"),
         Some(BreakerState::Open)
     );
-    // While open: straight to the fallback, no timeout paid.
-    let started = Instant::now();
+    // While open: straight to the fallback, the hung primary is not even
+    // contacted (so no timeout is paid; checked by the request count, not the
+    // wall clock, which is unreliable on busy machines).
+    let before = s.fake.requests();
     let o = s.dispatcher.dispatch(chat(9)).await;
-    assert!(
-        started.elapsed() < Duration::from_millis(150),
-        "took {:?}",
-        started.elapsed()
+    assert_eq!(
+        s.fake.requests(),
+        before,
+        "the open circuit skipped the primary"
     );
+    assert!(o.attempts.iter().all(|a| a.provider != "gotify"), "{o:?}");
     assert_eq!(o.skipped[0].reason, SkipReason::CircuitOpen);
     assert_eq!(o.delivered.unwrap().provider, "fallback");
     let requests_while_open = s.fake.requests();
