@@ -6,13 +6,16 @@
 //! cargo bench -p mesh-server --bench server_load -- --json out.json
 //! ```
 //!
-//! Two scenarios, one run, one markdown table:
+//! Three scenarios, one run, one markdown table:
 //!
 //! * **rss**: resident memory of an in-process server, idle and with many connected,
 //!   authenticated WebSocket clients. The clients run in a *child process* (this
 //!   same binary, `--child-clients`), so the server's process holds only the server
 //!   side of each socket. Baseline in the same run: the same child clients against
 //!   a trivial tokio-tungstenite echo server in another child (`--child-echo`).
+//! * **logins**: resident memory of a server (alone in a child process,
+//!   `--child-logins`) after many password logins: argon2 needs 19 MiB per hash,
+//!   which must not pile up (target: at most idle + 64 MiB after 1,000 logins).
 //! * **chat**: chat broadcast latency to present members of a room with many absent
 //!   members (every message queues one notification per absent member), with the
 //!   fake Gotify answering normally vs hung (never answering; provider timeout 5 s),
@@ -59,6 +62,7 @@ struct Sizes {
     hung_timeout: Duration,
     connections: usize,
     conn_users: usize,
+    logins: usize,
 }
 
 impl Sizes {
@@ -73,6 +77,7 @@ impl Sizes {
             hung_timeout: Duration::from_secs(5),
             connections: 1000,
             conn_users: 10,
+            logins: 1000,
         }
     }
 
@@ -87,6 +92,7 @@ impl Sizes {
             hung_timeout: Duration::from_secs(1),
             connections: 50,
             conn_users: 2,
+            logins: 50,
         }
     }
 }
@@ -101,6 +107,7 @@ fn main() -> ExitCode {
     match args.first().map(String::as_str) {
         Some("--child-clients") => return exit(child_clients(&args[1..])),
         Some("--child-echo") => return exit(child_echo()),
+        Some("--child-logins") => return exit(child_logins(&args[1..])),
         _ => {}
     }
     let mut opts = Opts {
@@ -209,6 +216,17 @@ async fn run(opts: Opts) -> ExitCode {
         Err(e) => failed.push(format!("rss: {e}")),
     }
     eprintln!(
+        "logins: {} logins in a fresh server process...",
+        sizes.logins
+    );
+    match logins_scenario(&sizes).await {
+        Ok((r, n)) => {
+            rows.extend(r);
+            notes.extend(n);
+        }
+        Err(e) => failed.push(format!("logins: {e}")),
+    }
+    eprintln!(
         "chat: {} present, {} absent, {} messages x {} repetitions per case...",
         sizes.present, sizes.absent, sizes.messages, sizes.reps
     );
@@ -293,6 +311,110 @@ async fn run(opts: Opts) -> ExitCode {
     } else {
         ExitCode::from(1)
     }
+}
+
+// ---------------------------------------------------------------- logins
+
+/// Runs the logins measurement in a child process (a heap of its own).
+async fn logins_scenario(sizes: &Sizes) -> BenchResult<(Vec<Row>, Vec<String>)> {
+    let n = sizes.logins;
+    let exe = std::env::current_exe().map_err(|e| format!("current exe: {e}"))?;
+    let mut child = Command::new(exe)
+        .arg("--child-logins")
+        .arg(n.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("spawn logins child: {e}"))?;
+    let stdout = child.stdout.take().ok_or("child stdout")?;
+    let line = match read_line(stdout, Duration::from_secs(600)).await {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("logins child: {e}"));
+        }
+    };
+    wait_child(&mut child, "logins child").await?;
+    let v: Value =
+        serde_json::from_str(&line).map_err(|e| format!("logins child said {line:?}: {e}"))?;
+    let kib = |k: &str| {
+        v[k].as_u64()
+            .ok_or(format!("logins child: no {k} in {line}"))
+    };
+    let (idle, after, secs) = (
+        kib("idle_kib")?,
+        kib("after_kib")?,
+        v["secs"].as_f64().unwrap_or(0.0),
+    );
+    let added_mib = after.saturating_sub(idle) as f64 / 1024.0;
+    let rows = vec![
+        Row {
+            figure: format!("server RSS added by {n} password logins (8 at a time)"),
+            value: added_mib,
+            unit: "MiB",
+            ratio: None,
+            target: "<= 64 MiB over idle".into(),
+            pass: Some(added_mib <= 64.0),
+        },
+        Row::info(
+            format!("{n} logins, throughput"),
+            if secs > 0.0 { n as f64 / secs } else { 0.0 },
+            "logins/s",
+        ),
+    ];
+    let notes = vec![format!(
+        "logins: a server alone in a child process (this binary, --child-logins), default hashing settings (2 argon2 threads, each reusing one 19 MiB working memory); VmRSS {:.1} MiB idle, {:.1} MiB after one registration and {n} logins of that user, 8 concurrent, in {secs:.1} s",
+        idle as f64 / 1024.0,
+        after as f64 / 1024.0,
+    )];
+    Ok((rows, notes))
+}
+
+/// `--child-logins N`: starts a server, registers one user, logs in N times (8 at a
+/// time), prints `{"idle_kib", "after_kib", "secs"}`.
+fn child_logins(args: &[String]) -> BenchResult<()> {
+    let n: usize = args
+        .first()
+        .and_then(|a| a.parse().ok())
+        .ok_or("usage: --child-logins N")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("runtime: {e}"))?;
+    rt.block_on(async move {
+        let gotify = FakeGotify::start(&[(APP_TOKEN, 1)])
+            .await
+            .map_err(|e| format!("fake gotify: {e}"))?;
+        let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
+        let figment = bench_figment(&gotify.url(), dir.path(), Duration::from_secs(5));
+        let server = start_server(&figment).await?;
+        let api = Api::new(server.addr())?;
+        let (status, _) = api
+            .call(reqwest::Method::GET, "/health", None, None)
+            .await?;
+        if status != 200 {
+            return Err(format!("/health answered {status}"));
+        }
+        let idle = vmrss_kib()?;
+        api.register("login-user").await?;
+        let started = Instant::now();
+        let results: Vec<BenchResult<User>> = futures_util::stream::iter(0..n)
+            .map(|_| api.login("login-user"))
+            .buffer_unordered(8)
+            .collect()
+            .await;
+        let secs = started.elapsed().as_secs_f64();
+        results.into_iter().collect::<BenchResult<Vec<User>>>()?;
+        let after = vmrss_kib()?;
+        stop_server(server, Duration::from_secs(20)).await?;
+        println!(
+            "{}",
+            json!({"idle_kib": idle, "after_kib": after, "secs": secs})
+        );
+        Ok(())
+    })
 }
 
 // ---------------------------------------------------------------- machine
