@@ -568,10 +568,14 @@ async fn file_share(
     let req: FileShare = parse(value)?;
     check_client_id(req.client_id.as_deref())?;
     let name = req.name.trim().to_string();
-    if name.is_empty() || name.chars().count() > 255 || name.chars().any(char::is_control) {
+    if name.is_empty()
+        || name.chars().count() > 255
+        || name.chars().any(char::is_control)
+        || crate::accounts::has_invisible_format(&name)
+    {
         return Err(AppError::invalid(
             "name",
-            "`name` must be 1 to 255 characters without control characters",
+            "`name` must be 1 to 255 characters without control or invisible formatting characters",
         ));
     }
     let mime = req.mime.trim().to_string();

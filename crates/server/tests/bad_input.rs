@@ -452,3 +452,40 @@ async fn http_api_validates_and_names_the_bad_field() {
     assert!(metrics.contains("mesh_server_messages_total"), "{metrics}");
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_with_bidi_or_zero_width_characters_are_refused() {
+    let gotify = fake().await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(&figment(&gotify.url(), dir.path(), "")).await;
+    let api = Api::new(&server);
+    // "Alice" shown as someone else by a right-to-left override.
+    let (s, b) = api
+        .call(
+            "POST",
+            "/api/register",
+            None,
+            Some(json!({"username": "mallory", "password": "long-enough-pw", "display_name": "Admin\u{202E}nimda"})),
+        )
+        .await;
+    assert_eq!((s, b["field"].as_str()), (400, Some("display_name")), "{b}");
+    let alice = api.register_and_login("alice", "Alice").await;
+    let (s, b) = api
+        .call(
+            "POST",
+            "/api/rooms",
+            Some(&alice.token),
+            Some(json!({"name": "Sup\u{200B}port"})),
+        )
+        .await;
+    assert_eq!((s, b["field"].as_str()), (400, Some("name")), "{b}");
+    let room = api.create_room(&alice, "Salon 👩‍💻").await;
+    let mut a = Ws::connect(&server, &alice.token).await;
+    // A file name that displays as "invoice.pdf" but ends in ".exe".
+    a.send(json!({"type": "file.share", "room_id": room, "name": "invoice\u{202E}fdp.exe", "size": 1, "mime": "application/pdf"}))
+        .await;
+    let e = a.wait_type("error").await;
+    assert_eq!(e["field"], "name", "{e}");
+    assert!(api.history(&alice, room).await.is_empty());
+    server.shutdown().await.unwrap();
+}
