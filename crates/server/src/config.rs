@@ -104,11 +104,24 @@ pub struct ServerSection {
     pub max_members_per_room: u32,
     /// Notification addresses per user (default 20).
     pub max_addresses_per_user: u32,
+    /// `[server.tls]`: serve HTTPS/WSS directly (rustls), for deployments without a
+    /// TLS reverse proxy. Absent: plain HTTP (put a TLS proxy in front).
+    pub tls: Option<TlsSection>,
     /// Threads computing argon2 (default 2; each uses 19 MiB and a core).
     pub hashing_threads: usize,
     /// Password hashing jobs waiting for a thread; when full, register and login
     /// answer 503 with `Retry-After` (default 32).
     pub hashing_queue: usize,
+}
+
+/// `[server.tls]`: the certificate chain and private key, PEM files.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// The certificate chain, leaf first (PEM).
+    pub cert_file: PathBuf,
+    /// The private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
 }
 
 /// `server.admin_bind`: an address, or `"none"`/`"off"`.
@@ -165,6 +178,7 @@ impl Default for ServerSection {
             max_rooms_per_user: 500,
             max_members_per_room: 1000,
             max_addresses_per_user: 20,
+            tls: None,
             hashing_threads: 2,
             hashing_queue: 32,
         }

@@ -50,7 +50,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-pub use config::{Registration, ServerSection};
+pub use config::{Registration, ServerSection, TlsSection};
 pub use error::{AppError, ServerError};
 pub(crate) use mesh_notify_outbox_sqlite::rusqlite;
 pub use store::{Store, User};
@@ -189,6 +189,11 @@ pub async fn start(
     listener: Option<TcpListener>,
 ) -> Result<ServerHandle, ServerError> {
     let section = ServerSection::from_figment(figment)?;
+    let has_tls = section.tls.is_some();
+    let tls = match &section.tls {
+        Some(t) => Some(serve::tls_acceptor(t)?),
+        None => None,
+    };
     create_data_dir(&section.data_dir)?;
     let db_path = section.database_path();
     let storage_err = |reason: String| ServerError::Storage {
@@ -263,6 +268,7 @@ pub async fn start(
             })?,
     };
     let addr = listener.local_addr().map_err(ServerError::Serve)?;
+
     let admin_listener = match section.admin_bind {
         Some(bind) => Some(
             TcpListener::bind(bind)
@@ -332,7 +338,8 @@ pub async fn start(
     let admin_app = admin::router(state.clone());
     let app = api::router(state);
     tracing::info!(
-        "mesh-server listening on http://{addr} (database {})",
+        "mesh-server listening on {}://{addr} (database {})",
+        if has_tls { "https" } else { "http" },
         db_path.display()
     );
     let admin_task = admin_listener.map(|l| {
@@ -340,10 +347,10 @@ pub async fn start(
             tracing::info!("admin endpoints (detailed /health, /metrics) on http://{a}");
         }
         let stop_admin = stop_rx.clone();
-        tokio::spawn(async move { serve::serve(l, admin_app, limits, stop_admin).await })
+        tokio::spawn(async move { serve::serve(l, admin_app, limits, None, stop_admin).await })
     });
     let task = tokio::spawn(async move {
-        let served = serve::serve(listener, app, limits, stop_rx).await;
+        let served = serve::serve(listener, app, limits, tls, stop_rx).await;
         if let Some(admin) = admin_task {
             match admin.await {
                 Ok(Ok(())) => {}
