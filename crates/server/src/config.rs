@@ -379,6 +379,78 @@ mod tests {
         assert!(err.contains("server.login_failures_per_account"), "{err}");
     }
 
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        const KEYS: &[&str] = &[
+            "bind",
+            "admin_bind",
+            "data_dir",
+            "max_frame_bytes",
+            "messages_per_second",
+            "message_burst",
+            "session_ttl",
+            "history_page_max",
+            "max_message_chars",
+            "pending_retention",
+            "prune_interval",
+            "registration",
+            "login_failures_per_account",
+            "login_failure_window",
+            "trusted_proxies",
+            "max_connections",
+            "header_read_timeout",
+            "max_body_bytes",
+            "max_rooms_per_user",
+            "hashing_threads",
+            "hashing_queue",
+            "tls",
+        ];
+
+        /// A TOML value of any type, as text.
+        fn toml_value() -> impl Strategy<Value = String> {
+            prop_oneof![
+                any::<i64>().prop_map(|i| i.to_string()),
+                any::<f64>()
+                    .prop_filter("finite", |f| f.is_finite())
+                    .prop_map(|f| format!("{f:?}")),
+                any::<bool>().prop_map(|b| b.to_string()),
+                ".{0,40}".prop_map(|s| format!("{s:?}")),
+                prop::collection::vec(any::<u16>(), 0..4).prop_map(|v| format!("{v:?}")),
+                Just("{ cert_file = \"x\" }".to_string()),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
+
+            /// Any value for any key: the loader never panics; an error names the
+            /// key it is about.
+            #[test]
+            fn any_value_for_any_key_is_accepted_or_named(
+                key in prop::sample::select(KEYS),
+                value in toml_value(),
+            ) {
+                let text = format!("[server]\n{key} = {value}\n");
+                let f = Figment::from(Toml::string(&text));
+                if let Err(e) = ServerSection::from_figment(&f) {
+                    let msg = e.to_string();
+                    prop_assert!(msg.contains(key), "{text:?}: {msg}");
+                }
+            }
+
+            /// Arbitrary text in the [server] table: never a panic, errors say something.
+            #[test]
+            fn arbitrary_text_never_panics(body in "[ -~\n]{0,200}") {
+                let f = Figment::from(Toml::string(&format!("[server]\n{body}")));
+                if let Err(e) = ServerSection::from_figment(&f) {
+                    prop_assert!(!e.to_string().is_empty());
+                }
+            }
+        }
+    }
+
     #[test]
     fn bad_values_name_the_key() {
         let f = Figment::from(Toml::string("[server]\nmax_frame_bytes = 10"));
