@@ -486,9 +486,13 @@ async fn add_address(
     ApiJson(req): ApiJson<AddressRequest>,
 ) -> Result<Response, AppError> {
     let kind = store::parse_address_kind(&req.kind).ok_or_else(|| {
+        let known: Vec<&str> = mesh_notify_core::AddressKind::ALL
+            .iter()
+            .map(|k| k.as_str())
+            .collect();
         AppError::invalid(
             "kind",
-            "`kind` must be one of gotify, fcm, apns, apns_voip, email",
+            format!("`kind` must be one of {}", known.join(", ")),
         )
     })?;
     let value = req.value.trim().to_string();
@@ -512,6 +516,32 @@ async fn add_address(
                 ))
             }
         }
+    }
+    match kind {
+        mesh_notify_core::AddressKind::Webhook
+            if !(value.starts_with("https://") || value.starts_with("http://")) =>
+        {
+            return Err(AppError::invalid(
+                "value",
+                "`value` must be the webhook's http(s) URL",
+            ));
+        }
+        mesh_notify_core::AddressKind::WebPush
+            if serde_json::from_str::<serde_json::Value>(&value)
+                .ok()
+                .and_then(|v| {
+                    v.get("endpoint")
+                        .and_then(|e| e.as_str())
+                        .map(str::to_owned)
+                })
+                .is_none() =>
+        {
+            return Err(AppError::invalid(
+                "value",
+                "`value` must be the browser's push subscription as JSON ({\"endpoint\", \"keys\": {\"p256dh\", \"auth\"}})",
+            ));
+        }
+        _ => {}
     }
     let is_email = kind == mesh_notify_core::AddressKind::Email;
     if is_email && crate::verify::smtp_provider(&state).is_none() {

@@ -380,14 +380,9 @@ pub(crate) fn check_can_join(
 }
 
 pub(crate) fn parse_address_kind(s: &str) -> Option<AddressKind> {
-    Some(match s {
-        "gotify" => AddressKind::Gotify,
-        "fcm" => AddressKind::Fcm,
-        "apns" => AddressKind::Apns,
-        "apns_voip" => AddressKind::ApnsVoip,
-        "email" => AddressKind::Email,
-        _ => return None,
-    })
+    // Every kind a provider can use, named as `AddressKind::as_str` names it
+    // (gotify, fcm, apns, apns_voip, email, ntfy, webhook, webpush).
+    s.parse().ok()
 }
 
 /// A member with the addresses they registered (newest first, so a provider uses the
