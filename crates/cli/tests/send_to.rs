@@ -6,10 +6,8 @@ use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use mesh_notify_testkit::apns::{FakeApns, FakeApnsConfig};
-use mesh_notify_testkit::fcm::FakeFcm;
 use mesh_notify_testkit::gotify::FakeGotify;
-use rcgen::{KeyPair, PKCS_ECDSA_P256_SHA256};
+use mesh_notify_testkit::push::PushFakes;
 
 const APNS_TOKEN_A: &str = "4f1a0c9e7d1b2a3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4";
 const APNS_TOKEN_B: &str = "9b8a7c6d5e4f30211203f4e5d6c7b8a99a8b7c6d5e4f30211203f4e5d6c7b8a9";
@@ -41,53 +39,17 @@ const SEND: [&str; 5] = ["send", "--title", "Test 1", "--message", "Hello"];
 async fn send_to_gotify_fcm_and_apns_prints_one_line_per_device() {
     let dir = tempfile::tempdir().unwrap();
     let gotify = FakeGotify::start(&[("AgotifyAppTok1", 3)]).await.unwrap();
-    let fcm = FakeFcm::start().await.unwrap();
-    std::fs::write(
-        dir.path().join("sa.json"),
-        fcm.service_account_json().to_string(),
-    )
-    .unwrap();
+    let push = PushFakes::start(dir.path()).await.unwrap();
+    let fcm = &push.fcm;
     fcm.unregister("fcm-old-phone");
-    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
-    let apns = FakeApns::start(FakeApnsConfig {
-        team_id: "TEAM123456".into(),
-        key_id: "KEY1234567".into(),
-        public_key_pem: key.public_key_pem(),
-        bundle_id: "org.example.mesh".into(),
-    })
-    .await
-    .unwrap();
-    std::fs::write(dir.path().join("AuthKey.p8"), key.serialize_pem()).unwrap();
-    std::fs::write(dir.path().join("ca.pem"), apns.ca_pem()).unwrap();
     let config = dir.path().join("mesh.toml");
     std::fs::write(
         &config,
         format!(
-            r#"
-[outbox]
-path = "{outbox}"
-[providers.gotify]
-url = "{gotify}"
-[providers.fcm]
-service_account_file = "{sa}"
-base_url = "{fcm}"
-token_uri = "{token_uri}"
-[providers.apns]
-key_file = "{p8}"
-key_id = "KEY1234567"
-team_id = "TEAM123456"
-bundle_id = "org.example.mesh"
-base_url = "{apns}"
-ca_file = "{ca}"
-"#,
+            "[outbox]\npath = \"{outbox}\"\n[providers.gotify]\nurl = \"{gotify}\"\n{push}",
             outbox = dir.path().join("outbox.sqlite3").display(),
             gotify = gotify.url(),
-            sa = dir.path().join("sa.json").display(),
-            fcm = fcm.url(),
-            token_uri = fcm.token_uri(),
-            p8 = dir.path().join("AuthKey.p8").display(),
-            apns = apns.url(),
-            ca = dir.path().join("ca.pem").display(),
+            push = push.providers_toml(),
         ),
     )
     .unwrap();

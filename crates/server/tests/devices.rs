@@ -8,10 +8,9 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use mesh_notify_testkit::apns::{FakeApns, FakeApnsConfig};
 use mesh_notify_testkit::fcm::FakeFcm;
 use mesh_notify_testkit::gotify::FakeGotify;
-use rcgen::{KeyPair, PKCS_ECDSA_P256_SHA256};
+use mesh_notify_testkit::push::PushFakes;
 use serde_json::{json, Value};
 
 const APNS_A: &str = "4f1a0c9e7d1b2a3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4";
@@ -20,64 +19,24 @@ const APNS_C: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789
 
 struct Fakes {
     gotify: FakeGotify,
-    fcm: FakeFcm,
-    apns: FakeApns,
-    dir: tempfile::TempDir,
+    push: PushFakes,
+    _dir: tempfile::TempDir,
 }
 
 async fn fakes() -> Fakes {
     let dir = tempfile::tempdir().unwrap();
-    let gotify = FakeGotify::start(&[(APP_TOKEN, 1)]).await.unwrap();
-    let fcm = FakeFcm::start().await.unwrap();
-    std::fs::write(
-        dir.path().join("sa.json"),
-        fcm.service_account_json().to_string(),
-    )
-    .unwrap();
-    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
-    let apns = FakeApns::start(FakeApnsConfig {
-        team_id: "TEAM123456".into(),
-        key_id: "KEY1234567".into(),
-        public_key_pem: key.public_key_pem(),
-        bundle_id: "org.example.mesh".into(),
-    })
-    .await
-    .unwrap();
-    std::fs::write(dir.path().join("AuthKey.p8"), key.serialize_pem()).unwrap();
-    std::fs::write(dir.path().join("ca.pem"), apns.ca_pem()).unwrap();
     Fakes {
-        gotify,
-        fcm,
-        apns,
-        dir,
+        gotify: FakeGotify::start(&[(APP_TOKEN, 1)]).await.unwrap(),
+        push: PushFakes::start(dir.path()).await.unwrap(),
+        _dir: dir,
     }
 }
 
 impl Fakes {
     fn extra(&self, chat_route: &str) -> String {
-        let d = self.dir.path();
         format!(
-            r#"
-[providers.fcm]
-service_account_file = "{sa}"
-base_url = "{fcm}"
-token_uri = "{token_uri}"
-[providers.apns]
-key_file = "{p8}"
-key_id = "KEY1234567"
-team_id = "TEAM123456"
-bundle_id = "org.example.mesh"
-base_url = "{apns}"
-ca_file = "{ca}"
-[routes]
-chat = {chat_route}
-"#,
-            sa = d.join("sa.json").display(),
-            fcm = self.fcm.url(),
-            token_uri = self.fcm.token_uri(),
-            p8 = d.join("AuthKey.p8").display(),
-            apns = self.apns.url(),
-            ca = d.join("ca.pem").display(),
+            "{}\n[routes]\nchat = {chat_route}\n",
+            self.push.providers_toml()
         )
     }
 }
@@ -142,14 +101,14 @@ async fn every_device_gets_it_and_a_dead_token_is_pruned_alone() {
         "ack"
     );
     eventually("two FCM devices and one iPhone", || {
-        f.fcm.messages().len() >= 2 && !f.apns.delivered().is_empty()
+        f.push.fcm.messages().len() >= 2 && !f.push.apns.delivered().is_empty()
     })
     .await;
     outbox_drained(&server).await;
-    let mut tokens = fcm_tokens(&f.fcm);
+    let mut tokens = fcm_tokens(&f.push.fcm);
     tokens.sort();
     assert_eq!(tokens, ["fcm-pixel", "fcm-tablet"]);
-    assert_eq!(f.apns.delivered().len(), 1);
+    assert_eq!(f.push.apns.delivered().len(), 1);
     assert!(
         f.gotify.messages().is_empty(),
         "the devices got it: no fallback"
@@ -157,10 +116,10 @@ async fn every_device_gets_it_and_a_dead_token_is_pruned_alone() {
 
     // The tablet is uninstalled: its token is pruned, the others still get pushes,
     // and nobody gets anything twice.
-    f.fcm.unregister("fcm-tablet");
+    f.push.fcm.unregister("fcm-tablet");
     assert_eq!(alice_ws.say(room, "le deuxième").await["type"], "ack");
     eventually("the others got the second message", || {
-        f.fcm.messages().len() >= 3 && f.apns.delivered().len() >= 2
+        f.push.fcm.messages().len() >= 3 && f.push.apns.delivered().len() >= 2
     })
     .await;
     outbox_drained(&server).await;
@@ -179,15 +138,20 @@ async fn every_device_gets_it_and_a_dead_token_is_pruned_alone() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(f.fcm.messages().len(), 3, "{:?}", fcm_tokens(&f.fcm));
-    assert_eq!(f.apns.delivered().len(), 2);
+    assert_eq!(
+        f.push.fcm.messages().len(),
+        3,
+        "{:?}",
+        fcm_tokens(&f.push.fcm)
+    );
+    assert_eq!(f.push.apns.delivered().len(), 2);
     server.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_apns_environment_mistake_deletes_nothing_and_falls_back() {
     let f = fakes().await;
-    f.apns.set_wrong_environment(true);
+    f.push.apns.set_wrong_environment(true);
     let data = tempfile::tempdir().unwrap();
     let server = start(&figment(
         &f.gotify.url(),

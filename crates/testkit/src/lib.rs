@@ -4,5 +4,6 @@ pub mod fcm;
 pub mod gotify;
 pub mod harness;
 pub mod ntfy;
+pub mod push;
 pub mod webhook;
 pub mod webpush;
