@@ -166,7 +166,6 @@ fn run(args: &Args) -> Result<Report, BenchError> {
             sizes,
             sink_rt: sink_rt.handle().clone(),
             sink,
-            live_c64: None,
             pin: args.pin,
             rss_at_rest_kib: status_kib("VmRSS"),
             notes: Vec::new(),

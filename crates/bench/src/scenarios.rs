@@ -136,8 +136,6 @@ pub struct Bench {
     pub sink_rt: Handle,
     /// The healthy sink.
     pub sink: Sink,
-    /// Live dispatch throughput at c=64 (in-process sink), once measured.
-    pub live_c64: Option<f64>,
     /// `--pin`: the out-of-process sink on the last core, the client on the others.
     pub pin: bool,
     /// RSS when everything was started and nothing sent, KiB.
@@ -846,18 +844,16 @@ pub async fn outbox(b: &mut Bench) -> Result<Vec<Row>, BenchError> {
 
     // Backlog drain: entries queued while the sink is down, then delivered by the
     // workers once it is back.
-    let live = match b.live_c64 {
-        Some(l) => l,
-        None => {
-            let d = dispatch_op(healthy_dispatcher(&b.sink.url(), S)?);
-            load::run(64, b.sizes.c64 / 4, &tpl, Arc::clone(&d))
-                .await
-                .map_err(run_err(S))?;
-            let l = load::run(64, b.sizes.c64, &tpl, d)
-                .await
-                .map_err(run_err(S))?;
-            l.throughput
-        }
+    // Live rate on the same (in-process) sink the drains use.
+    let live = {
+        let d = dispatch_op(healthy_dispatcher(&b.sink.url(), S)?);
+        load::run(64, b.sizes.c64 / 4, &tpl, Arc::clone(&d))
+            .await
+            .map_err(run_err(S))?;
+        load::run(64, b.sizes.c64, &tpl, d)
+            .await
+            .map_err(run_err(S))?
+            .throughput
     };
     let queue = QueuePolicy::default();
     let disk = drain(b, dir.path(), &queue, &tpl).await?;
