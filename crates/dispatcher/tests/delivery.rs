@@ -4,14 +4,15 @@
 //! supervised workers. Outbox: the in-memory reference backend (SQLite and Redis
 //! pass the same conformance suite, parking included).
 
+mod common;
+
+use common::{chat, one_try, wait_until};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use mesh_notify::{
-    BreakerConfig, BreakerState, Dispatcher, LogNotifier, QueuePolicy, RetryPolicy, SkipReason,
-};
+use mesh_notify::{BreakerConfig, BreakerState, Dispatcher, LogNotifier, QueuePolicy, SkipReason};
 use mesh_notify_core::testing::MemoryOutbox;
 use mesh_notify_core::{
     Claim, Composer, DeadEntry, Health, Kind, Notification, NotificationId, Notifier, NotifyError,
@@ -21,15 +22,6 @@ use mesh_notify_gotify::GotifyNotifier;
 use mesh_notify_testkit::gotify::{FakeGotify, Mode};
 
 const TOKEN: &str = "AhealthTok01";
-
-fn chat(i: usize) -> Notification {
-    Composer::default().chat(
-        "Alice",
-        &Room::new("r1", "Room"),
-        Recipient::new("bob", "Bob"),
-        &format!("message {i}"),
-    )
-}
 
 fn queue() -> QueuePolicy {
     QueuePolicy {
@@ -44,28 +36,11 @@ fn queue() -> QueuePolicy {
     }
 }
 
-fn one_try(timeout: Duration) -> RetryPolicy {
-    RetryPolicy {
-        attempts_per_provider: 1,
-        initial_delay: Duration::from_millis(1),
-        max_inline_wait: Duration::from_millis(10),
-        send_timeout: timeout + Duration::from_millis(200),
-    }
-}
-
 fn breaker() -> BreakerConfig {
     BreakerConfig {
         failure_threshold: 3,
         probe_interval: Duration::from_millis(100),
         probe_max_interval: Duration::from_millis(400),
-    }
-}
-
-async fn wait_until(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 

@@ -3,25 +3,19 @@
 //! fake; the fallback is a recording notifier; the outbox is the in-memory reference
 //! implementation (the SQLite and Redis backends pass the same conformance suite).
 
+mod common;
+
+use common::{chat, one_try, wait_until};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mesh_notify::{BreakerConfig, BreakerState, Dispatcher, QueuePolicy, RetryPolicy, SkipReason};
+use mesh_notify::{BreakerConfig, BreakerState, Dispatcher, QueuePolicy, SkipReason};
 use mesh_notify_core::testing::{MemoryOutbox, RecordingNotifier};
-use mesh_notify_core::{Composer, Kind, Notification, Outbox, Recipient, Room, Secret};
+use mesh_notify_core::{Composer, Kind, Outbox, Recipient, Room, Secret};
 use mesh_notify_gotify::GotifyNotifier;
 use mesh_notify_testkit::gotify::{FakeGotify, Mode};
 
 const TOKEN: &str = "AreliableTok1";
-
-fn chat(i: usize) -> Notification {
-    Composer::default().chat(
-        "Alice",
-        &Room::new("r1", "Room"),
-        Recipient::new("bob", "Bob"),
-        &format!("message {i}"),
-    )
-}
 
 fn fast_queue() -> QueuePolicy {
     QueuePolicy {
@@ -32,15 +26,6 @@ fn fast_queue() -> QueuePolicy {
         lease: Duration::from_millis(400),
         poll_interval: Duration::from_millis(20),
         ..QueuePolicy::default()
-    }
-}
-
-fn retry(timeout: Duration) -> RetryPolicy {
-    RetryPolicy {
-        attempts_per_provider: 1,
-        initial_delay: Duration::from_millis(1),
-        max_inline_wait: Duration::from_millis(10),
-        send_timeout: timeout + Duration::from_millis(200),
     }
 }
 
@@ -59,7 +44,7 @@ async fn setup(route: &[&str], timeout: Duration, breaker: BreakerConfig) -> Set
     let mut b = Dispatcher::builder()
         .notifier(Arc::new(gotify))
         .notifier(Arc::new(fallback.clone()))
-        .policy(retry(timeout))
+        .policy(one_try(timeout))
         .breaker(breaker)
         .queue_policy(fast_queue())
         .outbox(Arc::new(outbox.clone()));
@@ -71,14 +56,6 @@ async fn setup(route: &[&str], timeout: Duration, breaker: BreakerConfig) -> Set
         fallback,
         outbox,
         dispatcher: Arc::new(b.build().unwrap()),
-    }
-}
-
-async fn wait_until(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
