@@ -20,12 +20,13 @@ pub enum Language {
     En,
 }
 
-/// Title and body templates. Placeholders: `{from}`, `{room}`, `{file}`, `{message}`.
+/// Title and body templates. Placeholders: `{from}`, `{room}`, `{file}`, `{message}`,
+/// and `{count}` in the summaries.
 ///
 /// Substitution is a single pass: a value containing `{room}` is inserted as
 /// literal text and never expanded again.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct Templates {
     /// Chat title, e.g. `💬 {from} dans {room}`.
     pub chat_title: String,
@@ -39,6 +40,18 @@ pub struct Templates {
     pub file_title: String,
     /// File body.
     pub file_body: String,
+    /// Title of a summary of `{count}` messages from one sender, e.g.
+    /// `💬 {count} nouveaux messages de {from} dans {room}`; the body is
+    /// `chat_body` with the latest message.
+    pub chat_summary_title: String,
+    /// Title of a summary of `{count}` messages from several senders (`{from}`
+    /// lists them), e.g. `💬 {count} nouveaux messages dans {room}`.
+    pub chat_summary_title_many: String,
+    /// Title of a summary of `{count}` files from one sender; the body is
+    /// `file_body` with the latest file.
+    pub file_summary_title: String,
+    /// Title of a summary of `{count}` files from several senders.
+    pub file_summary_title_many: String,
 }
 
 /// A template that uses a placeholder it does not support.
@@ -63,6 +76,10 @@ impl Templates {
             call_body: "Appel entrant dans {room}".into(),
             file_title: "📁 {from} a partagé un fichier".into(),
             file_body: "Fichier: {file}\nDans: {room}".into(),
+            chat_summary_title: "💬 {count} nouveaux messages de {from} dans {room}".into(),
+            chat_summary_title_many: "💬 {count} nouveaux messages dans {room}".into(),
+            file_summary_title: "📁 {count} fichiers partagés par {from} dans {room}".into(),
+            file_summary_title_many: "📁 {count} fichiers partagés dans {room}".into(),
         }
     }
 
@@ -75,6 +92,10 @@ impl Templates {
             call_body: "Incoming call in {room}".into(),
             file_title: "📁 {from} shared a file".into(),
             file_body: "File: {file}\nIn: {room}".into(),
+            chat_summary_title: "💬 {count} new messages from {from} in {room}".into(),
+            chat_summary_title_many: "💬 {count} new messages in {room}".into(),
+            file_summary_title: "📁 {from} shared {count} files in {room}".into(),
+            file_summary_title_many: "📁 {count} files shared in {room}".into(),
         }
     }
 
@@ -91,7 +112,8 @@ impl Templates {
         const CHAT: &[&str] = &["from", "room", "message"];
         const CALL: &[&str] = &["from", "room"];
         const FILE: &[&str] = &["from", "room", "file"];
-        let checks: [(&'static str, &str, &[&str], &'static str); 6] = [
+        const SUMMARY: &[&str] = &["count", "from", "room"];
+        let checks: [(&'static str, &str, &[&str], &'static str); 10] = [
             (
                 "chat_title",
                 &self.chat_title,
@@ -113,6 +135,30 @@ impl Templates {
                 "{from}, {room}, {file}",
             ),
             ("file_body", &self.file_body, FILE, "{from}, {room}, {file}"),
+            (
+                "chat_summary_title",
+                &self.chat_summary_title,
+                SUMMARY,
+                "{count}, {from}, {room}",
+            ),
+            (
+                "chat_summary_title_many",
+                &self.chat_summary_title_many,
+                SUMMARY,
+                "{count}, {from}, {room}",
+            ),
+            (
+                "file_summary_title",
+                &self.file_summary_title,
+                SUMMARY,
+                "{count}, {from}, {room}",
+            ),
+            (
+                "file_summary_title_many",
+                &self.file_summary_title_many,
+                SUMMARY,
+                "{count}, {from}, {room}",
+            ),
         ];
         for (name, template, allowed, allowed_text) in checks {
             for placeholder in placeholders(template) {
@@ -224,6 +270,13 @@ impl Composer {
     ) -> Notification {
         let mut n = Notification::new(kind, recipient, title, body);
         n.click_url = Some(room_click_url(&room.id));
+        // One notification per room on the device for messages, one for files;
+        // every call stands alone.
+        n.collapse_key = match kind {
+            Kind::Chat => Some(format!("room-{}", room.id)),
+            Kind::File => Some(format!("room-{}-files", room.id)),
+            Kind::Call | Kind::System => None,
+        };
         n.room = Some(room.clone());
         n.format = if self.markdown {
             BodyFormat::Markdown
@@ -286,6 +339,60 @@ impl Composer {
         let title = render(&self.templates.file_title, &vars);
         let body = render(&self.templates.file_body, &vars);
         self.base(Kind::File, recipient, room, title, body)
+    }
+
+    /// One notification standing for `count` chat messages (`Kind::Chat`) or
+    /// shared files (`Kind::File`) in `room` from `senders` (display names, first
+    /// sender first, without repeats); `latest` is the last message or file name.
+    /// With `count` 1 it is the ordinary notification of that message.
+    pub fn summary(
+        &self,
+        kind: Kind,
+        count: u32,
+        senders: &[String],
+        room: &Room,
+        recipient: Recipient,
+        latest: &str,
+    ) -> Notification {
+        let first = senders.first().map(String::as_str).unwrap_or_default();
+        if count <= 1 {
+            return match kind {
+                Kind::File => self.file(first, room, recipient, latest),
+                _ => self.chat(first, room, recipient, latest),
+            };
+        }
+        let from = sanitize_text(&senders.join(", "));
+        let room_name = sanitize_text(&room.name);
+        let count_text = count.to_string();
+        let vars = [
+            ("count", count_text.as_str()),
+            ("from", from.as_str()),
+            ("room", room_name.as_str()),
+        ];
+        let (one, many) = match kind {
+            Kind::File => (
+                &self.templates.file_summary_title,
+                &self.templates.file_summary_title_many,
+            ),
+            _ => (
+                &self.templates.chat_summary_title,
+                &self.templates.chat_summary_title_many,
+            ),
+        };
+        let title = render(if senders.len() > 1 { many } else { one }, &vars);
+        let latest_n = match kind {
+            Kind::File => self.file(first, room, recipient, latest),
+            _ => self.chat(first, room, recipient, latest),
+        };
+        let mut n = self.base(
+            latest_n.kind,
+            latest_n.recipient,
+            room,
+            title,
+            latest_n.body,
+        );
+        n.priority = latest_n.priority;
+        n
     }
 
     /// A system error notification, priority 7.
@@ -377,6 +484,75 @@ mod tests {
         assert_eq!(err.placeholder, "nope");
         assert!(Templates::fr().validate().is_ok());
         assert!(Templates::en().validate().is_ok());
+    }
+
+    #[test]
+    fn summaries_count_senders_and_show_the_latest_message() {
+        let c = Composer::default();
+        let bob = Recipient::new("bob", "Bob");
+        let room = Room::new("7", "Team Chat");
+        let one = c.summary(
+            Kind::Chat,
+            3,
+            &["Alice".into()],
+            &room,
+            bob.clone(),
+            "dernier",
+        );
+        assert_eq!(one.title, "💬 3 nouveaux messages de Alice dans Team Chat");
+        assert_eq!(one.body, "dernier");
+        assert_eq!(one.priority.get(), 6);
+        assert_eq!(one.collapse_key.as_deref(), Some("room-7"));
+        assert_eq!(one.click_url.as_deref(), Some("mesh://room/7"));
+        let many = c.summary(
+            Kind::Chat,
+            5,
+            &["Alice".into(), "Carol".into()],
+            &room,
+            bob.clone(),
+            &"x".repeat(300),
+        );
+        assert_eq!(many.title, "💬 5 nouveaux messages dans Team Chat");
+        assert_eq!(many.body.chars().count(), 100);
+        let single = c.summary(
+            Kind::Chat,
+            1,
+            &["Alice".into()],
+            &room,
+            bob.clone(),
+            "salut",
+        );
+        assert_eq!(single.title, "💬 Alice dans Team Chat");
+        let files = c.summary(
+            Kind::File,
+            2,
+            &["Alice".into()],
+            &room,
+            bob.clone(),
+            "b.pdf",
+        );
+        assert_eq!(
+            files.title,
+            "📁 2 fichiers partagés par Alice dans Team Chat"
+        );
+        assert_eq!(files.body, "Fichier: b.pdf\nDans: Team Chat");
+        assert_eq!(files.collapse_key.as_deref(), Some("room-7-files"));
+        let en = Composer::with_templates(Templates::en());
+        let n = en.summary(Kind::Chat, 4, &["Alice".into()], &room, bob.clone(), "hi");
+        assert_eq!(n.title, "💬 4 new messages from Alice in Team Chat");
+        assert!(c.call("Alice", &room, bob).collapse_key.is_none());
+    }
+
+    #[test]
+    fn collapse_topic_fits_web_push() {
+        let c = Composer::default();
+        let bob = Recipient::new("bob", "Bob");
+        let n = c.chat("A", &Room::new("42", "R"), bob.clone(), "m");
+        assert_eq!(n.collapse_topic().as_deref(), Some("room-42"));
+        let n = c.chat("A", &Room::new("a/b c".repeat(10), "R"), bob, "m");
+        let topic = n.collapse_topic().unwrap();
+        assert_eq!(topic.len(), 32);
+        assert!(topic.bytes().all(|b| b.is_ascii_hexdigit()));
     }
 
     #[test]

@@ -412,6 +412,17 @@ pub struct Notification {
     /// `extras`, as received by `mesh-notify serve`'s `POST /message`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub extras: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Notifications with the same key replace each other on the device (APNs
+    /// `apns-collapse-id`, FCM `android.notification.tag`, Web Push `Topic`): the
+    /// composer sets one per room and kind, so a phone shows one up-to-date
+    /// notification for a room's messages. See [`Notification::collapse_topic`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collapse_key: Option<String>,
+    /// The recipient's own provider order for this notification (entries as in
+    /// `[routes]`, groups `a+b` included), replacing the kind's route. The
+    /// application checks the names against the configured providers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<Vec<String>>,
 }
 
 impl Notification {
@@ -436,7 +447,31 @@ impl Notification {
             expires_at: None,
             resend_via: None,
             extras: None,
+            collapse_key: None,
+            route: None,
         }
+    }
+
+    /// The collapse key in the narrowest form providers accept (Web Push `Topic`:
+    /// at most 32 characters of the URL-safe base64 alphabet): the key itself when
+    /// it fits, otherwise a 32-hex-digit digest of it (UUIDv5), so it stays stable
+    /// and never leaks what the key contains.
+    pub fn collapse_topic(&self) -> Option<String> {
+        let key = self.collapse_key.as_deref()?;
+        if key.is_empty() {
+            return None;
+        }
+        let fits = key.len() <= 32
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        Some(if fits {
+            key.to_owned()
+        } else {
+            Uuid::new_v5(&Uuid::NAMESPACE_OID, key.as_bytes())
+                .simple()
+                .to_string()
+        })
     }
 
     /// The same notification for one of the recipient's devices: only `address`

@@ -597,12 +597,13 @@ impl Router {
             .and_then(CircuitBreaker::next_try_at)
     }
 
-    /// The route `n` takes: its kind's route, or only the provider a follow-up
-    /// is for.
+    /// The route `n` takes: only the provider a follow-up is for, else the
+    /// recipient's own route when it has one, else its kind's route.
     fn route_for<'a>(&'a self, n: &'a Notification) -> &'a [String] {
-        match &n.resend_via {
-            Some(p) => std::slice::from_ref(p),
-            None => self.route(n.kind),
+        match (&n.resend_via, &n.route) {
+            (Some(p), _) => std::slice::from_ref(p),
+            (None, Some(route)) => route,
+            (None, None) => self.route(n.kind),
         }
     }
 

@@ -52,6 +52,10 @@ pub(crate) fn router(state: AppState) -> Router {
         )
         .route("/api/me/blocks/{username}", delete(crate::invites::unblock))
         .route("/api/rooms/{id}/messages", get(history))
+        .route(
+            "/api/me/preferences",
+            get(crate::prefs::get).put(crate::prefs::put),
+        )
         .route("/api/me/addresses", post(add_address).get(list_addresses))
         .route("/api/me/addresses/{id}", delete(delete_address))
         .route("/api/me/addresses/{id}/verify", post(crate::verify::verify))

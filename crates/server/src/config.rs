@@ -51,6 +51,13 @@ pub struct ServerSection {
     /// comes back into the room; older records are pruned (default 24h).
     #[serde(with = "humantime_serde")]
     pub pending_retention: Duration,
+    /// After a chat or file push for a room, further messages to the same
+    /// recipient within this window are held and sent as one summary when it ends
+    /// (default 5 s); messages arriving while the room's push is still waiting in
+    /// the outbox are merged into it. `0s` turns coalescing off (one push per
+    /// message). The first message is never delayed; calls are never held.
+    #[serde(with = "humantime_serde")]
+    pub coalesce_window: Duration,
     /// How often expired sessions and old pending-notification records are deleted
     /// (default 10 minutes).
     #[serde(with = "humantime_serde")]
@@ -161,6 +168,7 @@ impl Default for ServerSection {
             max_message_chars: 4000,
             pending_retention: Duration::from_secs(24 * 3600),
             prune_interval: Duration::from_secs(600),
+            coalesce_window: Duration::from_secs(5),
             registration: None,
             login_failures_per_account: 5,
             login_failures_per_address: 5,
@@ -229,6 +237,9 @@ impl ServerSection {
         }
         if self.history_page_max == 0 {
             return Err(invalid("history_page_max", "must be at least 1"));
+        }
+        if self.coalesce_window > Duration::from_secs(3600) {
+            return Err(invalid("coalesce_window", "must be at most 1h"));
         }
         if self.prune_interval < Duration::from_millis(10) {
             return Err(invalid("prune_interval", "must be at least 10ms"));
@@ -395,6 +406,7 @@ mod tests {
             "max_message_chars",
             "pending_retention",
             "prune_interval",
+            "coalesce_window",
             "registration",
             "login_failures_per_account",
             "login_failure_window",

@@ -28,11 +28,13 @@ mod admin;
 mod api;
 mod auth;
 mod config;
+mod digest;
 mod error;
 mod hashing;
 mod invites;
 mod notify;
 mod outbox;
+mod prefs;
 mod presence;
 mod serve;
 mod state;
@@ -319,7 +321,10 @@ pub async fn start(
         hashing,
         throttles,
         health: admin::HealthCache::default(),
-        composer: Arc::new(config.composer()),
+        digests: digest::Digests::new(
+            config.composer_for(mesh_notify_core::Language::Fr),
+            config.composer_for(mesh_notify_core::Language::En),
+        ),
         language: config.language,
         config: section,
         store: store.clone(),
@@ -331,6 +336,7 @@ pub async fn start(
     }));
     tokio::spawn(dead_address_loop(store.clone(), dead_rx, stop_rx.clone()));
     tokio::spawn(prune_loop(state.clone(), stop_rx.clone()));
+    tokio::spawn(digest::run_flusher(state.clone(), stop_rx.clone()));
     let limits = serve::ConnLimits {
         max_connections: state.config.max_connections,
         header_read_timeout: state.config.header_read_timeout,
@@ -422,7 +428,7 @@ async fn prune_loop(state: AppState, mut stop: watch::Receiver<bool>) {
             .call(move |c| {
                 Ok((
                     store::prune_sessions(c, now)?,
-                    store::prune_pending(c, cutoff)?,
+                    store::prune_pending(c, cutoff)? + digest::prune(c, cutoff)?,
                 ))
             })
             .await

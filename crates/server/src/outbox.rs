@@ -31,3 +31,13 @@ pub(crate) fn enqueue_in_tx(
         .map(|_| ())
         .map_err(|e| AppError::internal(format!("outbox: {e}")))
 }
+
+/// Replaces the waiting entry with `n`'s id inside the caller's transaction;
+/// `false` when it is no longer waiting (claimed, delivered or gone).
+pub(crate) fn replace_waiting_in_tx(
+    tx: &Transaction<'_>,
+    n: &Notification,
+) -> Result<bool, AppError> {
+    mesh_notify_outbox_sqlite::replace_waiting_in_tx(tx, n)
+        .map_err(|e| AppError::internal(format!("outbox: {e}")))
+}

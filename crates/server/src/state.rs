@@ -4,7 +4,7 @@ use std::ops::Deref;
 use std::sync::Arc;
 
 use mesh_notify::Dispatcher;
-use mesh_notify_core::{Composer, Language};
+use mesh_notify_core::Language;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::watch;
 
@@ -31,7 +31,8 @@ pub(crate) struct Shared {
     pub store: Store,
     pub presence: Presence,
     pub dispatcher: Arc<Dispatcher>,
-    pub composer: Arc<Composer>,
+    /// Composers per recipient language, and the held-summary flusher.
+    pub digests: crate::digest::Digests,
     /// Language of the server's own notification texts (invitations).
     pub language: Language,
     pub notify_path: NotifyPath,

@@ -101,6 +101,25 @@ CREATE TABLE IF NOT EXISTS blocks (
     created_at INTEGER NOT NULL,
     PRIMARY KEY (user_id, blocked_id)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS preferences (
+    user_id INTEGER PRIMARY KEY REFERENCES users(id) ON DELETE CASCADE,
+    body TEXT NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS push_digests (
+    user_id INTEGER NOT NULL,
+    room_id INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    waiting_id TEXT,
+    count INTEGER NOT NULL DEFAULT 0,
+    last_push_at INTEGER,
+    held_until INTEGER,
+    held_reason TEXT,
+    senders TEXT NOT NULL DEFAULT '[]',
+    latest TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (user_id, room_id, kind)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS push_digests_held ON push_digests(held_until) WHERE held_until IS NOT NULL;
 ";
 
 /// Brings a database made by an earlier version up to date.
@@ -467,6 +486,7 @@ pub(crate) fn take_pending(
         let rows = stmt.query_map(params![user_id, room_id], |r| r.get::<_, String>(0))?;
         rows.collect::<rusqlite::Result<Vec<_>>>()?
     };
+    crate::digest::forget(&tx, user_id, room_id)?;
     tx.commit()?;
     Ok(ids)
 }

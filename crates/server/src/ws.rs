@@ -22,7 +22,7 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgr
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use mesh_notify_core::Room;
+use mesh_notify_core::{Kind, Room};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
@@ -446,12 +446,6 @@ fn check_client_id(client_id: Option<&str>) -> Result<(), AppError> {
     }
 }
 
-/// What a stored event needs to build notifications for the absent members.
-enum Notify {
-    Chat(String),
-    File(String),
-}
-
 /// Stores a chat message or file share and queues notifications for every member
 /// who is not in the room, except the sender, in one transaction; then hands the
 /// live event to exactly the connections that were counted as present, before the
@@ -467,8 +461,6 @@ async fn store_and_notify(
 ) -> Result<StoredMessage, AppError> {
     let st = state.clone();
     let sender = conn.user.clone();
-    let composer = state.composer.clone();
-    let path = state.notify_path;
     let (message, queued) = state
         .store
         .call(move |c| {
@@ -491,8 +483,14 @@ async fn store_and_notify(
                 client_id,
                 created_at: now,
             };
-            let what = if kind == "file" { Notify::File(body) } else { Notify::Chat(body) };
             let room_ref = Room::new(room.id.to_string(), room.name);
+            let ev = crate::digest::Event {
+                kind: if kind == "file" { Kind::File } else { Kind::Chat },
+                room_id,
+                room: &room_ref,
+                from: &sender.display_name,
+                text: &body,
+            };
             // Who gets it live is decided here, with the store's connection held:
             // presence cannot change until the event is handed over below.
             let live = st.presence.reserve_room(&tx, room_id);
@@ -501,12 +499,7 @@ async fn store_and_notify(
                 if live.has_user(member.id) {
                     continue;
                 }
-                let recipient = store::recipient(&tx, &member)?;
-                let n = match &what {
-                    Notify::Chat(t) => composer.chat(&sender.display_name, &room_ref, recipient, t),
-                    Notify::File(f) => composer.file(&sender.display_name, &room_ref, recipient, f),
-                };
-                queued.push(&tx, path, room_id, n)?;
+                crate::digest::on_event(&tx, &st, &mut queued, &member, &ev, now)?;
             }
             tx.commit()?;
             // Committed: send the live event into the reserved slots (in commit
@@ -699,7 +692,7 @@ async fn rtc(
     };
     let payload = rtc_payload(ty, &obj)?;
     let sender = conn.user.clone();
-    let (room, peer, recipient) = state
+    let (room, peer, recipient, prefs) = state
         .store
         .call(move |c| {
             let room = store::room_for_member(c, room_id, sender.id)?;
@@ -722,7 +715,8 @@ async fn rtc(
                 .field("to"));
             }
             let recipient = store::recipient(c, &peer)?;
-            Ok((room, peer, recipient))
+            let prefs = crate::prefs::load(c, peer.id)?;
+            Ok((room, peer, recipient, prefs))
         })
         .await?;
     // Only the allow-listed client fields are relayed; what identifies the sender
@@ -745,12 +739,34 @@ async fn rtc(
         )
         .field("to"));
     }
-    // The callee is offline: ring them with a call notification (priority 8, expires).
-    let n = state.composer.call(
+    // The callee is offline: ring them with a call notification (priority 8,
+    // expires), never coalesced or delayed; unless they muted the room, or are in
+    // their quiet hours without calls allowed.
+    let now = now_ms();
+    let suppressed = if prefs.is_muted(room_id, now) {
+        Some("muted")
+    } else if prefs
+        .quiet()
+        .is_some_and(|q| !q.allow_calls && q.ends_at(now).is_some())
+    {
+        Some("quiet_hours")
+    } else {
+        None
+    };
+    if let Some(reason) = suppressed {
+        metrics::counter!("mesh_server_pushes_suppressed_total", "reason" => reason, "kind" => "call")
+            .increment(1);
+        return Ok(Some(
+            json!({"type": "ack", "for": ty, "room_id": room_id, "to": peer.id, "relayed": false, "notified": false, "suppressed": reason}),
+        ));
+    }
+    let composer = state.digests.composer(prefs.language_or(state.language));
+    let mut n = composer.call(
         &conn.user.display_name,
         &Room::new(room.id.to_string(), room.name),
         recipient,
     );
+    n.route = prefs.route(Kind::Call);
     let notified = match state.dispatcher.submit(n).await {
         Ok(_) => {
             metrics::counter!("mesh_server_notifications_queued_total").increment(1);

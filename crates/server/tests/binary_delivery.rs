@@ -45,6 +45,9 @@ impl Server {
             // 20 messages back to back plus a join: above the default burst of 20
             // now that answers are not held back by Nagle's algorithm.
             .env("MESH_NOTIFY_SERVER__MESSAGE_BURST", "100")
+            // These tests count one push per message to check exactly-once delivery;
+            // coalescing them into summaries is tested in digest.rs.
+            .env("MESH_NOTIFY_SERVER__COALESCE_WINDOW", "0s")
             .env("RUST_LOG", "info")
             .envs(env.iter().copied())
             .stdout(Stdio::null())

@@ -97,7 +97,8 @@ async fn a_member_joining_or_leaving_during_a_message_gets_exactly_one_of_live_o
         .await
         .expect("fake gotify");
     let dir = tempfile::tempdir().unwrap();
-    let extra = "[server]\nmessages_per_second = 100000.0\nmessage_burst = 100000\n[routes]\nchat = [\"gotify\"]";
+    // One push per message (coalescing off): each message is either live or pushed.
+    let extra = "[server]\nmessages_per_second = 100000.0\nmessage_burst = 100000\ncoalesce_window = \"0s\"\n[routes]\nchat = [\"gotify\"]";
     let server = start(&figment(&gotify.url(), dir.path(), extra)).await;
     let db = server.store().path().to_path_buf();
     install_audit(&db);

@@ -54,6 +54,8 @@ pub struct ReceivedPush {
     pub ttl: u64,
     /// `Urgency` (`normal` when absent).
     pub urgency: String,
+    /// `Topic` (RFC 8030 §5.4), when sent.
+    pub topic: Option<String>,
     /// The decrypted JSON payload.
     pub payload: Value,
     /// The VAPID `sub`.
@@ -306,6 +308,17 @@ async fn push(
     let Some(ttl) = header("ttl").and_then(|t| t.parse::<u64>().ok()) else {
         return reject(400, "TTL is required".into());
     };
+    // RFC 8030 §5.4: at most 32 characters from the URL-safe base64 alphabet.
+    let topic = header("topic");
+    if let Some(t) = &topic {
+        let valid = !t.is_empty()
+            && t.len() <= 32
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !valid {
+            return reject(400, format!("invalid Topic {t:?}"));
+        }
+    }
     if header("content-encoding").as_deref() != Some("aes128gcm") {
         return reject(415, "Content-Encoding must be aes128gcm".into());
     }
@@ -347,6 +360,7 @@ async fn push(
         subscription: id,
         ttl,
         urgency: header("urgency").unwrap_or_else(|| "normal".into()),
+        topic,
         payload,
         subject,
         vapid_key,

@@ -22,6 +22,10 @@ pub struct TemplatesOverride {
     pub call_body: Option<String>,
     pub file_title: Option<String>,
     pub file_body: Option<String>,
+    pub chat_summary_title: Option<String>,
+    pub chat_summary_title_many: Option<String>,
+    pub file_summary_title: Option<String>,
+    pub file_summary_title_many: Option<String>,
 }
 
 /// `[retry]`: inline retries of one provider before falling back.
@@ -324,7 +328,22 @@ impl Config {
         set(&mut t.call_body, &o.call_body);
         set(&mut t.file_title, &o.file_title);
         set(&mut t.file_body, &o.file_body);
+        set(&mut t.chat_summary_title, &o.chat_summary_title);
+        set(&mut t.chat_summary_title_many, &o.chat_summary_title_many);
+        set(&mut t.file_summary_title, &o.file_summary_title);
+        set(&mut t.file_summary_title_many, &o.file_summary_title_many);
         t
+    }
+
+    /// A composer for a recipient who reads `language`: the configured one when
+    /// it is the configured language (overrides included), else that language's
+    /// built-in templates, with the configured limits either way.
+    pub fn composer_for(&self, language: Language) -> Composer {
+        let mut c = self.composer();
+        if language != self.language {
+            c.templates = Templates::for_language(language);
+        }
+        c
     }
 
     /// A composer with the configured templates and limits.

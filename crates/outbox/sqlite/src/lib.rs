@@ -170,6 +170,30 @@ pub fn enqueue_in_tx(
     insert(tx, n, due_at, Timestamp::now()).map_err(unavailable)
 }
 
+/// Replaces the notification of the entry with `n`'s id by `n` (same due time) inside
+/// the caller's transaction, if the entry is still waiting: present and not leased
+/// by a worker. `false` when it is gone (delivered, cancelled, dead) or in flight;
+/// the caller then queues a new entry instead. This is how mesh-server merges the
+/// messages that arrive while a room's notification is still waiting into one.
+pub fn replace_waiting_in_tx(tx: &Transaction<'_>, n: &Notification) -> Result<bool, OutboxError> {
+    let payload = serde_json::to_string(n)
+        .map_err(|e| OutboxError::Unavailable(format!("encoding a notification: {e}")))?;
+    let changed = tx
+        .prepare_cached(
+            "UPDATE mesh_notify_outbox SET payload = ?2
+             WHERE id = ?1 AND (lease_until IS NULL OR lease_until <= ?3)",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                n.id.to_string(),
+                payload,
+                Timestamp::now().as_millis()
+            ])
+        })
+        .map_err(unavailable)?;
+    Ok(changed == 1)
+}
+
 fn insert(
     conn: &Connection,
     n: &Notification,

@@ -298,6 +298,9 @@ mod tests {
         let errors = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let g = guard();
         tracing::subscriber::with_default(CountErrors(errors.clone()), || {
+            // Another test thread may have cached "no interest" for this callsite
+            // while no subscriber was set: ask again under this one.
+            tracing::callsite::rebuild_interest_cache();
             for t in ["aa", "bb", "cc", "dd", "ee", "aa"] {
                 g.refused(Mismatch::Environment, TOPIC, t, "BadDeviceToken");
             }
@@ -305,6 +308,9 @@ mod tests {
         assert_eq!(errors.load(std::sync::atomic::Ordering::SeqCst), 1);
         g.delivered(TOPIC);
         tracing::subscriber::with_default(CountErrors(errors.clone()), || {
+            // Another test thread may have cached "no interest" for this callsite
+            // while no subscriber was set: ask again under this one.
+            tracing::callsite::rebuild_interest_cache();
             for t in ["aa", "bb", "cc", "dd"] {
                 g.refused(Mismatch::Environment, TOPIC, t, "BadDeviceToken");
             }

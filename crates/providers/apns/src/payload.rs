@@ -65,20 +65,21 @@ pub fn expiration(n: &Notification, ttl: Option<Duration>, now: Timestamp) -> i6
     }
 }
 
-/// `apns-collapse-id`: chats collapse per room (`room:{id}`, so a device shows the
-/// latest message of each room), everything else by notification id (a retry
-/// after an ambiguous failure replaces the first copy instead of showing twice).
-/// A room id that is too long, or that cannot go in an HTTP header (control or
-/// non-ASCII characters), falls back to the notification id.
+/// `apns-collapse-id`: the notification's collapse key (the composer sets one per
+/// room for messages and one for files, so a device shows the latest of each),
+/// everything else by notification id (a retry after an ambiguous failure
+/// replaces the first copy instead of showing twice). A key that is too long, or
+/// that cannot go in an HTTP header (control or non-ASCII characters), is sent as
+/// its 32-hex-digit digest ([`Notification::collapse_topic`]).
 pub fn collapse_id(n: &Notification) -> String {
-    if n.kind == Kind::Chat {
-        if let Some(room) = &n.room {
-            let id = format!("room:{}", room.id);
-            let header_safe =
-                id.bytes().all(|b| b.is_ascii_graphic() || b == b' ') && !id.ends_with(' ');
-            if id.len() <= MAX_COLLAPSE_ID_BYTES && header_safe {
-                return id;
-            }
+    if let Some(key) = n.collapse_key.as_deref() {
+        let header_safe =
+            key.bytes().all(|b| b.is_ascii_graphic() || b == b' ') && !key.ends_with(' ');
+        if !key.is_empty() && key.len() <= MAX_COLLAPSE_ID_BYTES && header_safe {
+            return key.to_owned();
+        }
+        if let Some(topic) = n.collapse_topic() {
+            return topic;
         }
     }
     n.id.to_string()
@@ -90,17 +91,22 @@ mod tests {
     use mesh_notify_core::{Composer, Recipient, Room};
 
     #[test]
-    fn long_room_ids_fall_back_to_the_notification_id() {
+    fn long_room_ids_are_sent_as_a_digest() {
         let room = Room::new("x".repeat(80), "R");
         let n = Composer::default().chat("A", &room, Recipient::new("b", "B"), "hi");
-        assert_eq!(collapse_id(&n), n.id.to_string());
+        let id = collapse_id(&n);
+        assert_eq!(id.len(), 32);
+        let again = Composer::default().chat("A", &room, Recipient::new("b", "B"), "ho");
+        assert_eq!(collapse_id(&again), id, "stable per room");
         let n =
             Composer::default().chat("A", &Room::new("r1", "R"), Recipient::new("b", "B"), "hi");
-        assert_eq!(collapse_id(&n), "room:r1");
+        assert_eq!(collapse_id(&n), "room-r1");
+        let call = Composer::default().call("A", &Room::new("r1", "R"), Recipient::new("b", "B"));
+        assert_eq!(collapse_id(&call), call.id.to_string());
     }
 
     #[test]
-    fn room_ids_that_cannot_go_in_a_header_fall_back_to_the_notification_id() {
+    fn room_ids_that_cannot_go_in_a_header_are_sent_as_a_digest() {
         for room_id in ["salle-é", "a\nb", "tab\there", "trailing "] {
             let n = Composer::default().chat(
                 "A",
@@ -109,7 +115,8 @@ mod tests {
                 "hi",
             );
             let id = collapse_id(&n);
-            assert_eq!(id, n.id.to_string(), "{room_id:?}");
+            assert_eq!(id.len(), 32, "{room_id:?}");
+            assert_ne!(id, n.id.to_string(), "{room_id:?}");
             assert!(reqwest::header::HeaderValue::from_str(&id).is_ok());
         }
         let n = Composer::default().chat(
@@ -118,7 +125,7 @@ mod tests {
             Recipient::new("b", "B"),
             "hi",
         );
-        assert_eq!(collapse_id(&n), "room:room 1");
+        assert_eq!(collapse_id(&n), "room-room 1");
     }
 
     #[test]

@@ -134,7 +134,7 @@ async fn chat_headers_and_payload() {
     assert_eq!(r.header("apns-push-type"), Some("alert"));
     assert_eq!(r.header("apns-priority"), Some("10"));
     assert_eq!(r.header("apns-expiration"), Some("0"));
-    assert_eq!(r.header("apns-collapse-id"), Some("room:room-1"));
+    assert_eq!(r.header("apns-collapse-id"), Some("room-room-1"));
     let id = n.id.to_string();
     assert_eq!(r.header("apns-id"), Some(id.as_str()));
     assert_eq!(id, id.to_lowercase());
@@ -227,7 +227,8 @@ async fn a_file_is_sent_with_priority_5_and_a_chat_with_10() {
     assert_eq!(r.header("apns-expiration"), Some("0"));
     assert_eq!(
         r.header("apns-collapse-id"),
-        Some(f.id.to_string().as_str())
+        Some("room-room-1-files"),
+        "one notification per room for files"
     );
     assert_eq!(
         r.payload["aps"]["alert"]["body"],
@@ -503,7 +504,8 @@ async fn a_room_id_that_cannot_go_in_a_header_is_still_delivered() {
     let r = only_request(&s.fake);
     assert_eq!(
         r.header("apns-collapse-id"),
-        Some(n.id.to_string().as_str())
+        n.collapse_topic().as_deref(),
+        "sent as the key's digest"
     );
 }
 

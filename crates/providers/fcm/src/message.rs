@@ -33,8 +33,10 @@ fn remaining_secs(expires_at: Timestamp, now: Timestamp) -> u64 {
 /// * `notification{title, body}`;
 /// * `android{priority, ttl, collapse_key, notification{click_action, channel_id, tag}}`:
 ///   `HIGH` from priority 8 on, else `NORMAL`; `ttl` runs until `expires_at` (calls)
-///   or is the configured `ttl`; the notification id is the collapse key and the tag,
-///   so a duplicate after an ambiguous failure replaces instead of showing twice;
+///   or is the configured `ttl`; the notification's collapse key (one per room and
+///   kind) is the collapse key and the tag, so the device shows one up-to-date
+///   notification per room; without one, the notification id (a duplicate after
+///   an ambiguous failure replaces instead of showing twice);
 /// * `apns{headers{apns-priority 10/5, apns-expiration, apns-collapse-id},
 ///   payload{aps{alert{title, body}}}}` for iOS devices reached through FCM;
 /// * `data{kind, notification_id, room_id, click_url}`, strings only.
@@ -46,6 +48,21 @@ pub fn fcm_message(
 ) -> Value {
     let high = n.priority.get() >= HIGH_PRIORITY_FROM;
     let id = n.id.to_string();
+    // Successive pushes for a room replace each other on the device (the
+    // composer's collapse key); without one, the notification id, so a duplicate
+    // after an ambiguous failure replaces instead of showing twice.
+    let collapse = n
+        .collapse_key
+        .clone()
+        .filter(|k| !k.is_empty())
+        .unwrap_or_else(|| id.clone());
+    let apns_collapse = n
+        .collapse_key
+        .as_ref()
+        .filter(|k| !k.is_empty() && k.len() <= 64 && k.is_ascii())
+        .cloned()
+        .or_else(|| n.collapse_topic())
+        .unwrap_or_else(|| id.clone());
     let ttl_secs = match n.expires_at {
         Some(expires_at) => Some(remaining_secs(expires_at, now)),
         None => options.ttl.map(|t| t.as_secs()),
@@ -58,10 +75,10 @@ pub fn fcm_message(
     if let Some(channel) = &options.channel_id {
         android_notification.insert("channel_id".into(), json!(channel));
     }
-    android_notification.insert("tag".into(), json!(id));
+    android_notification.insert("tag".into(), json!(collapse));
     let mut android = json!({
         "priority": if high { "HIGH" } else { "NORMAL" },
-        "collapse_key": id,
+        "collapse_key": collapse,
         "notification": android_notification,
     });
     if let Some(secs) = ttl_secs {
@@ -70,7 +87,7 @@ pub fn fcm_message(
 
     let mut apns_headers = json!({
         "apns-priority": if high { "10" } else { "5" },
-        "apns-collapse-id": id,
+        "apns-collapse-id": apns_collapse,
     });
     if let Some(secs) = ttl_secs {
         // Absolute UNIX time; 0 would mean "deliver now or never", which an expired

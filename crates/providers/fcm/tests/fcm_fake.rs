@@ -94,7 +94,8 @@ async fn maps_every_field_of_a_chat_message() {
     assert_eq!(m["notification"]["title"], "💬 Alice dans Test FCM");
     assert_eq!(m["notification"]["body"], "Salut Bob !");
     assert_eq!(m["android"]["priority"], "NORMAL");
-    assert_eq!(m["android"]["collapseKey"], id.as_str());
+    // One notification per room on the device: the room's collapse key.
+    assert_eq!(m["android"]["collapseKey"], "room-room-1");
     assert!(
         m["android"].get("ttl").is_none(),
         "no ttl unless configured: {m}"
@@ -104,9 +105,9 @@ async fn maps_every_field_of_a_chat_message() {
         "mesh://room/room-1"
     );
     assert_eq!(m["android"]["notification"]["channelId"], "messages");
-    assert_eq!(m["android"]["notification"]["tag"], id.as_str());
+    assert_eq!(m["android"]["notification"]["tag"], "room-room-1");
     assert_eq!(m["apns"]["headers"]["apns-priority"], "5");
-    assert_eq!(m["apns"]["headers"]["apns-collapse-id"], id.as_str());
+    assert_eq!(m["apns"]["headers"]["apns-collapse-id"], "room-room-1");
     assert_eq!(
         m["apns"]["payload"]["aps"]["alert"]["title"],
         "💬 Alice dans Test FCM"

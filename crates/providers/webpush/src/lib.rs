@@ -318,9 +318,12 @@ impl Notifier for WebPushNotifier {
             .authorization(&audience, &self.subject, expires)
             .map_err(NotifyError::misconfigured)?;
         let started = Instant::now();
-        let request = self
-            .client
-            .post(target.endpoint)
+        let mut request = self.client.post(target.endpoint);
+        // RFC 8030 §5.4: a newer message with the same topic replaces a stored one.
+        if let Some(topic) = n.collapse_topic() {
+            request = request.header("Topic", topic);
+        }
+        let request = request
             .header(reqwest::header::AUTHORIZATION, authorization)
             .header(reqwest::header::CONTENT_ENCODING, "aes128gcm")
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")

@@ -59,6 +59,7 @@ async fn a_push_is_encrypted_signed_and_opened_by_the_browser() {
     assert_eq!(got[0].payload["body"], "Salut Bob !");
     assert_eq!(got[0].payload["url"], "mesh://room/r1");
     assert_eq!(got[0].urgency, "normal");
+    assert_eq!(got[0].topic.as_deref(), Some("room-r1"), "one per room");
     assert_eq!(got[0].ttl, 3600);
     assert_eq!(got[0].subject, SUBJECT);
     assert_eq!(got[0].vapid_key, push.public_key());
@@ -74,6 +75,7 @@ async fn a_call_is_urgent_and_lives_as_long_as_it_rings() {
     notifier(Duration::from_secs(5)).send(&call).await.unwrap();
     let got = service.received();
     assert_eq!(got[0].urgency, "high");
+    assert_eq!(got[0].topic, None, "every call stands alone");
     assert!(got[0].ttl <= composer.call_ttl.as_secs(), "{}", got[0].ttl);
     assert!(
         got[0].ttl + 5 >= composer.call_ttl.as_secs(),

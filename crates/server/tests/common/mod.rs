@@ -73,6 +73,19 @@ pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// Like [`eventually`], for a condition that needs to await.
+pub async fn eventually_async<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f().await {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Outbox counters of a running server.
 pub async fn outbox_stats(server: &ServerHandle) -> mesh_notify::core::OutboxStats {
     server
@@ -120,7 +133,7 @@ impl Api {
         }
     }
 
-    /// POST/GET/DELETE with an optional bearer token; returns (status, JSON body or Null).
+    /// GET/POST/PUT/DELETE with an optional bearer token; returns (status, JSON body or Null).
     pub async fn call(
         &self,
         method: &str,
@@ -132,6 +145,7 @@ impl Api {
         let mut req = match method {
             "GET" => self.http.get(url),
             "POST" => self.http.post(url),
+            "PUT" => self.http.put(url),
             "DELETE" => self.http.delete(url),
             other => panic!("method {other}"),
         };

@@ -1,0 +1,430 @@
+//! Fewer, better pushes: coalescing, mute and quiet hours for chat and file
+//! notifications.
+//!
+//! Per (recipient, room, kind) one row of `push_digests` remembers the latest
+//! push (`waiting_id`, `last_push_at`) and what is held back (`held_until`). For
+//! each message to an absent member, inside the message's transaction:
+//!
+//! 1. room muted → no push (`mesh_server_pushes_suppressed_total{reason="muted"}`);
+//! 2. quiet hours now → held until they end, one summary per room then;
+//! 3. something already held → added to it;
+//! 4. the room's latest push still waiting in the outbox (not claimed by a worker;
+//!    SQLite outbox) → replaced by a summary counting this message too;
+//! 5. the latest push went out less than `server.coalesce_window` ago → held until
+//!    the window ends (`coalesce_window = "0s"` turns steps 3–5 off: one push per
+//!    message, as before);
+//! 6. otherwise pushed at once: the first message is never delayed.
+//!
+//! Held rows are turned into one summary push each by [`run_flusher`] when their
+//! time comes. Everything is in the chat database, so a restart loses nothing
+//! held. Calls never go through here (they are never coalesced or delayed).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mesh_notify_core::{Composer, Kind, Language, NotificationId, Room};
+use tokio::sync::{watch, Notify};
+
+use crate::error::AppError;
+use crate::notify::Queued;
+use crate::prefs::{self, Preferences};
+use crate::rusqlite::{
+    self, params, Connection, OptionalExtension, Transaction, TransactionBehavior,
+};
+use crate::state::{AppState, NotifyPath};
+use crate::store::{self, now_ms, User};
+
+/// Names kept per summary (the first ones; `{from}` of the summary titles).
+const MAX_SENDERS: usize = 5;
+/// Held rows turned into pushes per flush transaction.
+const FLUSH_BATCH: usize = 200;
+/// Longest sleep of the flusher between looks at the table.
+const FLUSH_IDLE: Duration = Duration::from_secs(1);
+
+/// The composers per language and the flusher's wake-up.
+pub(crate) struct Digests {
+    fr: Arc<Composer>,
+    en: Arc<Composer>,
+    wake: Notify,
+}
+
+impl Digests {
+    pub(crate) fn new(fr: Composer, en: Composer) -> Self {
+        Self {
+            fr: Arc::new(fr),
+            en: Arc::new(en),
+            wake: Notify::new(),
+        }
+    }
+
+    /// The composer for a recipient's language.
+    pub(crate) fn composer(&self, language: Language) -> &Composer {
+        match language {
+            Language::Fr => &self.fr,
+            Language::En => &self.en,
+        }
+    }
+
+    /// Makes the flusher look at the table now.
+    pub(crate) fn wake(&self) {
+        self.wake.notify_one();
+    }
+}
+
+/// A chat message or shared file, as the digest needs it.
+pub(crate) struct Event<'a> {
+    pub kind: Kind,
+    pub room_id: i64,
+    pub room: &'a Room,
+    /// The sender's display name.
+    pub from: &'a str,
+    /// The message, or the file name.
+    pub text: &'a str,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Row {
+    waiting_id: Option<String>,
+    count: u32,
+    last_push_at: Option<i64>,
+    held_until: Option<i64>,
+    held_reason: Option<String>,
+    senders: Vec<String>,
+    latest: String,
+}
+
+impl Row {
+    /// Starts a new count with `ev`.
+    fn restart(&mut self, ev: &Event<'_>) {
+        self.count = 1;
+        self.senders = vec![ev.from.to_owned()];
+        self.latest = ev.text.to_owned();
+    }
+
+    /// Adds `ev` to the current count.
+    fn add(&mut self, ev: &Event<'_>) {
+        self.count = self.count.saturating_add(1);
+        if !self.senders.iter().any(|s| s == ev.from) && self.senders.len() < MAX_SENDERS {
+            self.senders.push(ev.from.to_owned());
+        }
+        self.latest = ev.text.to_owned();
+    }
+
+    fn hold(&mut self, until: i64, reason: &str) {
+        self.held_until = Some(self.held_until.map_or(until, |h| h.max(until)));
+        self.held_reason = Some(reason.to_owned());
+    }
+}
+
+fn load_row(
+    tx: &Connection,
+    user_id: i64,
+    room_id: i64,
+    kind: Kind,
+) -> rusqlite::Result<Option<Row>> {
+    tx.prepare_cached(
+        "SELECT waiting_id, count, last_push_at, held_until, held_reason, senders, latest
+         FROM push_digests WHERE user_id = ?1 AND room_id = ?2 AND kind = ?3",
+    )?
+    .query_row(params![user_id, room_id, kind.as_str()], |r| {
+        let senders: String = r.get(5)?;
+        Ok(Row {
+            waiting_id: r.get(0)?,
+            count: r.get(1)?,
+            last_push_at: r.get(2)?,
+            held_until: r.get(3)?,
+            held_reason: r.get(4)?,
+            senders: serde_json::from_str(&senders).unwrap_or_default(),
+            latest: r.get(6)?,
+        })
+    })
+    .optional()
+}
+
+fn save_row(
+    tx: &Connection,
+    user_id: i64,
+    room_id: i64,
+    kind: Kind,
+    row: &Row,
+) -> rusqlite::Result<()> {
+    let senders = serde_json::to_string(&row.senders).unwrap_or_else(|_| "[]".into());
+    tx.prepare_cached(
+        "INSERT INTO push_digests (user_id, room_id, kind, waiting_id, count, last_push_at, held_until, held_reason, senders, latest)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+         ON CONFLICT (user_id, room_id, kind) DO UPDATE SET
+           waiting_id = excluded.waiting_id, count = excluded.count, last_push_at = excluded.last_push_at,
+           held_until = excluded.held_until, held_reason = excluded.held_reason,
+           senders = excluded.senders, latest = excluded.latest",
+    )?
+    .execute(params![
+        user_id,
+        room_id,
+        kind.as_str(),
+        row.waiting_id,
+        row.count,
+        row.last_push_at,
+        row.held_until,
+        row.held_reason,
+        senders,
+        row.latest
+    ])?;
+    Ok(())
+}
+
+fn counter(name: &'static str, kind: Kind) {
+    metrics::counter!(name, "kind" => kind.as_str()).increment(1);
+}
+
+/// Decides, inside the message's transaction, what the absent `member` gets for
+/// `ev` (see the module documentation), and records it.
+pub(crate) fn on_event(
+    tx: &Transaction<'_>,
+    state: &AppState,
+    queued: &mut Queued,
+    member: &User,
+    ev: &Event<'_>,
+    now: i64,
+) -> Result<(), AppError> {
+    let prefs = prefs::load(tx, member.id)?;
+    if prefs.is_muted(ev.room_id, now) {
+        metrics::counter!("mesh_server_pushes_suppressed_total", "reason" => "muted", "kind" => ev.kind.as_str())
+            .increment(1);
+        return Ok(());
+    }
+    let composer = state.digests.composer(prefs.language_or(state.language));
+    let route = prefs.route(ev.kind);
+    let window = i64::try_from(state.config.coalesce_window.as_millis()).unwrap_or(i64::MAX);
+    let mut row = load_row(tx, member.id, ev.room_id, ev.kind)?.unwrap_or_default();
+
+    if let Some(end) = prefs.quiet().and_then(|q| q.ends_at(now)) {
+        if row.held_until.is_some() {
+            row.add(ev);
+        } else {
+            row.restart(ev);
+            row.waiting_id = None;
+        }
+        row.hold(end, "quiet");
+        save_row(tx, member.id, ev.room_id, ev.kind, &row)?;
+        counter("mesh_server_pushes_held_quiet_hours_total", ev.kind);
+        return Ok(());
+    }
+    if row.held_until.is_some() {
+        row.add(ev);
+        save_row(tx, member.id, ev.room_id, ev.kind, &row)?;
+        counter("mesh_server_pushes_coalesced_total", ev.kind);
+        return Ok(());
+    }
+    if window > 0 && state.notify_path == NotifyPath::SameTransaction {
+        if let Some(id) = row
+            .waiting_id
+            .as_deref()
+            .and_then(|w| w.parse::<NotificationId>().ok())
+        {
+            let mut merged = row.clone();
+            merged.add(ev);
+            let recipient = store::recipient(tx, member)?;
+            let mut n = composer.summary(
+                ev.kind,
+                merged.count,
+                &merged.senders,
+                ev.room,
+                recipient,
+                ev.text,
+            );
+            n.id = id;
+            n.route = route.clone();
+            if crate::outbox::replace_waiting_in_tx(tx, &n)? {
+                save_row(tx, member.id, ev.room_id, ev.kind, &merged)?;
+                counter("mesh_server_pushes_coalesced_total", ev.kind);
+                return Ok(());
+            }
+        }
+    }
+    if let Some(last) = row.last_push_at {
+        if window > 0 && now < last.saturating_add(window) {
+            row.restart(ev);
+            row.waiting_id = None;
+            row.hold(last.saturating_add(window), "window");
+            save_row(tx, member.id, ev.room_id, ev.kind, &row)?;
+            return Ok(());
+        }
+    }
+    let recipient = store::recipient(tx, member)?;
+    let mut n = match ev.kind {
+        Kind::File => composer.file(ev.from, ev.room, recipient, ev.text),
+        _ => composer.chat(ev.from, ev.room, recipient, ev.text),
+    };
+    n.route = route;
+    row.restart(ev);
+    row.waiting_id = Some(n.id.to_string());
+    row.last_push_at = Some(now);
+    row.held_until = None;
+    row.held_reason = None;
+    queued.push(tx, state.notify_path, ev.room_id, n)?;
+    save_row(tx, member.id, ev.room_id, ev.kind, &row)?;
+    Ok(())
+}
+
+/// The recipient is back in the room: what was held or counted is forgotten (they
+/// see the messages), and the next push is not delayed.
+pub(crate) fn forget(tx: &Connection, user_id: i64, room_id: i64) -> rusqlite::Result<()> {
+    tx.prepare_cached("DELETE FROM push_digests WHERE user_id = ?1 AND room_id = ?2")?
+        .execute(params![user_id, room_id])?;
+    Ok(())
+}
+
+/// After `user_id` saved `prefs`: summaries held for a room now muted are dropped;
+/// those held by quiet hours follow the new window (now, if it is off).
+pub(crate) fn release_held(
+    conn: &Connection,
+    user_id: i64,
+    prefs: &Preferences,
+) -> rusqlite::Result<()> {
+    let now = now_ms();
+    let quiet_end = prefs.quiet().and_then(|q| q.ends_at(now));
+    let rows: Vec<(i64, String, Option<String>)> = conn
+        .prepare_cached(
+            "SELECT room_id, kind, held_reason FROM push_digests WHERE user_id = ?1 AND held_until IS NOT NULL",
+        )?
+        .query_map([user_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (room_id, kind, reason) in rows {
+        if prefs.is_muted(room_id, now) {
+            conn.execute(
+                "UPDATE push_digests SET held_until = NULL, held_reason = NULL, count = 0
+                 WHERE user_id = ?1 AND room_id = ?2 AND kind = ?3",
+                params![user_id, room_id, kind],
+            )?;
+            metrics::counter!("mesh_server_pushes_suppressed_total", "reason" => "muted", "kind" => "held")
+                .increment(1);
+        } else if reason.as_deref() == Some("quiet") {
+            conn.execute(
+                "UPDATE push_digests SET held_until = ?4 WHERE user_id = ?1 AND room_id = ?2 AND kind = ?3",
+                params![user_id, room_id, kind, quiet_end.unwrap_or(now)],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Deletes rows with nothing held whose latest push is older than `cutoff_ms`.
+pub(crate) fn prune(conn: &Connection, cutoff_ms: i64) -> rusqlite::Result<usize> {
+    conn.execute(
+        "DELETE FROM push_digests WHERE held_until IS NULL AND (last_push_at IS NULL OR last_push_at < ?1)",
+        [cutoff_ms],
+    )
+}
+
+/// Turns the held rows whose time has come into one summary push each. Returns
+/// when the next one is due, if any.
+async fn flush_due(state: &AppState) -> Result<Option<i64>, AppError> {
+    let st = state.clone();
+    let (queued, next) = state
+        .store
+        .call(move |c| {
+            let now = now_ms();
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let due: Vec<(i64, i64, String)> = tx
+                .prepare_cached(
+                    "SELECT user_id, room_id, kind FROM push_digests
+                     WHERE held_until IS NOT NULL AND held_until <= ?1 ORDER BY held_until LIMIT ?2",
+                )?
+                .query_map(params![now, FLUSH_BATCH as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut queued = Queued::default();
+            for (user_id, room_id, kind) in due {
+                let kind = match kind.as_str() {
+                    "file" => Kind::File,
+                    _ => Kind::Chat,
+                };
+                flush_one(&tx, &st, &mut queued, user_id, room_id, kind, now)?;
+            }
+            let next: Option<i64> = tx
+                .prepare_cached("SELECT MIN(held_until) FROM push_digests WHERE held_until IS NOT NULL")?
+                .query_row([], |r| r.get(0))?;
+            tx.commit()?;
+            Ok((queued, next))
+        })
+        .await?;
+    queued.hand_over(state).await;
+    Ok(next)
+}
+
+fn flush_one(
+    tx: &Transaction<'_>,
+    state: &AppState,
+    queued: &mut Queued,
+    user_id: i64,
+    room_id: i64,
+    kind: Kind,
+    now: i64,
+) -> Result<(), AppError> {
+    let Some(mut row) = load_row(tx, user_id, room_id, kind)? else {
+        return Ok(());
+    };
+    let member = store::user_by_id(tx, user_id)?;
+    let room = store::room(tx, room_id)?;
+    let (Some(member), Some(room)) = (member, room) else {
+        forget(tx, user_id, room_id)?;
+        return Ok(());
+    };
+    if !store::is_member(tx, room_id, user_id)? || row.count == 0 {
+        forget(tx, user_id, room_id)?;
+        return Ok(());
+    }
+    let prefs = prefs::load(tx, user_id)?;
+    if prefs.is_muted(room_id, now) {
+        forget(tx, user_id, room_id)?;
+        metrics::counter!("mesh_server_pushes_suppressed_total", "reason" => "muted", "kind" => kind.as_str())
+            .increment(1);
+        return Ok(());
+    }
+    let composer = state.digests.composer(prefs.language_or(state.language));
+    let room_ref = Room::new(room.id.to_string(), room.name);
+    let recipient = store::recipient(tx, &member)?;
+    let mut n = composer.summary(
+        kind,
+        row.count,
+        &row.senders,
+        &room_ref,
+        recipient,
+        &row.latest,
+    );
+    n.route = prefs.route(kind);
+    row.waiting_id = Some(n.id.to_string());
+    row.last_push_at = Some(now);
+    row.held_until = None;
+    row.held_reason = None;
+    queued.push(tx, state.notify_path, room_id, n)?;
+    save_row(tx, user_id, room_id, kind, &row)?;
+    metrics::counter!("mesh_server_push_summaries_total", "kind" => kind.as_str()).increment(1);
+    Ok(())
+}
+
+/// Sends held summaries when their time comes, until shutdown. Wakes at the
+/// earliest held time, at least every second, and when [`Digests::wake`] is
+/// called.
+pub(crate) async fn run_flusher(state: AppState, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let wait = match flush_due(&state).await {
+            Ok(Some(next)) => {
+                let ms = u64::try_from(next.saturating_sub(now_ms())).unwrap_or(0);
+                Duration::from_millis(ms).min(FLUSH_IDLE)
+            }
+            Ok(None) => FLUSH_IDLE,
+            Err(e) => {
+                tracing::warn!(error = %e.message, "could not send held notification summaries; retrying");
+                FLUSH_IDLE
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = state.digests.wake.notified() => {}
+            _ = shutdown.changed() => return,
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+    }
+}
