@@ -535,6 +535,10 @@ admin_bind = "127.0.0.1:0"
 max_connections_per_user = 100000
 # Every bench user registers from this one address.
 registrations_per_address = 1000000
+# Coalescing off: every message queues one push per absent member, the
+# heaviest delivery load a message can make (with the default 5 s window a
+# room's pushes merge and the server delivers far less).
+coalesce_window = "0s"
 "#,
         timeout = timeout.as_millis(),
         dir = data_dir.display()
@@ -1321,7 +1325,7 @@ async fn chat_scenario(sizes: &Sizes) -> BenchResult<(Vec<Row>, Vec<String>)> {
     let pend = |v: &[CaseResult]| list(v, |r| r.outbox_pending_after.to_string());
     let notes = vec![
         format!(
-            "chat: one room, 1 sender + {} present members (one WebSocket each, joined) + {} absent members (registered, invited, accepted over HTTP, never connected); the sender sends {} messages {} ms apart, the first {} are warm-up and not counted; latency = sender's send to `chat.message` arriving at each present member ({} samples per repetition); each message queues {} chat notifications in the same SQLite transaction. Reference: the same without absent members",
+            "chat: one room, 1 sender + {} present members (one WebSocket each, joined) + {} absent members (registered, invited, accepted over HTTP, never connected); the sender sends {} messages {} ms apart, the first {} are warm-up and not counted; latency = sender's send to `chat.message` arriving at each present member ({} samples per repetition); each message queues {} chat notifications in the same SQLite transaction (coalescing off: `server.coalesce_window = \"0s\"`, the heaviest load). Reference: the same without absent members",
             sizes.present,
             sizes.absent,
             sizes.messages,
