@@ -324,6 +324,16 @@ async fn flush_due(state: &AppState) -> Result<Option<i64>, AppError> {
         .store
         .call(move |c| {
             let now = now_ms();
+            let next_held = |c: &Connection| -> rusqlite::Result<Option<i64>> {
+                c.prepare_cached(
+                    "SELECT MIN(held_until) FROM push_digests WHERE held_until IS NOT NULL",
+                )?
+                .query_row([], |r| r.get(0))
+            };
+            // Nothing due (the common case): a read, no write lock taken.
+            if next_held(c)?.is_none_or(|t| t > now) {
+                return Ok((Queued::default(), next_held(c)?));
+            }
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let due: Vec<(i64, i64, String)> = tx
                 .prepare_cached(
@@ -340,9 +350,7 @@ async fn flush_due(state: &AppState) -> Result<Option<i64>, AppError> {
                 };
                 flush_one(&tx, &st, &mut queued, user_id, room_id, kind, now)?;
             }
-            let next: Option<i64> = tx
-                .prepare_cached("SELECT MIN(held_until) FROM push_digests WHERE held_until IS NOT NULL")?
-                .query_row([], |r| r.get(0))?;
+            let next = next_held(&tx)?;
             tx.commit()?;
             Ok((queued, next))
         })
