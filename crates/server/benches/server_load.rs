@@ -187,6 +187,7 @@ fn fmt_value(v: f64, unit: &str) -> String {
         "KiB" => format!("{v:.1} KiB"),
         "MiB" => format!("{v:.1} MiB"),
         "" => format!("{v:.0}"),
+        "/s" => format!("{v:.0}/s"),
         u => format!("{v:.2} {u}"),
     }
 }
@@ -1190,6 +1191,8 @@ struct CaseResult {
     gotify_requests: usize,
     outbox_pending_after: u64,
     setup: Duration,
+    /// From the first message sent to the last acknowledged.
+    run: Duration,
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -1272,7 +1275,23 @@ async fn chat_scenario(sizes: &Sizes) -> BenchResult<(Vec<Row>, Vec<String>)> {
     let (g50, g99) = (med(&hung, |r| r.p50_ms), med(&hung, |r| r.p99_ms));
     let ratio99 = g99 / h99;
     let ab = sizes.absent;
+    let delivered = med(&healthy, |r| {
+        r.gotify_requests as f64 / r.run.as_secs_f64().max(1e-9)
+    });
+    let queued_rate = med(&healthy, |r| {
+        r.queued as f64 / r.run.as_secs_f64().max(1e-9)
+    });
     let rows = vec![
+        Row {
+            figure: format!(
+                "server-side deliveries/s while chatting, {ab} absent members, Gotify healthy"
+            ),
+            value: delivered,
+            unit: "/s",
+            ratio: Some(delivered / queued_rate.max(1e-9)),
+            target: "ratio vs the rate queued (info)".into(),
+            pass: None,
+        },
         Row::info(
             "chat broadcast p50, reference: no absent members",
             r50,
@@ -1445,6 +1464,7 @@ async fn chat_measure(
     let setup = setup_start.elapsed();
 
     let mut sent = Vec::with_capacity(n);
+    let run_start = Instant::now();
     let mut tick = tokio::time::interval(sizes.pace);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     for i in 0..n {
@@ -1467,6 +1487,7 @@ async fn chat_measure(
     if ok != n {
         return Err(format!("sender got {ok} acks for {n} messages"));
     }
+    let run = run_start.elapsed();
     let mut lat = Vec::new();
     for r in readers {
         let got = r.await.map_err(|e| format!("member reader: {e}"))??;
@@ -1490,6 +1511,7 @@ async fn chat_measure(
         gotify_requests,
         outbox_pending_after,
         setup,
+        run,
     })
 }
 
