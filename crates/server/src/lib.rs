@@ -39,6 +39,7 @@ mod state;
 mod store;
 mod throttle;
 mod verify;
+mod web;
 mod ws;
 
 use std::net::SocketAddr;
