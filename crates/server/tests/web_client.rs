@@ -437,6 +437,8 @@ async fn rooms_invitations_live_chat_files_and_history_after_reload() {
     );
     bob.client.close_window().await.unwrap();
     bob.client.switch_to_window(chat_tab).await.unwrap();
+    alice.screenshot(&shot("chat.png")).await;
+    bob.screenshot(&shot("chat-phone.png")).await;
 
     // History: 35 more messages (from another of Alice's clients), then Bob
     // reloads: the newest 30, then older ones on demand, in order.
@@ -480,8 +482,6 @@ async fn rooms_invitations_live_chat_files_and_history_after_reload() {
     bob.wait_js("no more pages", "document.getElementById('older').hidden")
         .await;
 
-    alice.screenshot(&shot("chat.png")).await;
-    bob.screenshot(&shot("chat-phone.png")).await;
     alice.assert_no_console_errors("chat", EXPECTED).await;
     bob.assert_no_console_errors("chat", EXPECTED).await;
     web.finish(vec![alice, bob]).await;

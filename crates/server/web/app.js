@@ -402,7 +402,7 @@ function renderMessage(m) {
   li.append(meta);
   if (m.kind === 'file' && m.file) {
     const body = el('div', { class: 'text file' });
-    body.append(el('span', {}, `📁 ${t('file_shared', { name: m.file.name, size: formatSize(m.file.size) })}`));
+    body.append(el('span', {}, t('file_shared', { name: m.file.name, size: formatSize(m.file.size) })));
     li.append(body);
     li.dataset.fileName = m.file.name;
     li.dataset.fileSize = m.file.size;
