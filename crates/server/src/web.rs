@@ -1,7 +1,8 @@
 //! The Mesh web client: static assets from `crates/server/web/`, embedded in the
 //! binary (`include_bytes!`, no build step) and served at `/` with a strict
-//! Content-Security-Policy; and `POST /api/me/test-push`, which the client's
-//! notification settings use to check that a push reaches the user.
+//! Content-Security-Policy; `POST /api/me/test-push`, which the client's
+//! notification settings use to check that a push reaches the user; and
+//! `GET /api/webpush/key`, the VAPID public key browsers subscribe with.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -84,6 +85,7 @@ pub(crate) fn router() -> Router<AppState> {
     )));
     router
         .route("/api/me/test-push", post(test_push))
+        .route("/api/webpush/key", get(webpush_key))
         .layer(Extension(limit))
 }
 
@@ -170,9 +172,46 @@ async fn test_push(
         .into_response())
 }
 
+/// The VAPID public key in the webpush provider's description (the provider is
+/// behind `dyn Notifier`; its description names the key, which is public).
+fn vapid_public_key(description: &str) -> Option<&str> {
+    let rest = description.strip_prefix("VAPID public key=")?;
+    let key = rest.split(',').next()?.trim();
+    (!key.is_empty()).then_some(key)
+}
+
+/// `GET /api/webpush/key` → `{"public_key"}` (base64url), or `404
+/// webpush_unavailable` when the server has no webpush provider.
+async fn webpush_key(State(state): State<AppState>) -> Result<Json<serde_json::Value>, AppError> {
+    state
+        .dispatcher
+        .providers()
+        .into_iter()
+        .find(|p| p.name() == "webpush")
+        .and_then(|p| vapid_public_key(&p.describe()).map(str::to_owned))
+        .map(|key| Json(json!({ "public_key": key })))
+        .ok_or_else(|| {
+            AppError::new(
+                StatusCode::NOT_FOUND,
+                "webpush_unavailable",
+                "this server has no Web Push provider",
+            )
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_vapid_key_is_read_from_the_description() {
+        assert_eq!(
+            vapid_public_key("VAPID public key=BAbc-_1, subject=mailto:a@b.c, ttl=1s"),
+            Some("BAbc-_1")
+        );
+        assert_eq!(vapid_public_key("gotify"), None);
+        assert_eq!(vapid_public_key("VAPID public key=, x"), None);
+    }
 
     #[test]
     fn every_file_of_the_web_folder_is_embedded() {

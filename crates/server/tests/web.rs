@@ -107,3 +107,31 @@ async fn a_test_push_reaches_the_caller_and_is_rate_limited() {
     assert_eq!(gotify.messages().len(), 4);
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_vapid_public_key_is_served_when_web_push_is_configured() {
+    let gotify = FakeGotify::start(&[(APP_TOKEN, 1)]).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(&figment(&gotify.url(), dir.path(), "")).await;
+    let api = Api::new(&server);
+    let (status, body) = api.call("GET", "/api/webpush/key", None, None).await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["code"], "webpush_unavailable");
+    server.shutdown().await.unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let extra = r#"
+[providers.webpush]
+vapid_key = "yfWPiYE-n46HLnH0KqZOF1fJJU3MYrct3AELtAQ-oRw"
+subject = "mailto:ops@example.com"
+"#;
+    let server = start(&figment(&gotify.url(), dir.path(), extra)).await;
+    let api = Api::new(&server);
+    let (status, body) = api.call("GET", "/api/webpush/key", None, None).await;
+    assert_eq!(status, 200, "{body}");
+    let key = body["public_key"].as_str().unwrap();
+    // An uncompressed P-256 point, base64url: 65 bytes → 87 characters.
+    assert_eq!(key.len(), 87, "{key}");
+    assert!(key.starts_with('B'), "{key}");
+    server.shutdown().await.unwrap();
+}
