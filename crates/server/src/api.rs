@@ -61,6 +61,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/me/addresses/{id}/verify", post(crate::verify::verify))
         .route("/health", get(crate::admin::public_health))
         .route("/ws", get(crate::ws::upgrade))
+        .merge(crate::web::router())
         .fallback(|| async {
             AppError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })

@@ -41,6 +41,7 @@ mod state;
 mod store;
 mod throttle;
 mod verify;
+mod web;
 mod ws;
 
 use std::net::SocketAddr;

@@ -1,7 +1,7 @@
 //! The WebSocket endpoint `/ws`: room presence, chat, WebRTC signalling, file shares.
 //!
 //! Client → server events: `room.join`, `room.leave`, `chat.message.send`,
-//! `rtc.offer`, `rtc.answer`, `rtc.ice`, `file.share`. Server → client:
+//! `rtc.offer`, `rtc.answer`, `rtc.ice`, `rtc.hangup`, `file.share`. Server → client:
 //! `chat.message`, `presence`, `rtc.*`, `file.shared`, `room.invited`, `ack`, `error`.
 //!
 //! The handler only writes to SQLite (one short local transaction) and broadcasts;
@@ -337,7 +337,7 @@ async fn handle(state: &AppState, conn: &Conn, raw: &str) -> Option<Value> {
         "room.leave" => leave(state, conn, value).await,
         "chat.message.send" => chat(state, conn, value).await,
         "file.share" => file_share(state, conn, value).await,
-        "rtc.offer" | "rtc.answer" | "rtc.ice" => rtc(state, conn, &ty, value).await,
+        "rtc.offer" | "rtc.answer" | "rtc.ice" | "rtc.hangup" => rtc(state, conn, &ty, value).await,
         other => Err(AppError::new(
             StatusCode::BAD_REQUEST,
             "unknown_type",
@@ -607,7 +607,8 @@ enum Target {
 }
 
 /// The client fields an `rtc.*` event may carry to its peer: `sdp` (offer,
-/// answer) or `candidate` (ICE), and an optional `call_id`. Everything else the
+/// answer) or `candidate` (ICE), nothing more for `rtc.hangup` (the web client's
+/// "decline" and "hang up"), and an optional `call_id`. Everything else the
 /// client sent (`from`, `type`, `room_id`, unknown fields) is dropped.
 fn rtc_payload(ty: &str, obj: &Map<String, Value>) -> Result<Map<String, Value>, AppError> {
     let missing = |field: &str| {
@@ -629,6 +630,8 @@ fn rtc_payload(ty: &str, obj: &Map<String, Value>) -> Result<Map<String, Value>,
             ));
         }
         out.insert("candidate".into(), candidate.clone());
+    } else if ty == "rtc.hangup" {
+        // Ends (or declines) the call `call_id`: nothing else to carry.
     } else {
         let sdp = obj.get("sdp").ok_or_else(|| missing("sdp"))?;
         if !sdp.is_string() {
