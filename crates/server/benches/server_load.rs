@@ -1225,6 +1225,10 @@ enum Case {
     Healthy,
     /// Absent members, Gotify accepts and never answers.
     Hung,
+    /// No server: the dispatcher alone (same configuration, its own SQLite outbox)
+    /// gets the same notifications at the same pace, and the same fake Gotify
+    /// answers. The baseline for the server's delivery rate.
+    Dispatcher,
 }
 
 impl Case {
@@ -1233,6 +1237,7 @@ impl Case {
             Case::Reference => "reference",
             Case::Healthy => "healthy",
             Case::Hung => "hung",
+            Case::Dispatcher => "dispatcher",
         }
     }
 }
@@ -1241,15 +1246,29 @@ async fn chat_scenario(sizes: &Sizes) -> BenchResult<(Vec<Row>, Vec<String>)> {
     let mut reference = Vec::new();
     let mut healthy = Vec::new();
     let mut hung = Vec::new();
+    let mut alone = Vec::new();
     // Interleaved, so drift in the machine's load hits every case alike.
     for rep in 0..sizes.reps {
-        for case in [Case::Reference, Case::Healthy, Case::Hung] {
+        for case in [Case::Reference, Case::Healthy, Case::Hung, Case::Dispatcher] {
             let label = case.label();
-            let r = chat_case(sizes, case)
-                .await
-                .map_err(|e| format!("{label} case, repetition {}: {e}", rep + 1))?;
-            eprintln!(
-                "  {label:9} rep {}: p50 {:.2} ms, p99 {:.2} ms ({} samples, Gotify requests during the run {}, setup {:.1} s)",
+            let r = if case == Case::Dispatcher {
+                dispatcher_case(sizes).await
+            } else {
+                chat_case(sizes, case).await
+            }
+            .map_err(|e| format!("{label} case, repetition {}: {e}", rep + 1))?;
+            if case == Case::Dispatcher {
+                eprintln!(
+                    "  {label:10} rep {}: {:.0} deliveries/s ({} Gotify requests in {:.2} s, {} queued)",
+                    rep + 1,
+                    r.gotify_requests as f64 / r.run.as_secs_f64().max(1e-9),
+                    r.gotify_requests,
+                    r.run.as_secs_f64(),
+                    r.queued
+                );
+            } else {
+                eprintln!(
+                "  {label:10} rep {}: p50 {:.2} ms, p99 {:.2} ms ({} samples, Gotify requests during the run {}, setup {:.1} s)",
                 rep + 1,
                 r.p50_ms,
                 r.p99_ms,
@@ -1257,7 +1276,9 @@ async fn chat_scenario(sizes: &Sizes) -> BenchResult<(Vec<Row>, Vec<String>)> {
                 r.gotify_requests,
                 r.setup.as_secs_f64()
             );
+            }
             match case {
+                Case::Dispatcher => alone.push(r),
                 Case::Reference => reference.push(r),
                 Case::Healthy => healthy.push(r),
                 Case::Hung => {
@@ -1281,17 +1302,33 @@ async fn chat_scenario(sizes: &Sizes) -> BenchResult<(Vec<Row>, Vec<String>)> {
     let queued_rate = med(&healthy, |r| {
         r.queued as f64 / r.run.as_secs_f64().max(1e-9)
     });
+    let alone_rate = med(&alone, |r| {
+        r.gotify_requests as f64 / r.run.as_secs_f64().max(1e-9)
+    });
+    let delivery_ratio = delivered / alone_rate.max(1e-9);
+    let p50_ratio = h50 / r50;
+    let p99_ratio = h99 / r99;
     let rows = vec![
+        Row::info(
+            format!("baseline: dispatcher alone, deliveries/s at the same pace ({ab} per message interval)"),
+            alone_rate,
+            "/s",
+        ),
         Row {
             figure: format!(
                 "server-side deliveries/s while chatting, {ab} absent members, Gotify healthy"
             ),
             value: delivered,
             unit: "/s",
-            ratio: Some(delivered / queued_rate.max(1e-9)),
-            target: "ratio vs the rate queued (info)".into(),
-            pass: None,
+            ratio: Some(delivery_ratio),
+            target: ">= 0.5x dispatcher alone".into(),
+            pass: Some(delivery_ratio >= 0.5),
         },
+        Row::info(
+            "rate queued by the chat (absent members x messages / s)",
+            queued_rate,
+            "/s",
+        ),
         Row::info(
             "chat broadcast p50, reference: no absent members",
             r50,
@@ -1306,17 +1343,17 @@ async fn chat_scenario(sizes: &Sizes) -> BenchResult<(Vec<Row>, Vec<String>)> {
             figure: format!("chat broadcast p50, {ab} absent members, Gotify healthy"),
             value: h50,
             unit: "ms",
-            ratio: Some(h50 / r50),
-            target: "ratio vs reference (info)".into(),
-            pass: None,
+            ratio: Some(p50_ratio),
+            target: "<= 2x reference p50".into(),
+            pass: Some(p50_ratio <= 2.0),
         },
         Row {
             figure: format!("chat broadcast p99, {ab} absent members, Gotify healthy"),
             value: h99,
             unit: "ms",
-            ratio: Some(h99 / r99),
-            target: "ratio vs reference (info)".into(),
-            pass: None,
+            ratio: Some(p99_ratio),
+            target: "<= 3x reference p99".into(),
+            pass: Some(p99_ratio <= 3.0),
         },
         Row {
             figure: format!("chat broadcast p50, {ab} absent members, Gotify hung"),
@@ -1344,7 +1381,13 @@ async fn chat_scenario(sizes: &Sizes) -> BenchResult<(Vec<Row>, Vec<String>)> {
     let pend = |v: &[CaseResult]| list(v, |r| r.outbox_pending_after.to_string());
     let notes = vec![
         format!(
-            "chat: one room, 1 sender + {} present members (one WebSocket each, joined) + {} absent members (registered, invited, accepted over HTTP, never connected); the sender sends {} messages {} ms apart, the first {} are warm-up and not counted; latency = sender's send to `chat.message` arriving at each present member ({} samples per repetition); each message queues {} chat notifications in the same SQLite transaction (coalescing off: `server.coalesce_window = \"0s\"`, the heaviest load). Reference: the same without absent members",
+            "chat: baseline 'dispatcher alone': no server; mesh_notify's dispatcher built from the same configuration (same provider timeout, retry, breaker, queue defaults) with its own SQLite outbox file, fed by `Dispatcher::submit` with {ab} chat notifications every {} ms ({} times, like the chat's messages) while its workers run, delivering to the same fake Gotify (in-process, like the server's). Deliveries/s = Gotify requests between the first submit and the last one acknowledged, the server's figure counts the same window of its own run. Per repetition: [{}]",
+            sizes.pace.as_millis(),
+            sizes.messages,
+            list(&alone, |r| format!("{:.0}", r.gotify_requests as f64 / r.run.as_secs_f64().max(1e-9))),
+        ),
+        format!(
+            "chat: one room, 1 sender + {} present members (one WebSocket each, joined) + {} absent members (registered, invited, accepted over HTTP, never connected); the sender sends {} messages {} ms apart, the first {} are warm-up and not counted; latency = sender's send to `chat.message` arriving at each present member ({} samples per repetition); each message queues {} chat notifications (one `push_fanout` row in the message's transaction, expanded right after; coalescing off: `server.coalesce_window = \"0s\"`, the heaviest load). Reference: the same without absent members",
             sizes.present,
             sizes.absent,
             sizes.messages,
@@ -1401,6 +1444,86 @@ async fn chat_case(sizes: &Sizes, case: Case) -> BenchResult<CaseResult> {
     let r = result?;
     stopped?;
     Ok(r)
+}
+
+/// The baseline: the dispatcher alone gets the chat case's notifications at the
+/// chat case's pace and delivers them to the same kind of fake Gotify.
+async fn dispatcher_case(sizes: &Sizes) -> BenchResult<CaseResult> {
+    let setup_start = Instant::now();
+    let gotify = FakeGotify::start(&[(APP_TOKEN, 1)])
+        .await
+        .map_err(|e| format!("fake gotify: {e}"))?;
+    let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
+    let figment = bench_figment(&gotify.url(), dir.path(), sizes.hung_timeout);
+    let config = Config::from_figment(&figment).map_err(|e| format!("config: {e}"))?;
+    let path = dir.path().join("outbox.db");
+    let outbox =
+        tokio::task::spawn_blocking(move || mesh_notify_outbox_sqlite::SqliteOutbox::open(&path))
+            .await
+            .map_err(|e| format!("outbox task: {e}"))?
+            .map_err(|e| format!("outbox: {e}"))?;
+    let dispatcher = std::sync::Arc::new(
+        config
+            .dispatcher_builder(&figment)
+            .map_err(|e| format!("dispatcher: {e}"))?
+            .outbox(std::sync::Arc::new(outbox))
+            .build()
+            .map_err(|e| format!("dispatcher: {e}"))?,
+    );
+    let workers = dispatcher.start_workers();
+    let composer = config.composer_for(config.language);
+    let room = mesh_notify_core::Room::new("1", "load");
+    let setup = setup_start.elapsed();
+
+    let n = sizes.messages;
+    let absent = sizes.absent;
+    let requests_before = gotify.requests();
+    let run_start = Instant::now();
+    let mut tick = tokio::time::interval(sizes.pace);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut batches = Vec::with_capacity(n);
+    for i in 0..n {
+        tick.tick().await;
+        let text = format!("load message {i}: the quick brown fox jumps over the lazy dog");
+        let batch: Vec<_> = (0..absent)
+            .map(|a| {
+                let recipient =
+                    mesh_notify_core::Recipient::new((a + 2).to_string(), format!("absent{a}"));
+                composer.chat("sender", &room, recipient, &text)
+            })
+            .collect();
+        let d = std::sync::Arc::clone(&dispatcher);
+        // Like a chat message: the batch is queued as one unit, and the next
+        // message does not wait for it.
+        batches.push(tokio::spawn(async move {
+            let queued =
+                futures_util::future::join_all(batch.into_iter().map(|x| d.submit(x))).await;
+            queued
+                .into_iter()
+                .find_map(Result::err)
+                .map_or(Ok(()), |e| Err(format!("submit: {e}")))
+        }));
+    }
+    for b in batches {
+        b.await.map_err(|e| format!("submit task: {e}"))??;
+    }
+    let run = run_start.elapsed();
+    let gotify_requests = gotify.requests().saturating_sub(requests_before);
+    let outbox_pending_after = match dispatcher.outbox() {
+        Some(o) => o.stats().await.map(|s| s.pending).unwrap_or(0),
+        None => 0,
+    };
+    workers.shutdown().await;
+    Ok(CaseResult {
+        p50_ms: f64::NAN,
+        p99_ms: f64::NAN,
+        samples: 0,
+        queued: n * absent,
+        gotify_requests,
+        outbox_pending_after,
+        setup,
+        run,
+    })
 }
 
 async fn chat_measure(

@@ -30,6 +30,7 @@ mod auth;
 mod config;
 mod digest;
 mod error;
+mod fanout;
 mod hashing;
 mod invites;
 mod notify;
@@ -119,6 +120,16 @@ impl ServerHandle {
     /// The chat database.
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Chat and file pushes committed with their message but not yet expanded into
+    /// the outbox (one per absent member; see `docs/decisions.md`, deferred fan-out).
+    /// Together with the outbox's `pending`, what is still to be delivered.
+    pub async fn fanout_backlog(&self) -> Result<u64, String> {
+        self.store
+            .call(|c| Ok(fanout::backlog(c)?))
+            .await
+            .map_err(|e| e.message)
     }
 
     /// Closes every WebSocket (1001), stops accepting requests, waits for the HTTP
@@ -326,6 +337,7 @@ pub async fn start(
             config.composer_for(mesh_notify_core::Language::Fr),
             config.composer_for(mesh_notify_core::Language::En),
         ),
+        fanout: fanout::Fanout::default(),
         language: config.language,
         config: section,
         store: store.clone(),
@@ -338,6 +350,7 @@ pub async fn start(
     tokio::spawn(dead_address_loop(store.clone(), dead_rx, stop_rx.clone()));
     tokio::spawn(prune_loop(state.clone(), stop_rx.clone()));
     tokio::spawn(digest::run_flusher(state.clone(), stop_rx.clone()));
+    tokio::spawn(fanout::run(state.clone(), stop_rx.clone()));
     let limits = serve::ConnLimits {
         max_connections: state.config.max_connections,
         header_read_timeout: state.config.header_read_timeout,

@@ -33,6 +33,8 @@ pub(crate) struct Shared {
     pub dispatcher: Arc<Dispatcher>,
     /// Composers per recipient language, and the held-summary flusher.
     pub digests: crate::digest::Digests,
+    /// The deferred fan-out of chat and file pushes.
+    pub fanout: crate::fanout::Fanout,
     /// Language of the server's own notification texts (invitations).
     pub language: Language,
     pub notify_path: NotifyPath,

@@ -120,6 +120,16 @@ CREATE TABLE IF NOT EXISTS push_digests (
     PRIMARY KEY (user_id, room_id, kind)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS push_digests_held ON push_digests(held_until) WHERE held_until IS NOT NULL;
+CREATE TABLE IF NOT EXISTS push_fanout (
+    id INTEGER PRIMARY KEY,
+    room_id INTEGER NOT NULL,
+    room_name TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    from_name TEXT NOT NULL,
+    body TEXT NOT NULL,
+    members TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
 ";
 
 /// Brings a database made by an earlier version up to date.
@@ -421,6 +431,19 @@ pub(crate) fn recipient(conn: &Connection, user: &User) -> rusqlite::Result<Reci
         }
     }
     Ok(r)
+}
+
+/// Ids of a room's members other than `except`.
+pub(crate) fn other_member_ids(
+    conn: &Connection,
+    room_id: i64,
+    except: i64,
+) -> rusqlite::Result<Vec<i64>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT user_id FROM members WHERE room_id = ?1 AND user_id <> ?2 ORDER BY user_id",
+    )?;
+    let rows = stmt.query_map(params![room_id, except], |r| r.get(0))?;
+    rows.collect()
 }
 
 /// Members of a room other than `except`, as users.

@@ -29,7 +29,7 @@ use tokio::sync::mpsc;
 
 use crate::auth;
 use crate::error::AppError;
-use crate::notify::{cancel_queued, Queued};
+use crate::notify::cancel_queued;
 use crate::presence::ConnId;
 use crate::state::AppState;
 use crate::store::{self, now_ms, StoredMessage, User};
@@ -461,7 +461,7 @@ async fn store_and_notify(
 ) -> Result<StoredMessage, AppError> {
     let st = state.clone();
     let sender = conn.user.clone();
-    let (message, queued) = state
+    let (message, fan_out) = state
         .store
         .call(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -483,34 +483,41 @@ async fn store_and_notify(
                 client_id,
                 created_at: now,
             };
-            let room_ref = Room::new(room.id.to_string(), room.name);
-            let ev = crate::digest::Event {
-                kind: if kind == "file" { Kind::File } else { Kind::Chat },
-                room_id,
-                room: &room_ref,
-                from: &sender.display_name,
-                text: &body,
-            };
             // Who gets it live is decided here, with the store's connection held:
-            // presence cannot change until the event is handed over below.
+            // presence cannot change until the event is handed over below. The
+            // others' pushes are one `push_fanout` row, expanded right after the
+            // commit by `fanout::run`, so this transaction stays short.
             let live = st.presence.reserve_room(&tx, room_id);
-            let mut queued = Queued::default();
-            for member in store::other_members(&tx, room_id, sender.id)? {
-                if live.has_user(member.id) {
-                    continue;
-                }
-                crate::digest::on_event(&tx, &st, &mut queued, &member, &ev, now)?;
+            let absent: Vec<i64> = store::other_member_ids(&tx, room_id, sender.id)?
+                .into_iter()
+                .filter(|id| !live.has_user(*id))
+                .collect();
+            if !absent.is_empty() {
+                crate::fanout::record(
+                    &tx,
+                    &crate::fanout::Pending {
+                        room_id,
+                        room_name: &room.name,
+                        kind: if kind == "file" { Kind::File } else { Kind::Chat },
+                        from: &sender.display_name,
+                        text: &body,
+                        members: &absent,
+                        created_at: now,
+                    },
+                )?;
             }
             tx.commit()?;
             // Committed: send the live event into the reserved slots (in commit
             // order, as the store's connection is still held).
             let event_type = if kind == "file" { "file.shared" } else { "chat.message" };
             live.send(&text(&json!({"type": event_type, "message": message})));
-            Ok((message, queued))
+            Ok((message, !absent.is_empty()))
         })
         .await?;
     metrics::counter!("mesh_server_messages_total", "kind" => kind).increment(1);
-    queued.hand_over(state).await;
+    if fan_out {
+        state.fanout.wake();
+    }
     Ok(message)
 }
 

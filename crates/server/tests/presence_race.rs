@@ -2,9 +2,12 @@
 //! message Bob gets exactly one of the live `chat.message` event or a queued
 //! notification: never both, never neither.
 //!
-//! "Queued" is read from the outbox itself: a trigger installed by the test copies
-//! every row inserted into the outbox table into an audit table, so a notification
-//! that was later delivered or cancelled (Bob came back) still counts as queued.
+//! "Queued" is read where the server decides it: the message's transaction writes
+//! one `push_fanout` row naming the absent members (expanded into outbox entries
+//! right after). Triggers installed by the test copy every such row, and every
+//! outbox insert, into audit tables, so a push later delivered, cancelled or skipped
+//! (Bob came back before it went out) still counts as queued, and no outbox entry
+//! may exist for a message that was not.
 
 mod common;
 
@@ -27,13 +30,41 @@ fn install_audit(db: &Path) {
     conn.execute_batch(&format!(
         "CREATE TABLE race_audit (id TEXT NOT NULL, payload TEXT NOT NULL);
          CREATE TRIGGER race_audit_insert AFTER INSERT ON {table}
-         BEGIN INSERT INTO race_audit (id, payload) VALUES (NEW.id, NEW.payload); END;",
+         BEGIN INSERT INTO race_audit (id, payload) VALUES (NEW.id, NEW.payload); END;
+         CREATE TABLE race_fanout (body TEXT NOT NULL, members TEXT NOT NULL);
+         CREATE TRIGGER race_fanout_insert AFTER INSERT ON push_fanout
+         BEGIN INSERT INTO race_fanout (body, members) VALUES (NEW.body, NEW.members); END;",
         table = mesh_notify_outbox_sqlite::TABLE
     ))
     .expect("install the audit trigger");
 }
 
-/// How many notifications were ever queued for `user_id`, by body.
+/// How many messages were ever decided "push" for `user_id` (absent when the
+/// message committed), by body.
+fn decided_bodies(db: &Path, user_id: i64) -> HashMap<String, usize> {
+    let conn = rusqlite::Connection::open(db).expect("open the chat database");
+    conn.busy_timeout(std::time::Duration::from_secs(10))
+        .expect("busy timeout");
+    let mut stmt = conn
+        .prepare("SELECT body, members FROM race_fanout")
+        .expect("prepare");
+    let rows = stmt
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+        .expect("query")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("rows");
+    let mut out = HashMap::new();
+    for (body, members) in rows {
+        let members: Vec<i64> = serde_json::from_str(&members).expect("members are JSON");
+        let n = members.iter().filter(|m| **m == user_id).count();
+        if n > 0 {
+            *out.entry(body).or_insert(0) += n;
+        }
+    }
+    out
+}
+
+/// How many notifications were ever written to the outbox for `user_id`, by body.
 fn queued_bodies(db: &Path, user_id: i64) -> HashMap<String, usize> {
     let conn = rusqlite::Connection::open(db).expect("open the chat database");
     conn.busy_timeout(std::time::Duration::from_secs(10))
@@ -148,8 +179,18 @@ async fn a_member_joining_or_leaving_during_a_message_gets_exactly_one_of_live_o
     assert_eq!(a.say(room, "fin").await["type"], "ack");
     until_chat(&mut b, "fin", &mut live).await;
 
-    let queued = queued_bodies(&db, bob.id);
+    outbox_drained(&server).await;
+    let queued = decided_bodies(&db, bob.id);
     let mut wrong = Vec::new();
+    // An outbox entry only for a message decided "push", once at most.
+    for (body, n) in queued_bodies(&db, bob.id) {
+        if n != 1 || queued.get(&body).copied().unwrap_or(0) != 1 {
+            wrong.push(format!(
+                "{body}: {n} outbox entries, decided push {:?}",
+                queued.get(&body)
+            ));
+        }
+    }
     let (mut n_live, mut n_queued) = (0, 0);
     for i in 0..ROUNDS {
         let text = format!("race-{i}");

@@ -97,12 +97,14 @@ pub async fn outbox_stats(server: &ServerHandle) -> mesh_notify::core::OutboxSta
         .expect("stats")
 }
 
-/// Waits until the outbox has nothing pending.
+/// Waits until every committed push is expanded (the deferred fan-out) and the
+/// outbox has nothing pending.
 pub async fn outbox_drained(server: &ServerHandle) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
+        let backlog = server.fanout_backlog().await.expect("fan-out backlog");
         let s = outbox_stats(server).await;
-        if s.pending == 0 {
+        if backlog == 0 && s.pending == 0 {
             return;
         }
         assert!(Instant::now() < deadline, "outbox still has {s:?}");

@@ -1,0 +1,248 @@
+//! Deferred fan-out of chat and file pushes.
+//!
+//! A chat message commits with **one** `push_fanout` row that names the members who
+//! were absent at that moment (decided with the store's connection held, like the
+//! live event). This task then turns the row into per-member pushes (preferences,
+//! coalescing, outbox entry) in short transactions of [`CHUNK`] members each, right
+//! after the commit. The sender's transaction therefore costs the same with 100
+//! absent members as with none, and a chat message never waits for 100 outbox
+//! inserts (issue 16: measured in `docs/benchmarks.md`).
+//!
+//! Nothing is lost: the row commits with the message (`synchronous=FULL`), and each
+//! chunk removes its members from the row in the same transaction that writes their
+//! outbox entries. A crash between the two leaves the row (or its rest) for the next
+//! start, which expands it again. The chunk transactions commit with
+//! `synchronous=NORMAL`: in a power cut they may roll back, and then the row is still
+//! there with those members: expanded again, never lost, never doubled.
+//!
+//! A member who came back into the room between the message and its fan-out is
+//! skipped (they see it in the room, as a rejoin cancels queued pushes), and so is
+//! one who left the room.
+
+use std::time::Duration;
+
+use mesh_notify_core::{Kind, Room};
+use tokio::sync::{watch, Notify};
+
+use crate::error::AppError;
+use crate::notify::Queued;
+use crate::rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use crate::state::AppState;
+use crate::store::{self, User};
+
+/// Members expanded per transaction: short enough that a chat message arriving
+/// meanwhile waits well under a millisecond for the store's connection.
+pub(crate) const CHUNK: usize = 16;
+
+/// The wake-up of the fan-out task.
+#[derive(Default)]
+pub(crate) struct Fanout {
+    wake: Notify,
+}
+
+impl Fanout {
+    /// A message committed a row: expand it now.
+    pub(crate) fn wake(&self) {
+        self.wake.notify_one();
+    }
+}
+
+/// What a committed message asks the task to fan out.
+pub(crate) struct Pending<'a> {
+    pub room_id: i64,
+    pub room_name: &'a str,
+    pub kind: Kind,
+    pub from: &'a str,
+    pub text: &'a str,
+    pub members: &'a [i64],
+    pub created_at: i64,
+}
+
+/// Records, inside the message's transaction, the members to notify.
+pub(crate) fn record(tx: &Connection, p: &Pending<'_>) -> Result<(), AppError> {
+    let members = serde_json::to_string(p.members)
+        .map_err(|e| AppError::internal(format!("fan-out members: {e}")))?;
+    tx.prepare_cached(
+        "INSERT INTO push_fanout (room_id, room_name, kind, from_name, body, members, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        p.room_id,
+        p.room_name,
+        p.kind.as_str(),
+        p.from,
+        p.text,
+        members,
+        p.created_at
+    ])?;
+    Ok(())
+}
+
+/// Members not yet expanded, over every row.
+pub(crate) fn backlog(conn: &Connection) -> crate::rusqlite::Result<u64> {
+    conn.query_row(
+        "SELECT COALESCE(SUM(json_array_length(members)), 0) FROM push_fanout",
+        [],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| u64::try_from(n).unwrap_or(0))
+}
+
+/// The member `user_id` of `room_id`, `None` when they are no longer one.
+fn member(conn: &Connection, room_id: i64, user_id: i64) -> crate::rusqlite::Result<Option<User>> {
+    conn.prepare_cached(
+        "SELECT u.id, u.username, u.display_name FROM members m JOIN users u ON u.id = m.user_id
+         WHERE m.room_id = ?1 AND m.user_id = ?2",
+    )?
+    .query_row(params![room_id, user_id], |r| {
+        Ok(User {
+            id: r.get(0)?,
+            username: r.get(1)?,
+            display_name: r.get(2)?,
+        })
+    })
+    .optional()
+}
+
+/// Expands up to [`CHUNK`] members of the oldest row in one transaction. Returns
+/// the pushes to hand over and whether rows remain.
+fn expand_chunk(conn: &mut Connection, state: &AppState) -> Result<(Queued, bool), AppError> {
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    let result = expand_chunk_relaxed(conn, state);
+    let restored = conn.pragma_update(None, "synchronous", "FULL");
+    let out = result?;
+    restored?;
+    Ok(out)
+}
+
+fn expand_chunk_relaxed(
+    conn: &mut Connection,
+    state: &AppState,
+) -> Result<(Queued, bool), AppError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut queued = Queued::default();
+    let row = tx
+        .prepare_cached(
+            "SELECT id, room_id, room_name, kind, from_name, body, members FROM push_fanout
+             ORDER BY id LIMIT 1",
+        )?
+        .query_row([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, String>(5)?,
+                r.get::<_, String>(6)?,
+            ))
+        })
+        .optional()?;
+    let Some((id, room_id, room_name, kind, from, body, members)) = row else {
+        return Ok((queued, false));
+    };
+    let members: Vec<i64> = match serde_json::from_str(&members) {
+        Ok(m) => m,
+        Err(e) => {
+            // Written by this module only; a row that cannot be read is dropped
+            // (and said) rather than blocking every later message.
+            tracing::error!(row = id, error = %e, "unreadable fan-out row dropped");
+            tx.execute("DELETE FROM push_fanout WHERE id = ?1", [id])?;
+            tx.commit()?;
+            return Ok((queued, true));
+        }
+    };
+    let kind = if kind == "file" {
+        Kind::File
+    } else {
+        Kind::Chat
+    };
+    let (now_members, rest) = members.split_at(members.len().min(CHUNK));
+    let room = Room::new(room_id.to_string(), room_name);
+    let ev = crate::digest::Event {
+        kind,
+        room_id,
+        room: &room,
+        from: &from,
+        text: &body,
+    };
+    let present = state.presence.users_in_room(room_id);
+    let now = store::now_ms();
+    for &user_id in now_members {
+        if present.contains(&user_id) {
+            continue;
+        }
+        let Some(user) = member(&tx, room_id, user_id)? else {
+            continue;
+        };
+        crate::digest::on_event(&tx, state, &mut queued, &user, &ev, now)?;
+    }
+    if rest.is_empty() {
+        tx.prepare_cached("DELETE FROM push_fanout WHERE id = ?1")?
+            .execute([id])?;
+    } else {
+        let rest = serde_json::to_string(rest)
+            .map_err(|e| AppError::internal(format!("fan-out members: {e}")))?;
+        tx.prepare_cached("UPDATE push_fanout SET members = ?2 WHERE id = ?1")?
+            .execute(params![id, rest])?;
+    }
+    let more = !rest.is_empty()
+        || tx
+            .prepare_cached("SELECT 1 FROM push_fanout WHERE id > ?1 LIMIT 1")?
+            .exists([id])?;
+    tx.commit()?;
+    Ok((queued, more))
+}
+
+/// Expands every row there is now. Returns after the last one, or on an error.
+pub(crate) async fn drain(state: &AppState) -> Result<(), AppError> {
+    loop {
+        let st = state.clone();
+        let (queued, more) = state.store.call(move |c| expand_chunk(c, &st)).await?;
+        queued.hand_over(state).await;
+        if !more {
+            return Ok(());
+        }
+        // Let a chat message take the connection between two chunks.
+        tokio::task::yield_now().await;
+    }
+}
+
+async fn count_backlog(state: &AppState) {
+    match state.store.call(|c| Ok(backlog(c)?)).await {
+        Ok(n) => metrics::gauge!("mesh_server_fanout_backlog").set(n as f64),
+        Err(e) => tracing::warn!(error = %e.message, "could not count the fan-out backlog"),
+    }
+}
+
+/// The fan-out task: expands rows as messages commit them (and whatever a previous
+/// run left), until shutdown, then expands what is left once more.
+pub(crate) async fn run(state: AppState, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        if let Err(e) = drain(&state).await {
+            tracing::warn!(error = %e.message, "fan-out failed; retrying in 1 s");
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+        count_backlog(&state).await;
+        if *shutdown.borrow() {
+            return;
+        }
+        tokio::select! {
+            _ = state.fanout.wake.notified() => {}
+            // A safety net: a wake-up is never lost (`notify_one` keeps a permit),
+            // but an error above leaves rows until the next pass.
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            _ = shutdown.changed() => {
+                // Expand what is left before the delivery workers stop; what does
+                // not fit stays in the database for the next start.
+                if let Err(e) = drain(&state).await {
+                    tracing::warn!(error = %e.message, "fan-out at shutdown failed; the rest waits for the next start");
+                }
+                return;
+            }
+        }
+    }
+}
