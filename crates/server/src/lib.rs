@@ -225,11 +225,7 @@ pub async fn start(
             store
                 .call_sync(|c| outbox::install_schema(c))
                 .map_err(|e| storage_err(format!("outbox schema: {e}")))?;
-            let path = db_path.clone();
-            let outbox = tokio::task::spawn_blocking(move || outbox::open(&path))
-                .await
-                .map_err(|e| storage_err(e.to_string()))?
-                .map_err(|e| storage_err(format!("outbox: {e}")))?;
+            let outbox = outbox::on_store(&store);
             tracing::info!(path = %db_path.display(), "outbox: sqlite, in the chat database (same transaction as messages; outbox.path is not used by mesh-server)");
             (Some(outbox), NotifyPath::SameTransaction)
         }

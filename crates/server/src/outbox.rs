@@ -1,24 +1,28 @@
 //! The glue to the SQLite outbox crate (one place to adapt if its API moves).
 
 use crate::rusqlite;
-use std::path::Path;
 use std::sync::Arc;
 
 use crate::rusqlite::Transaction;
 use mesh_notify_core::{Notification, Outbox, Timestamp};
 
 use crate::error::AppError;
+use crate::store::Store;
 
 /// Creates the outbox tables in the chat database.
 pub(crate) fn install_schema(conn: &rusqlite::Connection) -> Result<(), String> {
     mesh_notify_outbox_sqlite::install_schema(conn).map_err(|e| e.to_string())
 }
 
-/// Opens the outbox on the chat database file.
-pub(crate) fn open(path: &Path) -> Result<Arc<dyn Outbox>, String> {
-    mesh_notify_outbox_sqlite::SqliteOutbox::open(path)
-        .map(|o| Arc::new(o) as Arc<dyn Outbox>)
-        .map_err(|e| e.to_string())
+/// The outbox on the store's own connection: chat transactions, the fan-out and
+/// the delivery workers' claims and acknowledgements take turns on one lock
+/// instead of two SQLite connections meeting in the busy handler (issue 16,
+/// `docs/decisions.md`).
+pub(crate) fn on_store(store: &Store) -> Arc<dyn Outbox> {
+    Arc::new(mesh_notify_outbox_sqlite::SqliteOutbox::on_connection(
+        store.connection(),
+        store.path(),
+    ))
 }
 
 /// Enqueues inside the caller's transaction (durable when it commits).

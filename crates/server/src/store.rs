@@ -180,7 +180,16 @@ impl Store {
             &conn,
             mesh_notify_outbox_sqlite::DEFAULT_BUSY_TIMEOUT,
         )?;
+        let problems: Vec<String> = conn
+            .prepare("PRAGMA quick_check")?
+            .query_map([], |r| r.get::<_, String>(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        if problems != ["ok"] {
+            return Err(format!("integrity check failed: {}", problems.join("; ")).into());
+        }
         conn.pragma_update(None, "foreign_keys", "ON")?;
+        // The chat's statements and the outbox's (which shares this connection).
+        conn.set_prepared_statement_cache_capacity(64);
         conn.execute_batch(SCHEMA)?;
         migrate(&conn)?;
         Ok(Self {
@@ -192,6 +201,11 @@ impl Store {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The connection itself, for the outbox to share (see `outbox::open`).
+    pub(crate) fn connection(&self) -> Arc<Mutex<Connection>> {
+        Arc::clone(&self.conn)
     }
 
     /// Runs `f` with the connection on the blocking pool.

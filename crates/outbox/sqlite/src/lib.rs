@@ -329,6 +329,24 @@ impl SqliteOutbox {
         })
     }
 
+    /// An outbox on a connection the application already holds (and shares):
+    /// every outbox call takes `conn`'s lock, so the application's own
+    /// transactions and the delivery workers' claims and acknowledgements take
+    /// turns on one in-process lock, and never meet as two SQLite connections
+    /// contending for the file's write lock (whose busy handler sleeps 1, 2, 5,
+    /// 10 ms… between tries instead of waking when the lock is free).
+    ///
+    /// The connection must already be set up with [`configure_connection`] and
+    /// carry the schema ([`install_schema`]); `path` is the file it opened (for
+    /// [`path`](Self::path) and messages).
+    pub fn on_connection(conn: Arc<Mutex<Connection>>, path: impl AsRef<Path>) -> Self {
+        Self {
+            conn,
+            path: Arc::new(path.as_ref().to_owned()),
+            writer: Arc::new(std::sync::OnceLock::new()),
+        }
+    }
+
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
