@@ -121,15 +121,35 @@ fn jitter_fraction() -> f64 {
 }
 
 /// Where the delivery service looks up a recipient's current addresses just
-/// before each send, so a queued notification never goes to a token the user
-/// removed (or misses one they added) while it waited. mesh-server implements it
-/// over its `addresses` table.
+/// before sending (once per claimed batch, when the entries leave the queue), so a
+/// queued notification never goes to a token the user removed (or misses one they
+/// added) while it waited. mesh-server implements it over its `addresses` table.
 #[async_trait::async_trait]
 pub trait AddressBook: Send + Sync {
     /// The user's current addresses; `None` when unknown here (the notification's
     /// own addresses are used as they are).
     async fn addresses(&self, user_id: &str) -> Option<Vec<mesh_notify_core::Address>>;
+
+    /// [`addresses`](Self::addresses) for several users at once (a worker's claimed
+    /// batch); a user missing from the answer counts as `None`. The default asks
+    /// one by one; a database-backed book answers with one round trip.
+    async fn addresses_many(
+        &self,
+        user_ids: &[String],
+    ) -> HashMap<String, Option<Vec<mesh_notify_core::Address>>> {
+        let mut out = HashMap::with_capacity(user_ids.len());
+        for id in user_ids {
+            if !out.contains_key(id) {
+                out.insert(id.clone(), self.addresses(id).await);
+            }
+        }
+        out
+    }
 }
+
+/// What the address book said for a claimed entry's recipient: `None` when it was
+/// not asked (no book), `Some(None)` when it does not know the user.
+type Looked = Option<Option<Vec<mesh_notify_core::Address>>>;
 
 /// What `submit` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -254,11 +274,27 @@ impl Delivery {
         }
     }
 
-    /// `n` with its recipient's current addresses (see [`AddressBook`]). A
-    /// follow-up keeps only its devices that still exist.
-    async fn with_current_addresses(&self, n: &Notification) -> Option<Notification> {
-        let book = self.address_book.as_ref()?;
-        let current = book.addresses(&n.recipient.user_id).await?;
+    /// The address book's answers for a claimed batch's recipients, in one call.
+    async fn look_up(
+        &self,
+        claims: &[Claim],
+    ) -> HashMap<String, Option<Vec<mesh_notify_core::Address>>> {
+        let Some(book) = self.address_book.as_ref() else {
+            return HashMap::new();
+        };
+        let mut ids: Vec<String> = claims
+            .iter()
+            .map(|c| c.entry.notification.recipient.user_id.clone())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        book.addresses_many(&ids).await
+    }
+
+    /// `n` with its recipient's current addresses (see [`AddressBook`]), as
+    /// `looked` up for its batch. A follow-up keeps only its devices that still exist.
+    fn with_current_addresses(&self, n: &Notification, looked: Looked) -> Option<Notification> {
+        let current = looked??;
         let mut n = n.clone();
         if n.resend_via.is_some() {
             n.recipient.addresses.retain(|a| current.contains(a));
@@ -416,6 +452,7 @@ impl Delivery {
         outbox: Arc<dyn Outbox>,
         claim: Claim,
         mut leased_until: Instant,
+        looked: Looked,
     ) -> Settled {
         let lease = self.queue.lease;
         let margin = lease / 3;
@@ -427,7 +464,7 @@ impl Delivery {
             }
             leased_until = asked + lease;
         }
-        let work = self.deliver_claim(&*outbox, &claim);
+        let work = self.deliver_claim(&*outbox, &claim, looked);
         tokio::pin!(work);
         loop {
             let renew_at = leased_until.checked_sub(margin).unwrap_or(leased_until);
@@ -470,7 +507,7 @@ impl Delivery {
 
     /// Tries one claimed entry and settles it unless delivered (the caller
     /// acknowledges delivered entries).
-    async fn deliver_claim(&self, outbox: &dyn Outbox, claim: &Claim) -> Settled {
+    async fn deliver_claim(&self, outbox: &dyn Outbox, claim: &Claim, looked: Looked) -> Settled {
         let n = &claim.entry.notification;
         let now = Timestamp::now();
         let settle = |r: Result<(), OutboxError>| match r {
@@ -505,7 +542,7 @@ impl Delivery {
                 return settle(outbox.dead_letter(claim, &why).await);
             }
         }
-        let refreshed = self.with_current_addresses(n).await;
+        let refreshed = self.with_current_addresses(n, looked);
         let n = refreshed.as_ref().unwrap_or(n);
         let outcome = self.router.try_route(n).await;
         self.report(n, &outcome);
@@ -643,11 +680,23 @@ async fn worker_loop(d: Arc<Delivery>, outbox: Arc<dyn Outbox>, worker: String, 
                 Ok(claims) => {
                     error_backoff = Duration::from_millis(100);
                     claimed_none = claims.is_empty();
+                    // One address-book round trip for the whole batch.
+                    let book = if d.address_book.is_some() && !claims.is_empty() {
+                        Some(d.look_up(&claims).await)
+                    } else {
+                        None
+                    };
                     for claim in claims {
+                        let looked = book.as_ref().map(|b| {
+                            b.get(&claim.entry.notification.recipient.user_id)
+                                .cloned()
+                                .flatten()
+                        });
                         let task = Arc::clone(&d).deliver_leased(
                             Arc::clone(&outbox),
                             claim.clone(),
                             asked + policy.lease,
+                            looked,
                         );
                         let handle = in_flight.spawn(task);
                         claims_by_task.insert(handle.id(), claim);

@@ -30,9 +30,10 @@ use crate::rusqlite::{params, Connection, OptionalExtension, TransactionBehavior
 use crate::state::AppState;
 use crate::store::{self, User};
 
-/// Members expanded per transaction: short enough that a chat message arriving
-/// meanwhile waits well under a millisecond for the store's connection.
-pub(crate) const CHUNK: usize = 16;
+/// Members expanded per transaction: a chat message arriving meanwhile waits for
+/// one chunk at most (measured in `server_load`: 16 members held the connection
+/// ~0.5 ms on average, 8 members ~0.35 ms; see `docs/benchmarks.md`).
+pub(crate) const CHUNK: usize = 8;
 
 /// The wake-up of the fan-out task.
 #[derive(Default)]

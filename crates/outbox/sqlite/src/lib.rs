@@ -583,54 +583,79 @@ impl Outbox for SqliteOutbox {
             return Ok(Vec::new());
         }
         let worker = worker.to_owned();
-        self.with_conn_relaxed(move |conn| {
-            let now = Timestamp::now();
-            let until = now.plus(lease);
-            let tx = immediate(conn)?;
-            let rows: Vec<RawEntry> = {
-                let mut stmt = tx
-                    .prepare_cached(&format!(
-                        "SELECT {PENDING_COLUMNS} FROM mesh_notify_outbox
-                         WHERE due_at <= ?1 AND (lease_until IS NULL OR lease_until <= ?1)
-                         ORDER BY due_at, id LIMIT ?2"
-                    ))
-                    .map_err(unavailable)?;
-                let limit = i64::try_from(max).unwrap_or(i64::MAX);
-                stmt.query_map(params![now.as_millis(), limit], RawEntry::from_row)
-                    .and_then(|rows| rows.collect::<Result<_, _>>())
-                    .map_err(unavailable)?
-            };
-            let mut claims = Vec::with_capacity(rows.len());
-            for raw in rows {
-                let mut entry = match raw.decode() {
-                    Ok(entry) => entry,
-                    Err(e) => {
-                        // Quarantine it so it cannot block the queue; `dead` reports it.
-                        move_to_dead(&tx, &raw.id, &e.to_string(), now).map_err(unavailable)?;
-                        continue;
-                    }
+        let leased_by = worker.clone();
+        // Leases are taken under the connection's lock; the payloads are decoded
+        // after it is released (the connection may be shared with the
+        // application's own transactions, see `on_connection`).
+        let leased: Vec<(RawEntry, String)> = self
+            .with_conn_relaxed(move |conn| {
+                let now = Timestamp::now();
+                let until = now.plus(lease);
+                let tx = immediate(conn)?;
+                let rows: Vec<RawEntry> = {
+                    let mut stmt = tx
+                        .prepare_cached(&format!(
+                            "SELECT {PENDING_COLUMNS} FROM mesh_notify_outbox
+                             WHERE due_at <= ?1 AND (lease_until IS NULL OR lease_until <= ?1)
+                             ORDER BY due_at, id LIMIT ?2"
+                        ))
+                        .map_err(unavailable)?;
+                    let limit = i64::try_from(max).unwrap_or(i64::MAX);
+                    stmt.query_map(params![now.as_millis(), limit], RawEntry::from_row)
+                        .and_then(|rows| rows.collect::<Result<_, _>>())
+                        .map_err(unavailable)?
                 };
-                entry.attempts += 1;
-                entry.parked_on.clear();
-                let lease_id = uuid::Uuid::now_v7().to_string();
-                tx.prepare_cached(
-                    "UPDATE mesh_notify_outbox
-                     SET lease_id = ?2, lease_until = ?3, worker = ?4, attempts = attempts + 1,
-                         parked_on = NULL
-                     WHERE id = ?1",
-                )
-                .and_then(|mut s| s.execute(params![raw.id, lease_id, until.as_millis(), worker]))
-                .map_err(unavailable)?;
-                claims.push(Claim {
-                    entry,
-                    lease_id,
-                    worker: worker.clone(),
-                });
+                let mut leased = Vec::with_capacity(rows.len());
+                {
+                    let mut update = tx
+                        .prepare_cached(
+                            "UPDATE mesh_notify_outbox
+                             SET lease_id = ?2, lease_until = ?3, worker = ?4, attempts = attempts + 1,
+                                 parked_on = NULL
+                             WHERE id = ?1",
+                        )
+                        .map_err(unavailable)?;
+                    for raw in rows {
+                        let lease_id = uuid::Uuid::now_v7().to_string();
+                        update
+                            .execute(params![raw.id, lease_id, until.as_millis(), leased_by])
+                            .map_err(unavailable)?;
+                        leased.push((raw, lease_id));
+                    }
+                }
+                tx.commit().map_err(unavailable)?;
+                Ok(leased)
+            })
+            .await?;
+        let mut claims = Vec::with_capacity(leased.len());
+        let mut corrupt = Vec::new();
+        for (raw, lease_id) in leased {
+            match raw.decode() {
+                Ok(mut entry) => {
+                    entry.attempts += 1;
+                    entry.parked_on.clear();
+                    claims.push(Claim {
+                        entry,
+                        lease_id,
+                        worker: worker.clone(),
+                    });
+                }
+                Err(e) => corrupt.push((raw.id, e.to_string())),
             }
-            tx.commit().map_err(unavailable)?;
-            Ok(claims)
-        })
-        .await
+        }
+        if !corrupt.is_empty() {
+            // Quarantine them so they cannot block the queue; `dead` reports them.
+            self.with_conn(move |conn| {
+                let now = Timestamp::now();
+                let tx = immediate(conn)?;
+                for (id, why) in &corrupt {
+                    move_to_dead(&tx, id, why, now).map_err(unavailable)?;
+                }
+                tx.commit().map_err(unavailable)
+            })
+            .await?;
+        }
+        Ok(claims)
     }
 
     async fn ack(&self, claim: &Claim) -> Result<(), OutboxError> {
