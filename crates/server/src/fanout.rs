@@ -3,8 +3,9 @@
 //! A chat message commits with **one** `push_fanout` row that names the members who
 //! were absent at that moment (decided with the store's connection held, like the
 //! live event). This task then turns the row into per-member pushes (preferences,
-//! coalescing, outbox entry) in short transactions of [`CHUNK`] members each, right
-//! after the commit. The sender's transaction therefore costs the same with 100
+//! coalescing, outbox entry) in short transactions of at most [`CHUNK`] members,
+//! ended early whenever a chat message waits for the connection, right after the
+//! commit. The sender's transaction therefore costs the same with 100
 //! absent members as with none, and a chat message never waits for 100 outbox
 //! inserts (issue 16: measured in `docs/benchmarks.md`).
 //!
@@ -30,15 +31,53 @@ use crate::rusqlite::{params, Connection, OptionalExtension, TransactionBehavior
 use crate::state::AppState;
 use crate::store::{self, User};
 
-/// Members expanded per transaction: a chat message arriving meanwhile waits for
-/// one chunk at most (measured in `server_load`: 16 members held the connection
-/// ~0.5 ms on average, 8 members ~0.35 ms; see `docs/benchmarks.md`).
-pub(crate) const CHUNK: usize = 8;
+/// At most this many members per transaction. A chunk also ends early as soon as
+/// a chat message waits for the connection ([`ChatWaiting`]), so a message waits
+/// for one member's expansion and a commit, never for a whole chunk (measured in
+/// `server_load`: fixed chunks of 16 members held the connection ~0.5 ms on
+/// average, of 8 ~0.35 ms; see `docs/benchmarks.md`).
+pub(crate) const CHUNK: usize = 64;
 
-/// The wake-up of the fan-out task.
+/// How many chat messages are waiting for the store's connection. The fan-out
+/// checks it between members and lets them in first.
+#[derive(Default)]
+pub(crate) struct ChatWaiting(std::sync::atomic::AtomicUsize);
+
+/// Counts one waiting chat message until dropped (when its transaction starts).
+pub(crate) struct Waiting(AppState);
+
+impl ChatWaiting {
+    /// A chat message is about to ask for `state`'s store connection.
+    pub(crate) fn enter(state: &AppState) -> Waiting {
+        state
+            .fanout
+            .chat_waiting
+            .0
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Waiting(state.clone())
+    }
+
+    fn any(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::SeqCst) > 0
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0
+            .fanout
+            .chat_waiting
+            .0
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// The wake-up of the fan-out task, and the chat messages it gives way to.
 #[derive(Default)]
 pub(crate) struct Fanout {
     wake: Notify,
+    /// Chat messages waiting for the store's connection.
+    pub chat_waiting: ChatWaiting,
 }
 
 impl Fanout {
@@ -158,7 +197,6 @@ fn expand_chunk_relaxed(
     } else {
         Kind::Chat
     };
-    let (now_members, rest) = members.split_at(members.len().min(CHUNK));
     let room = Room::new(room_id.to_string(), room_name);
     let ev = crate::digest::Event {
         kind,
@@ -169,7 +207,12 @@ fn expand_chunk_relaxed(
     };
     let present = state.presence.users_in_room(room_id);
     let now = store::now_ms();
-    for &user_id in now_members {
+    let mut done = 0;
+    for &user_id in members.iter().take(CHUNK) {
+        if done > 0 && state.fanout.chat_waiting.any() {
+            break;
+        }
+        done += 1;
         if present.contains(&user_id) {
             continue;
         }
@@ -178,6 +221,7 @@ fn expand_chunk_relaxed(
         };
         crate::digest::on_event(&tx, state, &mut queued, &user, &ev, now)?;
     }
+    let rest = &members[done..];
     if rest.is_empty() {
         tx.prepare_cached("DELETE FROM push_fanout WHERE id = ?1")?
             .execute([id])?;

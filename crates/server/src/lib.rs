@@ -347,6 +347,11 @@ pub async fn start(
     tokio::spawn(prune_loop(state.clone(), stop_rx.clone()));
     tokio::spawn(digest::run_flusher(state.clone(), stop_rx.clone()));
     tokio::spawn(fanout::run(state.clone(), stop_rx.clone()));
+    tokio::spawn(store::run_checkpoints(
+        db_path.clone(),
+        std::time::Duration::from_secs(1),
+        stop_rx.clone(),
+    ));
     let limits = serve::ConnLimits {
         max_connections: state.config.max_connections,
         header_read_timeout: state.config.header_read_timeout,

@@ -188,6 +188,10 @@ impl Store {
             return Err(format!("integrity check failed: {}", problems.join("; ")).into());
         }
         conn.pragma_update(None, "foreign_keys", "ON")?;
+        // Checkpoints run on their own connection (`run_checkpoints`), not inside
+        // whichever chat commit crosses the threshold: a checkpoint fsyncs the
+        // database file and held that commit for tens of milliseconds.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         // The chat's statements and the outbox's (which shares this connection).
         conn.set_prepared_statement_cache_capacity(64);
         conn.execute_batch(SCHEMA)?;
@@ -227,6 +231,67 @@ impl Store {
     pub(crate) fn call_sync<R>(&self, f: impl FnOnce(&mut Connection) -> R) -> R {
         let mut guard = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
         f(&mut guard)
+    }
+}
+
+/// WAL pages after which a checkpoint runs at once instead of at the next tick.
+const CHECKPOINT_PAGES: i64 = 1000;
+
+/// Moves the write-ahead log into the database file from a connection of its own,
+/// every `every` (and once more, truncating the log, at shutdown). `PASSIVE`
+/// checkpoints never wait for, nor block, the chat's readers and writers.
+pub(crate) async fn run_checkpoints(
+    path: PathBuf,
+    every: std::time::Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let opened = tokio::task::spawn_blocking(move || -> rusqlite::Result<Connection> {
+        let conn = Connection::open(&path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        Ok(conn)
+    })
+    .await;
+    let conn = match opened {
+        Ok(Ok(c)) => Arc::new(Mutex::new(c)),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "checkpoint connection failed; the WAL grows until restart");
+            return;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "checkpoint task failed; the WAL grows until restart");
+            return;
+        }
+    };
+    let checkpoint = |mode: &'static str| {
+        let conn = Arc::clone(&conn);
+        tokio::task::spawn_blocking(move || -> rusqlite::Result<(i64, i64)> {
+            let guard = conn.lock().unwrap_or_else(PoisonError::into_inner);
+            guard.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+                Ok((r.get(1)?, r.get(2)?))
+            })
+        })
+    };
+    loop {
+        match checkpoint("PASSIVE").await {
+            Ok(Ok((log, done))) if log >= 0 && log - done >= CHECKPOINT_PAGES => {
+                // Writers outpace it: go again at once.
+                tokio::task::yield_now().await;
+                continue;
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "WAL checkpoint failed"),
+            Err(e) => tracing::warn!(error = %e, "WAL checkpoint task failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.wait_for(|s| *s) => break,
+        }
+    }
+    match checkpoint("TRUNCATE").await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::debug!(error = %e, "final WAL checkpoint not done"),
+        Err(e) => tracing::debug!(error = %e, "final WAL checkpoint task failed"),
     }
 }
 

@@ -461,9 +461,12 @@ async fn store_and_notify(
 ) -> Result<StoredMessage, AppError> {
     let st = state.clone();
     let sender = conn.user.clone();
+    // The fan-out task ends its chunk when it sees this (see `fanout::ChatWaiting`).
+    let waiting = crate::fanout::ChatWaiting::enter(state);
     let (message, fan_out) = state
         .store
         .call(move |c| {
+            drop(waiting);
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let room = store::room_for_member(&tx, room_id, sender.id)?;
             let now = now_ms();
