@@ -1407,7 +1407,7 @@ async fn chat_scenario(sizes: &Sizes) -> BenchResult<(Vec<Row>, Vec<String>)> {
             p99s(&hung)
         ),
         format!(
-            "chat: provider timeout {} s, retry.attempts_per_provider = 1, breaker disabled (every queued notification goes to Gotify), delivery workers at the queue defaults; route chat = [gotify]. Gotify requests during a repetition: healthy [{}], hung [{}]; outbox entries still pending at the end: healthy [{}], hung [{}]",
+            "chat: provider timeout {} s, retry.attempts_per_provider = 1, breaker disabled (every queued notification goes to Gotify), delivery workers at the queue defaults; route chat = [gotify]. Gotify requests during a repetition: healthy [{}], hung [{}]; still to deliver at the end (fan-out backlog + outbox pending): healthy [{}], hung [{}]",
             sizes.hung_timeout.as_secs_f64(),
             reqs(&healthy),
             reqs(&hung),
@@ -1620,10 +1620,13 @@ async fn chat_measure(
         }
     }
     let gotify_requests = gotify.requests().saturating_sub(requests_before);
-    let outbox_pending_after = match server.dispatcher().outbox() {
-        Some(o) => o.stats().await.map(|s| s.pending).unwrap_or(0),
-        None => 0,
-    };
+    // Still to deliver: the members not yet fanned out, then the outbox.
+    let fanout_backlog = server.fanout_backlog().await.unwrap_or(0);
+    let outbox_pending_after = fanout_backlog
+        + match server.dispatcher().outbox() {
+            Some(o) => o.stats().await.map(|s| s.pending).unwrap_or(0),
+            None => 0,
+        };
     let _ = sink.close().await;
     lat.sort_by(f64::total_cmp);
     Ok(CaseResult {
