@@ -484,3 +484,62 @@ async fn seed_test_2_with_the_redis_outbox() {
     );
     server.shutdown().await.unwrap();
 }
+
+/// A crash after a message committed but before its pushes were fanned out leaves
+/// its `push_fanout` row; the next start expands it, chunk after chunk: the absent
+/// member gets the push, exactly once, and listed users who are not members get
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fan_out_left_by_a_crash_is_delivered_at_the_next_start() {
+    let gotify = fake().await;
+    let dir = tempfile::tempdir().unwrap();
+    let fig = figment(&gotify.url(), dir.path(), "");
+    let server = start(&fig).await;
+    let s = scene(&server).await;
+    let db = server.store().path().to_path_buf();
+    server.shutdown().await.unwrap();
+
+    // What the message's transaction commits, as the crash left it.
+    {
+        let conn = mesh_notify_outbox_sqlite::rusqlite::Connection::open(&db).unwrap();
+        let now = 1_800_000_000_000_i64;
+        conn.execute(
+            "INSERT INTO messages (room_id, user_id, kind, body, created_at) VALUES (?1, ?2, 'chat', 'avant le crash', ?3)",
+            mesh_notify_outbox_sqlite::rusqlite::params![s.room, s.alice.id, now],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO push_fanout (room_id, room_name, kind, from_name, body, members, created_at)
+             VALUES (?1, 'Test Gotify', 'chat', 'Alice', 'avant le crash', ?2, ?3)",
+            mesh_notify_outbox_sqlite::rusqlite::params![
+                s.room,
+                // 100 users who are not members first: Bob's push is in a later
+                // chunk (at most 64 members each), after the row was cut down.
+                format!(
+                    "[{}, {}]",
+                    (0..100)
+                        .map(|i| (900_000 + i).to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    s.bob.id
+                ),
+                now
+            ],
+        )
+        .unwrap();
+    }
+
+    let server = start(&fig).await;
+    eventually("the push left by the crash", || {
+        gotify.messages().len() == 1
+    })
+    .await;
+    outbox_drained(&server).await;
+    assert_eq!(server.fanout_backlog().await.unwrap(), 0);
+    let msgs = gotify.messages();
+    assert_eq!(msgs.len(), 1, "exactly once");
+    assert_eq!(msgs[0].title, "💬 Alice dans Test Gotify");
+    assert_eq!(msgs[0].message, "avant le crash");
+    assert_eq!(click(&msgs[0]), format!("mesh://room/{}", s.room));
+    server.shutdown().await.unwrap();
+}
