@@ -147,9 +147,10 @@ fn member(conn: &Connection, room_id: i64, user_id: i64) -> crate::rusqlite::Res
 /// Expands up to [`CHUNK`] members of the oldest row in one transaction. Returns
 /// the pushes to hand over and whether rows remain.
 fn expand_chunk(conn: &mut Connection, state: &AppState) -> Result<(Queued, bool), AppError> {
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    use mesh_notify_outbox_sqlite::{set_synchronous, Synchronous};
+    set_synchronous(conn, Synchronous::Normal)?;
     let result = expand_chunk_relaxed(conn, state);
-    let restored = conn.pragma_update(None, "synchronous", "FULL");
+    let restored = set_synchronous(conn, Synchronous::Full);
     let out = result?;
     restored?;
     Ok(out)

@@ -30,11 +30,11 @@ impl Queued {
     ) -> Result<(), AppError> {
         if matches!(n.kind, Kind::Chat | Kind::File) {
             let user_id: i64 = n.recipient.user_id.parse().unwrap_or_default();
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT OR IGNORE INTO pending_notifications (notification_id, user_id, room_id, kind, created_at)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![n.id.to_string(), user_id, room_id, n.kind.as_str(), n.created_at.as_millis()],
-            )?;
+            )?
+            .execute(params![n.id.to_string(), user_id, room_id, n.kind.as_str(), n.created_at.as_millis()])?;
         }
         match path {
             NotifyPath::SameTransaction => {

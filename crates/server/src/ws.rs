@@ -470,10 +470,10 @@ async fn store_and_notify(
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let room = store::room_for_member(&tx, room_id, sender.id)?;
             let now = now_ms();
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT INTO messages (room_id, user_id, kind, body, meta, client_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![room_id, sender.id, kind, body, meta.as_ref().map(Value::to_string), client_id, now],
-            )?;
+            )?
+            .execute(params![room_id, sender.id, kind, body, meta.as_ref().map(Value::to_string), client_id, now])?;
             let message = StoredMessage {
                 id: tx.last_insert_rowid(),
                 room_id,

@@ -364,10 +364,9 @@ impl SqliteOutbox {
         F: FnOnce(&mut Connection) -> Result<T, OutboxError> + Send + 'static,
     {
         self.with_conn(move |conn| {
-            conn.pragma_update(None, "synchronous", "NORMAL")
-                .map_err(unavailable)?;
+            set_synchronous(conn, Synchronous::Normal).map_err(unavailable)?;
             let result = f(conn);
-            let restored = conn.pragma_update(None, "synchronous", "FULL");
+            let restored = set_synchronous(conn, Synchronous::Full);
             let value = result?;
             restored.map_err(unavailable)?;
             Ok(value)
@@ -389,6 +388,25 @@ impl SqliteOutbox {
         .await
         .map_err(|e| OutboxError::Unavailable(format!("sqlite worker task failed: {e}")))?
     }
+}
+
+/// `PRAGMA synchronous` values switched around relaxed commits.
+#[derive(Debug, Clone, Copy)]
+pub enum Synchronous {
+    /// Commits are not fsync'd one by one (WAL keeps them consistent).
+    Normal,
+    /// Every commit is fsync'd.
+    Full,
+}
+
+/// Sets `PRAGMA synchronous` with a cached statement (switched twice per relaxed
+/// transaction: `pragma_update` would parse it each time).
+pub fn set_synchronous(conn: &Connection, value: Synchronous) -> rusqlite::Result<()> {
+    let sql = match value {
+        Synchronous::Normal => "PRAGMA synchronous = NORMAL",
+        Synchronous::Full => "PRAGMA synchronous = FULL",
+    };
+    conn.prepare_cached(sql)?.execute([]).map(|_| ())
 }
 
 fn check_integrity(conn: &Connection) -> Result<(), String> {

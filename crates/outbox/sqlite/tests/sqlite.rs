@@ -307,3 +307,18 @@ async fn health_is_healthy_on_a_working_file() {
     assert_eq!(outbox.health().await, mesh_notify_core::Health::Healthy);
     assert_eq!(outbox.backend(), "sqlite");
 }
+
+#[test]
+fn set_synchronous_takes_effect_with_its_cached_statement() {
+    use mesh_notify_outbox_sqlite::{rusqlite::Connection, set_synchronous, Synchronous};
+    let dir = tempfile::tempdir().unwrap();
+    let conn = Connection::open(dir.path().join("s.db")).unwrap();
+    let read =
+        |c: &Connection| -> i64 { c.query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap() };
+    for _ in 0..2 {
+        set_synchronous(&conn, Synchronous::Normal).unwrap();
+        assert_eq!(read(&conn), 1, "NORMAL");
+        set_synchronous(&conn, Synchronous::Full).unwrap();
+        assert_eq!(read(&conn), 2, "FULL");
+    }
+}
