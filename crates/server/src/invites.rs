@@ -171,6 +171,8 @@ pub(crate) async fn invite(
                 let live = st.presence.reserve_user(&tx, invitee.id);
                 if live.is_empty() {
                     let recipient = store::recipient(&tx, &invitee)?;
+                    // In the invitee's language (their preferences), else the server's.
+                    let language = crate::prefs::load(&tx, invitee.id)?.language_or(language);
                     queued.push(&tx, path, room_id, invite_push(language, &from, &room, recipient))?;
                 }
                 Some(live)

@@ -435,3 +435,47 @@ async fn leaving_cancels_the_queued_notifications_for_the_room() {
     assert!(gotify.messages().is_empty());
     server.shutdown().await.unwrap();
 }
+
+/// The invitation push speaks the invitee's language (`/api/me/preferences`), not
+/// the server's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_invitation_push_is_in_the_invitees_language() {
+    let gotify = fake().await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(&figment(&gotify.url(), dir.path(), "")).await;
+    let api = Api::new(&server);
+    let alice = api.register_and_login("alice", "Alice").await;
+    let bob = api.register_and_login("bob", "Bob").await;
+    bob_uses_his_own_token(&api, &bob).await;
+    let (status, body) = api
+        .call(
+            "PUT",
+            "/api/me/preferences",
+            Some(&bob.token),
+            Some(json!({"language": "en"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let room = api.create_room(&alice, "Team Chat").await;
+    let (status, body) = api.send_invite(&alice, room, "bob").await;
+    assert_eq!(status, 201, "{body}");
+    eventually("the invitation push", || !pushes_to_bob(&gotify).is_empty()).await;
+    outbox_drained(&server).await;
+    assert_eq!(
+        pushes_to_bob(&gotify),
+        vec!["✉️ Invitation from Alice | Alice invites you to Team Chat".to_string()]
+    );
+
+    // Carol kept the default: French.
+    api.register_and_login("carol", "Carol").await;
+    let (status, body) = api.send_invite(&alice, room, "carol").await;
+    assert_eq!(status, 201, "{body}");
+    eventually("Carol's invitation push", || {
+        gotify
+            .messages()
+            .iter()
+            .any(|m| m.title == "✉️ Invitation de Alice")
+    })
+    .await;
+    server.shutdown().await.unwrap();
+}
