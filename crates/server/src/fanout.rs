@@ -14,11 +14,18 @@
 //! outbox entries. A crash between the two leaves the row (or its rest) for the next
 //! start, which expands it again. The chunk transactions commit with
 //! `synchronous=NORMAL`: in a power cut they may roll back, and then the row is still
-//! there with those members: expanded again, never lost, never doubled.
+//! there with those members: expanded again, never lost.
 //!
-//! A member who came back into the room between the message and its fan-out is
-//! skipped (they see it in the room, as a rejoin cancels queued pushes), and so is
-//! one who left the room.
+//! A member who comes back into the room before their part of a row is expanded is
+//! taken off the row by that rejoin ([`forget_member`], in the rejoin's
+//! transaction), as a rejoin cancels the pushes already queued: they see the
+//! message in the room. A member who left the room is skipped. Anyone else on the
+//! row gets the push, including a member whose connection was too slow to take
+//! the live event.
+//!
+//! At-least-once, like the outbox's relaxed acknowledgements: after a power cut a
+//! chunk whose commit was lost is expanded again (possibly after its pushes went
+//! out).
 
 use std::time::Duration;
 
@@ -118,6 +125,39 @@ pub(crate) fn record(tx: &Connection, p: &Pending<'_>) -> Result<(), AppError> {
     Ok(())
 }
 
+/// `user_id` is back in `room_id` (a rejoin, in its transaction): takes them off
+/// the room's rows not yet expanded, as their queued pushes are cancelled.
+pub(crate) fn forget_member(
+    tx: &Connection,
+    room_id: i64,
+    user_id: i64,
+) -> crate::rusqlite::Result<()> {
+    let rows: Vec<(i64, String)> = tx
+        .prepare_cached("SELECT id, members FROM push_fanout WHERE room_id = ?1")?
+        .query_map([room_id], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<crate::rusqlite::Result<_>>()?;
+    for (id, members) in rows {
+        let Ok(mut members) = serde_json::from_str::<Vec<i64>>(&members) else {
+            continue;
+        };
+        let before = members.len();
+        members.retain(|m| *m != user_id);
+        if members.len() == before {
+            continue;
+        }
+        if members.is_empty() {
+            tx.prepare_cached("DELETE FROM push_fanout WHERE id = ?1")?
+                .execute([id])?;
+        } else {
+            let rest = serde_json::to_string(&members)
+                .map_err(|e| crate::rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+            tx.prepare_cached("UPDATE push_fanout SET members = ?2 WHERE id = ?1")?
+                .execute(params![id, rest])?;
+        }
+    }
+    Ok(())
+}
+
 /// Members not yet expanded, over every row.
 pub(crate) fn backlog(conn: &Connection) -> crate::rusqlite::Result<u64> {
     conn.query_row(
@@ -206,7 +246,6 @@ fn expand_chunk_relaxed(
         from: &from,
         text: &body,
     };
-    let present = state.presence.users_in_room(room_id);
     let now = store::now_ms();
     let mut done = 0;
     for &user_id in members.iter().take(CHUNK) {
@@ -214,9 +253,6 @@ fn expand_chunk_relaxed(
             break;
         }
         done += 1;
-        if present.contains(&user_id) {
-            continue;
-        }
         let Some(user) = member(&tx, room_id, user_id)? else {
             continue;
         };
@@ -290,5 +326,52 @@ pub(crate) async fn run(state: AppState, mut shutdown: watch::Receiver<bool>) {
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(conn: &Connection) -> Vec<(i64, String)> {
+        conn.prepare("SELECT room_id, members FROM push_fanout ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0).unwrap(), r.get(1).unwrap())))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    }
+
+    #[test]
+    fn a_rejoin_takes_the_member_off_that_rooms_rows_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(&dir.path().join("m.db")).unwrap();
+        store.call_sync(|c| {
+            for (room, members) in [(1, vec![2, 3]), (1, vec![3]), (2, vec![3, 4])] {
+                record(
+                    c,
+                    &Pending {
+                        room_id: room,
+                        room_name: "r",
+                        kind: Kind::Chat,
+                        from: "Alice",
+                        text: "t",
+                        members: &members,
+                        created_at: 1,
+                    },
+                )
+                .unwrap();
+            }
+            assert_eq!(backlog(c).unwrap(), 5);
+            forget_member(c, 1, 3).unwrap();
+            // Room 1: 3 is gone (a row left empty is deleted); room 2 untouched.
+            assert_eq!(
+                rows(c),
+                vec![(1, "[2]".to_string()), (2, "[3,4]".to_string())]
+            );
+            assert_eq!(backlog(c).unwrap(), 3);
+            forget_member(c, 1, 99).unwrap();
+            assert_eq!(backlog(c).unwrap(), 3);
+        });
     }
 }

@@ -346,9 +346,9 @@ pub async fn start(
     tokio::spawn(dead_address_loop(store.clone(), dead_rx, stop_rx.clone()));
     tokio::spawn(prune_loop(state.clone(), stop_rx.clone()));
     tokio::spawn(digest::run_flusher(state.clone(), stop_rx.clone()));
-    tokio::spawn(fanout::run(state.clone(), stop_rx.clone()));
-    tokio::spawn(store::run_checkpoints(
-        db_path.clone(),
+    let fanout_task = tokio::spawn(fanout::run(state.clone(), stop_rx.clone()));
+    let checkpoint_task = tokio::spawn(store::run_checkpoints(
+        store.clone(),
         std::time::Duration::from_secs(1),
         stop_rx.clone(),
     ));
@@ -379,7 +379,19 @@ pub async fn start(
                 Err(e) => tracing::warn!(error = %e, "the admin listener task failed"),
             }
         }
+        // The fan-out expands what is left before the workers stop (bounded: what
+        // does not fit stays in the database for the next start).
+        if tokio::time::timeout(std::time::Duration::from_secs(5), fanout_task)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "fan-out still busy at shutdown; the rest is expanded at the next start"
+            );
+        }
         workers.shutdown().await;
+        // The last checkpoint (TRUNCATE) after the workers' last writes.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), checkpoint_task).await;
         tracing::info!("mesh-server stopped");
         served.map_err(ServerError::Serve)
     });

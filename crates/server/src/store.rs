@@ -220,7 +220,7 @@ impl Store {
     {
         let conn = Arc::clone(&self.conn);
         tokio::task::spawn_blocking(move || {
-            let mut guard = conn.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut guard = lock(&conn);
             f(&mut guard)
         })
         .await
@@ -229,7 +229,7 @@ impl Store {
 
     /// Runs `f` with the connection on the current thread (start-up only).
     pub(crate) fn call_sync<R>(&self, f: impl FnOnce(&mut Connection) -> R) -> R {
-        let mut guard = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut guard = lock(&self.conn);
         f(&mut guard)
     }
 }
@@ -241,10 +241,21 @@ const CHECKPOINT_PAGES: i64 = 1000;
 /// every `every` (and once more, truncating the log, at shutdown). `PASSIVE`
 /// checkpoints never wait for, nor block, the chat's readers and writers.
 pub(crate) async fn run_checkpoints(
-    path: PathBuf,
+    store: Store,
     every: std::time::Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    let path = store.path().to_path_buf();
+    // Without this task the main connection checkpoints again by itself (SQLite's
+    // default threshold), so the WAL never grows without bound.
+    let fall_back = |why: String| {
+        tracing::error!(error = %why, "WAL checkpoints: no connection of their own; chat commits checkpoint again");
+        store.call_sync(|c| {
+            if let Err(e) = c.pragma_update(None, "wal_autocheckpoint", 1000) {
+                tracing::error!(error = %e, "could not turn WAL autocheckpoint back on");
+            }
+        });
+    };
     let opened = tokio::task::spawn_blocking(move || -> rusqlite::Result<Connection> {
         let conn = Connection::open(&path)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
@@ -254,14 +265,8 @@ pub(crate) async fn run_checkpoints(
     .await;
     let conn = match opened {
         Ok(Ok(c)) => Arc::new(Mutex::new(c)),
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "checkpoint connection failed; the WAL grows until restart");
-            return;
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "checkpoint task failed; the WAL grows until restart");
-            return;
-        }
+        Ok(Err(e)) => return fall_back(e.to_string()),
+        Err(e) => return fall_back(e.to_string()),
     };
     let checkpoint = |mode: &'static str| {
         let conn = Arc::clone(&conn);
@@ -275,8 +280,12 @@ pub(crate) async fn run_checkpoints(
     loop {
         match checkpoint("PASSIVE").await {
             Ok(Ok((log, done))) if log >= 0 && log - done >= CHECKPOINT_PAGES => {
-                // Writers outpace it: go again at once.
-                tokio::task::yield_now().await;
+                // Writers outpace it, or a reader holds an old snapshot: go again
+                // soon, not in a tight loop.
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
+                    _ = stop.wait_for(|s| *s) => break,
+                }
                 continue;
             }
             Ok(Ok(_)) => {}
@@ -292,6 +301,26 @@ pub(crate) async fn run_checkpoints(
         Ok(Ok(_)) => {}
         Ok(Err(e)) => tracing::debug!(error = %e, "final WAL checkpoint not done"),
         Err(e) => tracing::debug!(error = %e, "final WAL checkpoint task failed"),
+    }
+}
+
+/// Locks the connection. After a panic while it was held (a poisoned lock) the
+/// connection may have been left with `synchronous = NORMAL` by a relaxed
+/// transaction: it is set back to `FULL` before anyone commits on it.
+fn lock(conn: &Mutex<Connection>) -> std::sync::MutexGuard<'_, Connection> {
+    match conn.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => {
+            let guard = poisoned.into_inner();
+            if let Err(e) = mesh_notify_outbox_sqlite::set_synchronous(
+                &guard,
+                mesh_notify_outbox_sqlite::Synchronous::Full,
+            ) {
+                tracing::error!(error = %e, "could not restore synchronous = FULL after a panic");
+            }
+            conn.clear_poison();
+            guard
+        }
     }
 }
 
@@ -589,6 +618,7 @@ pub(crate) fn take_pending(
         rows.collect::<rusqlite::Result<Vec<_>>>()?
     };
     crate::digest::forget(&tx, user_id, room_id)?;
+    crate::fanout::forget_member(&tx, room_id, user_id)?;
     tx.commit()?;
     Ok(ids)
 }
