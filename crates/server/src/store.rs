@@ -277,18 +277,25 @@ pub(crate) async fn run_checkpoints(
             })
         })
     };
+    let mut last_done = -1_i64;
     loop {
         match checkpoint("PASSIVE").await {
             Ok(Ok((log, done))) if log >= 0 && log - done >= CHECKPOINT_PAGES => {
-                // Writers outpace it, or a reader holds an old snapshot: go again
-                // soon, not in a tight loop.
-                tokio::select! {
-                    _ = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
-                    _ = stop.wait_for(|s| *s) => break,
+                if done != last_done {
+                    // Writers outpace it: go again at once, the WAL stays short.
+                    last_done = done;
+                    tokio::task::yield_now().await;
+                } else {
+                    // No progress (a reader holds an old snapshot): not in a
+                    // tight loop.
+                    tokio::select! {
+                        _ = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
+                        _ = stop.wait_for(|s| *s) => break,
+                    }
                 }
                 continue;
             }
-            Ok(Ok(_)) => {}
+            Ok(Ok((_, done))) => last_done = done,
             Ok(Err(e)) => tracing::warn!(error = %e, "WAL checkpoint failed"),
             Err(e) => tracing::warn!(error = %e, "WAL checkpoint task failed"),
         }
