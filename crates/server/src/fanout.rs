@@ -38,12 +38,19 @@ use crate::rusqlite::{params, Connection, OptionalExtension, TransactionBehavior
 use crate::state::AppState;
 use crate::store::{self, User};
 
-/// At most this many members per transaction. A chunk also ends early as soon as
-/// a chat message waits for the connection ([`ChatWaiting`]), so a message waits
-/// for one member's expansion and a commit, never for a whole chunk (measured in
+/// At most this many members per transaction. A chunk also ends early, after
+/// [`MIN_CHUNK`] members, as soon as a chat message waits for the connection
+/// ([`ChatWaiting`]), so a message waits for a few members' expansion and a
+/// commit, never for a whole chunk (measured in
 /// `server_load`: fixed chunks of 16 members held the connection ~0.5 ms on
 /// average, of 8 ~0.35 ms; see `docs/benchmarks.md`).
 pub(crate) const CHUNK: usize = 64;
+
+/// A chunk expands at least this many members even when a chat message waits: the
+/// row's rest is rewritten once per chunk, and one member per chunk would make a
+/// large room's row cost O(n²) under sustained chat (8 members held the connection
+/// ~0.35 ms on average in `server_load`).
+pub(crate) const MIN_CHUNK: usize = 8;
 
 /// How many chat messages are waiting for the store's connection. The fan-out
 /// checks it between members and lets them in first.
@@ -249,7 +256,7 @@ fn expand_chunk_relaxed(
     let now = store::now_ms();
     let mut done = 0;
     for &user_id in members.iter().take(CHUNK) {
-        if done > 0 && state.fanout.chat_waiting.any() {
+        if done >= MIN_CHUNK && state.fanout.chat_waiting.any() {
             break;
         }
         done += 1;
