@@ -399,8 +399,10 @@ pub enum Synchronous {
     Full,
 }
 
-/// Sets `PRAGMA synchronous` with a cached statement (switched twice per relaxed
-/// transaction: `pragma_update` would parse it each time).
+/// Sets `PRAGMA synchronous` (switched twice per relaxed transaction, by the
+/// outbox and by mesh-server's fan-out). SQLite applies a PRAGMA while preparing
+/// it and re-prepares it on every run, so the cached statement saves little; the
+/// helper keeps both call sites on one spelling.
 pub fn set_synchronous(conn: &Connection, value: Synchronous) -> rusqlite::Result<()> {
     let sql = match value {
         Synchronous::Normal => "PRAGMA synchronous = NORMAL",
