@@ -15,24 +15,10 @@ pub(crate) struct StoreAddressBook(pub(crate) Store);
 #[async_trait::async_trait]
 impl AddressBook for StoreAddressBook {
     async fn addresses(&self, user_id: &str) -> Option<Vec<Address>> {
-        let id: i64 = user_id.parse().ok()?;
-        let found = self
-            .0
-            .call(move |conn| {
-                let Some(user) = crate::store::user_by_id(conn, id)? else {
-                    return Ok(None);
-                };
-                Ok(Some(crate::store::recipient(conn, &user)?.addresses))
-            })
-            .await;
-        match found {
-            Ok(addresses) => addresses,
-            Err(e) => {
-                // Keep the addresses the notification carries rather than fail it.
-                tracing::warn!(user = id, error = %e.message, "cannot look up current addresses");
-                None
-            }
-        }
+        self.addresses_many(&[user_id.to_string()])
+            .await
+            .remove(user_id)
+            .flatten()
     }
 
     /// One trip to the store for a worker's whole batch: at thousands of
@@ -58,6 +44,7 @@ impl AddressBook for StoreAddressBook {
             })
             .await;
         found.unwrap_or_else(|e| {
+            // Keep the addresses the notifications carry rather than fail them.
             tracing::warn!(error = %e.message, "cannot look up current addresses");
             HashMap::new()
         })

@@ -50,9 +50,7 @@ async fn scene_with(extra: &str) -> (Scene, Ws) {
 
 impl Scene {
     async fn put_prefs(&self, user: &User, prefs: Value) -> (u16, Value) {
-        self.api
-            .call("PUT", "/api/me/preferences", Some(&user.token), Some(prefs))
-            .await
+        self.api.put_preferences(user, prefs).await
     }
 
     fn chats(&self) -> Vec<ReceivedMessage> {

@@ -447,14 +447,7 @@ async fn the_invitation_push_is_in_the_invitees_language() {
     let alice = api.register_and_login("alice", "Alice").await;
     let bob = api.register_and_login("bob", "Bob").await;
     bob_uses_his_own_token(&api, &bob).await;
-    let (status, body) = api
-        .call(
-            "PUT",
-            "/api/me/preferences",
-            Some(&bob.token),
-            Some(json!({"language": "en"})),
-        )
-        .await;
+    let (status, body) = api.put_preferences(&bob, json!({"language": "en"})).await;
     assert_eq!(status, 200, "{body}");
     let room = api.create_room(&alice, "Team Chat").await;
     let (status, body) = api.send_invite(&alice, room, "bob").await;

@@ -250,6 +250,12 @@ impl Api {
         assert_eq!(body["room"]["id"], room, "{body}");
     }
 
+    /// `PUT /api/me/preferences` as `user`.
+    pub async fn put_preferences(&self, user: &User, prefs: Value) -> (u16, Value) {
+        self.call("PUT", "/api/me/preferences", Some(&user.token), Some(prefs))
+            .await
+    }
+
     pub async fn history(&self, user: &User, room: i64) -> Vec<Value> {
         let (status, body) = self
             .call(
