@@ -3,8 +3,8 @@
 
 use axum::http::StatusCode;
 
+use crate::db::{params, Db, ErrorKind};
 use crate::error::AppError;
-use crate::rusqlite::{params, Connection};
 use crate::store::{self, now_ms, User};
 
 /// Longest password accepted, in bytes (register, login and `user add`).
@@ -139,16 +139,25 @@ pub(crate) fn username_taken() -> AppError {
 }
 
 /// Stores the account with its password hash (PHC string).
-pub(crate) fn insert_user(conn: &Connection, new: NewUser, hash: &str) -> Result<User, AppError> {
+pub(crate) fn insert_user(conn: &Db<'_>, new: NewUser, hash: &str) -> Result<User, AppError> {
     if store::user_by_name(conn, &new.username)?.is_some() {
         return Err(username_taken());
     }
-    conn.execute(
-        "INSERT INTO users (username, display_name, password_hash, created_at) VALUES (?1, ?2, ?3, ?4)",
-        params![new.username, new.display_name, hash, now_ms()],
-    )?;
+    // Another instance may take the name between the check and the insert: the
+    // unique index decides, with the same answer.
+    let id: i64 = conn
+        .query_one(
+            "INSERT INTO users (username, display_name, password_hash, created_at) VALUES (?1, ?2, ?3, ?4)
+             RETURNING id",
+            params![new.username, new.display_name, hash, now_ms()],
+            |r| r.get(0),
+        )
+        .map_err(|e| match e.kind {
+            ErrorKind::Unique => username_taken(),
+            _ => AppError::from(e),
+        })?;
     Ok(User {
-        id: conn.last_insert_rowid(),
+        id,
         username: new.username,
         display_name: new.display_name,
     })

@@ -1,10 +1,9 @@
 //! The JSON HTTP API.
 
-use crate::rusqlite;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
-use crate::rusqlite::{params, OptionalExtension, TransactionBehavior};
+use crate::db::{params, Db, OptionalExtension};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{ConnectInfo, FromRequest, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -367,7 +366,7 @@ async fn create_room(
     let room = state
         .store
         .call(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = conn.transaction()?;
             let created: i64 = tx.query_row(
                 "SELECT COUNT(*) FROM rooms r JOIN members m ON m.room_id = r.id AND m.user_id = r.created_by
                  WHERE r.created_by = ?1",
@@ -391,7 +390,7 @@ async fn create_room(
                 "INSERT INTO rooms (name, created_by, created_at) VALUES (?1, ?2, ?3)",
                 params![name, user.id, now],
             )?;
-            let id = tx.last_insert_rowid();
+            let id = tx.last_insert_rowid()?;
             tx.execute(
                 "INSERT INTO members (room_id, user_id, joined_at) VALUES (?1, ?2, ?3)",
                 params![id, user.id, now],
@@ -415,7 +414,7 @@ async fn list_rooms(
             )?;
             let rooms = stmt
                 .query_map([user.id], |r| Ok(RoomInfo { id: r.get(0)?, name: r.get(1)? }))?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
+                .collect::<crate::db::Result<Vec<_>>>()?;
             let mut out = Vec::with_capacity(rooms.len());
             for room in rooms {
                 let mut members = store::other_members(conn, room.id, 0)?;
@@ -462,7 +461,7 @@ async fn history(
                 params![room_id, before, i64::try_from(limit).unwrap_or(100)],
                 store::message_from_row,
             )?;
-            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+            Ok(rows.collect::<crate::db::Result<Vec<_>>>()?)
         })
         .await?;
     let next_before = (messages.len() == limit)
@@ -558,7 +557,7 @@ async fn add_address(
     let (id, verified, code) = state
         .store
         .call(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = conn.transaction()?;
             let (id, verified) = add_address_row(&tx, user.id, kind, &value, max_addresses)?;
             // An email address gets a code (again, if it is still unverified).
             let code = if verified {
@@ -597,7 +596,7 @@ async fn add_address(
 /// Finds or inserts the address row: (id, verified). Email addresses start
 /// unverified.
 fn add_address_row(
-    conn: &rusqlite::Connection,
+    conn: &Db<'_>,
     user_id: i64,
     kind: mesh_notify_core::AddressKind,
     value: &str,
@@ -629,7 +628,7 @@ fn add_address_row(
         "INSERT INTO addresses (user_id, kind, value, created_at, verified) VALUES (?1, ?2, ?3, ?4, ?5)",
         params![user_id, kind.as_str(), value, now_ms(), verified],
     )?;
-    Ok((conn.last_insert_rowid(), verified))
+    Ok((conn.last_insert_rowid()?, verified))
 }
 
 async fn list_addresses(
@@ -652,7 +651,7 @@ async fn list_addresses(
                     "verified": r.get::<_, bool>(4)?,
                 }))
             })?;
-            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+            Ok(rows.collect::<crate::db::Result<Vec<_>>>()?)
         })
         .await?;
     Ok(Json(json!({ "addresses": list })))

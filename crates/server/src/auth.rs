@@ -10,7 +10,7 @@ use axum::http::request::Parts;
 use sha2::{Digest, Sha256};
 
 use crate::error::AppError;
-use crate::rusqlite;
+
 use crate::state::AppState;
 use crate::store::{self, User};
 
@@ -154,14 +154,14 @@ pub(crate) const WS_TICKET_TTL_MS: i64 = 30_000;
 /// Issues a single-use WebSocket ticket for the session `token_hash`, valid
 /// [`WS_TICKET_TTL_MS`]. Only its hash is stored.
 pub(crate) fn issue_ticket(
-    conn: &rusqlite::Connection,
+    conn: &crate::db::Db<'_>,
     token_hash: &str,
     now: i64,
 ) -> Result<String, AppError> {
     let ticket = new_token()?;
     conn.execute(
         "INSERT INTO ws_tickets (ticket_hash, token_hash, expires_at) VALUES (?1, ?2, ?3)",
-        rusqlite::params![
+        crate::db::params![
             self::token_hash(&ticket),
             token_hash,
             now + WS_TICKET_TTL_MS
@@ -173,17 +173,15 @@ pub(crate) fn issue_ticket(
 /// Takes (deletes) a ticket: the session token hash it was issued for, if it
 /// existed and had not expired at `now`. A ticket works once.
 pub(crate) fn consume_ticket(
-    conn: &rusqlite::Connection,
+    conn: &crate::db::Db<'_>,
     ticket: &str,
     now: i64,
-) -> rusqlite::Result<Option<String>> {
-    use rusqlite::OptionalExtension;
-    conn.query_row(
+) -> Result<Option<String>, crate::db::DbError> {
+    conn.query_opt(
         "DELETE FROM ws_tickets WHERE ticket_hash = ?1 RETURNING token_hash, expires_at",
-        [token_hash(ticket)],
+        crate::db::params![token_hash(ticket)],
         |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)),
     )
-    .optional()
     .map(|found| found.filter(|(_, exp)| *exp > now).map(|(hash, _)| hash))
 }
 
@@ -349,7 +347,8 @@ mod tests {
 
     #[test]
     fn tickets_work_once_and_expire() {
-        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        let sqlite = crate::rusqlite::Connection::open_in_memory().unwrap();
+        let conn = crate::db::Db::sqlite(&sqlite);
         conn.execute_batch(crate::store::SCHEMA).unwrap();
         conn.execute_batch(
             "INSERT INTO users (id, username, display_name, password_hash, created_at) VALUES (1, 'a', 'A', 'x', 0);
@@ -359,7 +358,11 @@ mod tests {
         let ticket = issue_ticket(&conn, "session-hash", 1_000).unwrap();
         assert_eq!(ticket.len(), 64);
         let stored: String = conn
-            .query_row("SELECT ticket_hash FROM ws_tickets", [], |r| r.get(0))
+            .query_one(
+                "SELECT ticket_hash FROM ws_tickets",
+                crate::db::params![],
+                |r| r.get(0),
+            )
             .unwrap();
         assert_ne!(stored, ticket, "only the hash is stored");
         assert_eq!(

@@ -33,6 +33,16 @@ pub struct ServerSection {
     pub admin_bind: Option<SocketAddr>,
     /// Directory holding `mesh.sqlite3` (default `data`, created if missing).
     pub data_dir: PathBuf,
+    /// Where chat data lives: `sqlite` (default, `{data_dir}/mesh.sqlite3`, one
+    /// instance) or `postgres` (`database_url`, shared by several instances, which
+    /// then need `outbox.backend = "redis"`).
+    pub database: Database,
+    /// PostgreSQL connection URL, e.g. `postgres://mesh@127.0.0.1:5432/mesh`
+    /// (no password in it: `database_password`).
+    pub database_url: Option<String>,
+    /// PostgreSQL password, kept out of the URL and the logs (e.g. the environment
+    /// variable `MESH_NOTIFY_SERVER__DATABASE_PASSWORD`).
+    pub database_password: Option<mesh_notify_core::Secret>,
     /// Largest WebSocket message accepted, in bytes (default 64 KiB); larger ones
     /// close the connection with code 1009.
     pub max_frame_bytes: usize,
@@ -144,6 +154,17 @@ fn admin_bind<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAdd
     }
 }
 
+/// `server.database`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Database {
+    /// The embedded file in `data_dir` (the default).
+    #[default]
+    Sqlite,
+    /// A PostgreSQL server (`database_url`).
+    Postgres,
+}
+
 /// `server.registration`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -160,6 +181,9 @@ impl Default for ServerSection {
             bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
             admin_bind: Some(SocketAddr::from(([127, 0, 0, 1], 9090))),
             data_dir: PathBuf::from("data"),
+            database: Database::Sqlite,
+            database_url: None,
+            database_password: None,
             max_frame_bytes: 64 * 1024,
             messages_per_second: 10.0,
             message_burst: 20,
@@ -298,6 +322,23 @@ impl ServerSection {
         if self.max_message_chars == 0 {
             return Err(invalid("max_message_chars", "must be at least 1"));
         }
+        if self.database == Database::Postgres {
+            let Some(url) = &self.database_url else {
+                return Err(invalid(
+                    "database_url",
+                    "is required with database = \"postgres\" (e.g. postgres://mesh@127.0.0.1:5432/mesh)",
+                ));
+            };
+            let parsed: tokio_postgres::Config = url
+                .parse()
+                .map_err(|e| invalid("database_url", &format!("not a PostgreSQL URL: {e}")))?;
+            if parsed.get_password().is_some() {
+                return Err(invalid(
+                    "database_url",
+                    "must not carry the password: set server.database_password (or MESH_NOTIFY_SERVER__DATABASE_PASSWORD)",
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -307,6 +348,18 @@ impl ServerSection {
             Some(r) => r == Registration::Open,
             None => profile == Profile::Development,
         }
+    }
+
+    /// The PostgreSQL connection settings (`database_url` with `database_password`).
+    pub(crate) fn postgres_config(&self) -> Option<tokio_postgres::Config> {
+        let mut config: tokio_postgres::Config = self.database_url.as_deref()?.parse().ok()?;
+        if let Some(pw) = &self.database_password {
+            config.password(pw.expose());
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("mesh-server");
+        }
+        Some(config)
     }
 
     /// The SQLite file: `{data_dir}/mesh.sqlite3`.

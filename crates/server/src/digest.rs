@@ -25,12 +25,10 @@ use std::time::Duration;
 use mesh_notify_core::{Composer, Kind, Language, NotificationId, Room};
 use tokio::sync::{watch, Notify};
 
+use crate::db::{params, Backend, Db, DbError};
 use crate::error::AppError;
 use crate::notify::Queued;
 use crate::prefs::{self, Preferences};
-use crate::rusqlite::{
-    self, params, Connection, OptionalExtension, Transaction, TransactionBehavior,
-};
 use crate::state::{AppState, NotifyPath};
 use crate::store::{self, now_ms, User};
 
@@ -116,48 +114,36 @@ impl Row {
     }
 }
 
-fn load_row(
-    tx: &Connection,
-    user_id: i64,
-    room_id: i64,
-    kind: Kind,
-) -> rusqlite::Result<Option<Row>> {
-    tx.prepare_cached(
+fn load_row(tx: &Db<'_>, user_id: i64, room_id: i64, kind: Kind) -> Result<Option<Row>, DbError> {
+    tx.query_opt(
         "SELECT waiting_id, count, last_push_at, held_until, held_reason, senders, latest
          FROM push_digests WHERE user_id = ?1 AND room_id = ?2 AND kind = ?3",
-    )?
-    .query_row(params![user_id, room_id, kind.as_str()], |r| {
-        let senders: String = r.get(5)?;
-        Ok(Row {
-            waiting_id: r.get(0)?,
-            count: r.get(1)?,
-            last_push_at: r.get(2)?,
-            held_until: r.get(3)?,
-            held_reason: r.get(4)?,
-            senders: serde_json::from_str(&senders).unwrap_or_default(),
-            latest: r.get(6)?,
-        })
-    })
-    .optional()
+        params![user_id, room_id, kind.as_str()],
+        |r| {
+            let senders: String = r.get(5)?;
+            Ok(Row {
+                waiting_id: r.get(0)?,
+                count: r.get(1)?,
+                last_push_at: r.get(2)?,
+                held_until: r.get(3)?,
+                held_reason: r.get(4)?,
+                senders: serde_json::from_str(&senders).unwrap_or_default(),
+                latest: r.get(6)?,
+            })
+        },
+    )
 }
 
-fn save_row(
-    tx: &Connection,
-    user_id: i64,
-    room_id: i64,
-    kind: Kind,
-    row: &Row,
-) -> rusqlite::Result<()> {
+fn save_row(tx: &Db<'_>, user_id: i64, room_id: i64, kind: Kind, row: &Row) -> Result<(), DbError> {
     let senders = serde_json::to_string(&row.senders).unwrap_or_else(|_| "[]".into());
-    tx.prepare_cached(
+    tx.execute(
         "INSERT INTO push_digests (user_id, room_id, kind, waiting_id, count, last_push_at, held_until, held_reason, senders, latest)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
          ON CONFLICT (user_id, room_id, kind) DO UPDATE SET
            waiting_id = excluded.waiting_id, count = excluded.count, last_push_at = excluded.last_push_at,
            held_until = excluded.held_until, held_reason = excluded.held_reason,
            senders = excluded.senders, latest = excluded.latest",
-    )?
-    .execute(params![
+        params![
         user_id,
         room_id,
         kind.as_str(),
@@ -168,7 +154,8 @@ fn save_row(
         row.held_reason,
         senders,
         row.latest
-    ])?;
+        ],
+    )?;
     Ok(())
 }
 
@@ -179,7 +166,7 @@ fn counter(name: &'static str, kind: Kind) {
 /// Decides, inside the message's transaction, what the absent `member` gets for
 /// `ev` (see the module documentation), and records it.
 pub(crate) fn on_event(
-    tx: &Transaction<'_>,
+    tx: &Db<'_>,
     state: &AppState,
     queued: &mut Queued,
     member: &User,
@@ -272,27 +259,28 @@ pub(crate) fn on_event(
 
 /// The recipient is back in the room: what was held or counted is forgotten (they
 /// see the messages), and the next push is not delayed.
-pub(crate) fn forget(tx: &Connection, user_id: i64, room_id: i64) -> rusqlite::Result<()> {
-    tx.prepare_cached("DELETE FROM push_digests WHERE user_id = ?1 AND room_id = ?2")?
-        .execute(params![user_id, room_id])?;
+pub(crate) fn forget(tx: &Db<'_>, user_id: i64, room_id: i64) -> Result<(), DbError> {
+    tx.execute(
+        "DELETE FROM push_digests WHERE user_id = ?1 AND room_id = ?2",
+        params![user_id, room_id],
+    )?;
     Ok(())
 }
 
 /// After `user_id` saved `prefs`: summaries held for a room now muted are dropped;
 /// those held by quiet hours follow the new window (now, if it is off).
 pub(crate) fn release_held(
-    conn: &Connection,
+    conn: &Db<'_>,
     user_id: i64,
     prefs: &Preferences,
-) -> rusqlite::Result<()> {
+) -> Result<(), DbError> {
     let now = now_ms();
     let quiet_end = prefs.quiet().and_then(|q| q.ends_at(now));
-    let rows: Vec<(i64, String, Option<String>)> = conn
-        .prepare_cached(
-            "SELECT room_id, kind, held_reason FROM push_digests WHERE user_id = ?1 AND held_until IS NOT NULL",
-        )?
-        .query_map([user_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-        .collect::<rusqlite::Result<_>>()?;
+    let rows: Vec<(i64, String, Option<String>)> = conn.query_map(
+        "SELECT room_id, kind, held_reason FROM push_digests WHERE user_id = ?1 AND held_until IS NOT NULL",
+        params![user_id],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )?;
     for (room_id, kind, reason) in rows {
         if prefs.is_muted(room_id, now) {
             conn.execute(
@@ -313,10 +301,10 @@ pub(crate) fn release_held(
 }
 
 /// Deletes rows with nothing held whose latest push is older than `cutoff_ms`.
-pub(crate) fn prune(conn: &Connection, cutoff_ms: i64) -> rusqlite::Result<usize> {
+pub(crate) fn prune(conn: &Db<'_>, cutoff_ms: i64) -> Result<usize, DbError> {
     conn.execute(
         "DELETE FROM push_digests WHERE held_until IS NULL AND (last_push_at IS NULL OR last_push_at < ?1)",
-        [cutoff_ms],
+        params![cutoff_ms],
     )
 }
 
@@ -328,24 +316,31 @@ async fn flush_due(state: &AppState) -> Result<Option<i64>, AppError> {
         .store
         .call(move |c| {
             let now = now_ms();
-            let next_held = |c: &Connection| -> rusqlite::Result<Option<i64>> {
-                c.prepare_cached(
+            let next_held = |c: &Db<'_>| -> Result<Option<i64>, DbError> {
+                c.query_one(
                     "SELECT MIN(held_until) FROM push_digests WHERE held_until IS NOT NULL",
-                )?
-                .query_row([], |r| r.get(0))
+                    params![],
+                    |r| r.get(0),
+                )
             };
             // Nothing due (the common case): a read, no write lock taken.
             if next_held(c)?.is_none_or(|t| t > now) {
                 return Ok((Queued::default(), next_held(c)?));
             }
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let due: Vec<(i64, i64, String)> = tx
-                .prepare_cached(
+            let tx = c.transaction()?;
+            // Several instances (PostgreSQL) flush different rows, never one twice.
+            let lock = match tx.backend() {
+                Backend::Sqlite => "",
+                Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+            };
+            let due: Vec<(i64, i64, String)> = tx.query_map(
+                &format!(
                     "SELECT user_id, room_id, kind FROM push_digests
-                     WHERE held_until IS NOT NULL AND held_until <= ?1 ORDER BY held_until LIMIT ?2",
-                )?
-                .query_map(params![now, FLUSH_BATCH as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-                .collect::<rusqlite::Result<_>>()?;
+                     WHERE held_until IS NOT NULL AND held_until <= ?1 ORDER BY held_until LIMIT ?2{lock}"
+                ),
+                params![now, FLUSH_BATCH as i64],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )?;
             let mut queued = Queued::default();
             for (user_id, room_id, kind) in due {
                 let kind = match kind.as_str() {
@@ -364,7 +359,7 @@ async fn flush_due(state: &AppState) -> Result<Option<i64>, AppError> {
 }
 
 fn flush_one(
-    tx: &Transaction<'_>,
+    tx: &Db<'_>,
     state: &AppState,
     queued: &mut Queued,
     user_id: i64,

@@ -34,6 +34,12 @@ pub enum ServerError {
         /// Why.
         reason: String,
     },
+    /// The PostgreSQL database (`server.database_url`) cannot be used.
+    #[error("server.database_url: {reason}")]
+    Database {
+        /// Why (never the password).
+        reason: String,
+    },
     /// The dispatcher's routes do not match its providers.
     #[error("cannot build the dispatcher: {0}")]
     Dispatcher(#[from] mesh_notify::BuildError),
@@ -129,6 +135,19 @@ impl AppError {
         )
     }
 
+    /// 503: a dependency (the database) is not reachable; the client may retry.
+    pub(crate) fn unavailable(message: impl Into<String>) -> Self {
+        let message = message.into();
+        tracing::error!(error = %message, "service unavailable");
+        let mut e = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the database is not reachable; try again shortly",
+        );
+        e.retry_after = Some(1);
+        e
+    }
+
     /// The JSON body (`{"error", "code", "field"?}`).
     pub fn body(&self) -> serde_json::Value {
         let mut v = json!({"error": self.message, "code": self.code});
@@ -162,6 +181,12 @@ fn backticked(message: &str) -> Option<String> {
     let start = message.find('`')? + 1;
     let len = message[start..].find('`')?;
     Some(message[start..start + len].to_string())
+}
+
+impl From<crate::db::DbError> for AppError {
+    fn from(e: crate::db::DbError) -> Self {
+        AppError::internal(format!("database: {e}"))
+    }
 }
 
 impl From<rusqlite::Error> for AppError {

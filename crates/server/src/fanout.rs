@@ -32,9 +32,9 @@ use std::time::Duration;
 use mesh_notify_core::{Kind, Room};
 use tokio::sync::{watch, Notify};
 
+use crate::db::{params, Backend, Db, DbError};
 use crate::error::AppError;
 use crate::notify::Queued;
-use crate::rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use crate::state::AppState;
 use crate::store::{self, User};
 
@@ -113,36 +113,46 @@ pub(crate) struct Pending<'a> {
 }
 
 /// Records, inside the message's transaction, the members to notify.
-pub(crate) fn record(tx: &Connection, p: &Pending<'_>) -> Result<(), AppError> {
+pub(crate) fn record(tx: &Db<'_>, p: &Pending<'_>) -> Result<(), AppError> {
     let members = serde_json::to_string(p.members)
         .map_err(|e| AppError::internal(format!("fan-out members: {e}")))?;
-    tx.prepare_cached(
-        "INSERT INTO push_fanout (room_id, room_name, kind, from_name, body, members, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )?
-    .execute(params![
-        p.room_id,
-        p.room_name,
-        p.kind.as_str(),
-        p.from,
-        p.text,
-        members,
-        p.created_at
-    ])?;
+    tx.execute(
+        "INSERT INTO push_fanout (room_id, room_name, kind, from_name, body, members, member_count, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![
+            p.room_id,
+            p.room_name,
+            p.kind.as_str(),
+            p.from,
+            p.text,
+            members,
+            p.members.len() as i64,
+            p.created_at
+        ],
+    )?;
     Ok(())
+}
+
+/// Locks the rows a statement reads until the transaction ends (PostgreSQL, where
+/// several instances expand rows; SQLite's `BEGIN IMMEDIATE` already holds the only
+/// write lock).
+fn for_update(db: &Db<'_>, skip_locked: bool) -> &'static str {
+    match (db.backend(), skip_locked) {
+        (Backend::Sqlite, _) => "",
+        (Backend::Postgres, false) => " FOR UPDATE",
+        (Backend::Postgres, true) => " FOR UPDATE SKIP LOCKED",
+    }
 }
 
 /// `user_id` is back in `room_id` (a rejoin, in its transaction): takes them off
 /// the room's rows not yet expanded, as their queued pushes are cancelled.
-pub(crate) fn forget_member(
-    tx: &Connection,
-    room_id: i64,
-    user_id: i64,
-) -> crate::rusqlite::Result<()> {
-    let rows: Vec<(i64, String)> = tx
-        .prepare_cached("SELECT id, members FROM push_fanout WHERE room_id = ?1")?
-        .query_map([room_id], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<crate::rusqlite::Result<_>>()?;
+pub(crate) fn forget_member(tx: &Db<'_>, room_id: i64, user_id: i64) -> Result<(), DbError> {
+    let sql = format!(
+        "SELECT id, members FROM push_fanout WHERE room_id = ?1 ORDER BY id{}",
+        for_update(tx, false)
+    );
+    let rows: Vec<(i64, String)> =
+        tx.query_map(&sql, params![room_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
     for (id, members) in rows {
         let Ok(mut members) = serde_json::from_str::<Vec<i64>>(&members) else {
             continue;
@@ -153,79 +163,81 @@ pub(crate) fn forget_member(
             continue;
         }
         if members.is_empty() {
-            tx.prepare_cached("DELETE FROM push_fanout WHERE id = ?1")?
-                .execute([id])?;
+            tx.execute("DELETE FROM push_fanout WHERE id = ?1", params![id])?;
         } else {
             let rest = serde_json::to_string(&members)
-                .map_err(|e| crate::rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-            tx.prepare_cached("UPDATE push_fanout SET members = ?2 WHERE id = ?1")?
-                .execute(params![id, rest])?;
+                .map_err(|e| DbError::other(format!("fan-out members: {e}")))?;
+            tx.execute(
+                "UPDATE push_fanout SET members = ?2, member_count = ?3 WHERE id = ?1",
+                params![id, rest, members.len() as i64],
+            )?;
         }
     }
     Ok(())
 }
 
 /// Members not yet expanded, over every row.
-pub(crate) fn backlog(conn: &Connection) -> crate::rusqlite::Result<u64> {
-    conn.query_row(
-        "SELECT COALESCE(SUM(json_array_length(members)), 0) FROM push_fanout",
-        [],
+pub(crate) fn backlog(conn: &Db<'_>) -> Result<u64, DbError> {
+    conn.query_one(
+        "SELECT CAST(COALESCE(SUM(member_count), 0) AS BIGINT) FROM push_fanout",
+        params![],
         |r| r.get::<_, i64>(0),
     )
     .map(|n| u64::try_from(n).unwrap_or(0))
 }
 
 /// The member `user_id` of `room_id`, `None` when they are no longer one.
-fn member(conn: &Connection, room_id: i64, user_id: i64) -> crate::rusqlite::Result<Option<User>> {
-    conn.prepare_cached(
+fn member(conn: &Db<'_>, room_id: i64, user_id: i64) -> Result<Option<User>, DbError> {
+    conn.query_opt(
         "SELECT u.id, u.username, u.display_name FROM members m JOIN users u ON u.id = m.user_id
          WHERE m.room_id = ?1 AND m.user_id = ?2",
-    )?
-    .query_row(params![room_id, user_id], |r| {
-        Ok(User {
-            id: r.get(0)?,
-            username: r.get(1)?,
-            display_name: r.get(2)?,
-        })
-    })
-    .optional()
+        params![room_id, user_id],
+        |r| {
+            Ok(User {
+                id: r.get(0)?,
+                username: r.get(1)?,
+                display_name: r.get(2)?,
+            })
+        },
+    )
 }
 
 /// Expands up to [`CHUNK`] members of the oldest row in one transaction. Returns
 /// the pushes to hand over and whether rows remain.
-fn expand_chunk(conn: &mut Connection, state: &AppState) -> Result<(Queued, bool), AppError> {
+fn expand_chunk(conn: &Db<'_>, state: &AppState) -> Result<(Queued, bool), AppError> {
     use mesh_notify_outbox_sqlite::{set_synchronous, Synchronous};
-    set_synchronous(conn, Synchronous::Normal)?;
+    let Some(sqlite) = conn.as_sqlite() else {
+        return expand_chunk_relaxed(conn, state);
+    };
+    set_synchronous(sqlite, Synchronous::Normal)?;
     let result = expand_chunk_relaxed(conn, state);
-    let restored = set_synchronous(conn, Synchronous::Full);
+    let restored = set_synchronous(sqlite, Synchronous::Full);
     let out = result?;
     restored?;
     Ok(out)
 }
 
-fn expand_chunk_relaxed(
-    conn: &mut Connection,
-    state: &AppState,
-) -> Result<(Queued, bool), AppError> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+fn expand_chunk_relaxed(conn: &Db<'_>, state: &AppState) -> Result<(Queued, bool), AppError> {
+    let tx = conn.transaction()?;
     let mut queued = Queued::default();
-    let row = tx
-        .prepare_cached(
-            "SELECT id, room_id, room_name, kind, from_name, body, members FROM push_fanout
-             ORDER BY id LIMIT 1",
-        )?
-        .query_row([], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
-                r.get::<_, String>(4)?,
-                r.get::<_, String>(5)?,
-                r.get::<_, String>(6)?,
-            ))
-        })
-        .optional()?;
+    // With PostgreSQL another instance may be expanding the oldest row: take the
+    // oldest one nobody holds.
+    let sql = format!(
+        "SELECT id, room_id, room_name, kind, from_name, body, members FROM push_fanout
+         ORDER BY id LIMIT 1{}",
+        for_update(&tx, true)
+    );
+    let row = tx.query_opt(&sql, params![], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, String>(3)?,
+            r.get::<_, String>(4)?,
+            r.get::<_, String>(5)?,
+            r.get::<_, String>(6)?,
+        ))
+    })?;
     let Some((id, room_id, room_name, kind, from, body, members)) = row else {
         return Ok((queued, false));
     };
@@ -235,7 +247,7 @@ fn expand_chunk_relaxed(
             // Written by this module only; a row that cannot be read is dropped
             // (and said) rather than blocking every later message.
             tracing::error!(row = id, error = %e, "unreadable fan-out row dropped");
-            tx.execute("DELETE FROM push_fanout WHERE id = ?1", [id])?;
+            tx.execute("DELETE FROM push_fanout WHERE id = ?1", params![id])?;
             tx.commit()?;
             return Ok((queued, true));
         }
@@ -267,18 +279,21 @@ fn expand_chunk_relaxed(
     }
     let rest = &members[done..];
     if rest.is_empty() {
-        tx.prepare_cached("DELETE FROM push_fanout WHERE id = ?1")?
-            .execute([id])?;
+        tx.execute("DELETE FROM push_fanout WHERE id = ?1", params![id])?;
     } else {
+        let count = rest.len() as i64;
         let rest = serde_json::to_string(rest)
             .map_err(|e| AppError::internal(format!("fan-out members: {e}")))?;
-        tx.prepare_cached("UPDATE push_fanout SET members = ?2 WHERE id = ?1")?
-            .execute(params![id, rest])?;
+        tx.execute(
+            "UPDATE push_fanout SET members = ?2, member_count = ?3 WHERE id = ?1",
+            params![id, rest, count],
+        )?;
     }
     let more = !rest.is_empty()
-        || tx
-            .prepare_cached("SELECT 1 FROM push_fanout WHERE id > ?1 LIMIT 1")?
-            .exists([id])?;
+        || tx.exists(
+            "SELECT 1 FROM push_fanout WHERE id > ?1 LIMIT 1",
+            params![id],
+        )?;
     tx.commit()?;
     Ok((queued, more))
 }
@@ -340,13 +355,13 @@ pub(crate) async fn run(state: AppState, mut shutdown: watch::Receiver<bool>) {
 mod tests {
     use super::*;
 
-    fn rows(conn: &Connection) -> Vec<(i64, String)> {
-        conn.prepare("SELECT room_id, members FROM push_fanout ORDER BY id")
-            .unwrap()
-            .query_map([], |r| Ok((r.get(0).unwrap(), r.get(1).unwrap())))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect()
+    fn rows(conn: &Db<'_>) -> Vec<(i64, String)> {
+        conn.query_map(
+            "SELECT room_id, members FROM push_fanout ORDER BY id",
+            params![],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap()
     }
 
     #[test]

@@ -18,9 +18,9 @@ use serde_json::{json, Value};
 
 use crate::api::{parse_id, ApiJson};
 use crate::auth::AuthUser;
+use crate::db::{params, Db, OptionalExtension};
 use crate::error::AppError;
 use crate::notify::{cancel_queued, Queued};
-use crate::rusqlite::{self, params, Connection, OptionalExtension, TransactionBehavior};
 use crate::state::AppState;
 use crate::store::{self, now_ms, User};
 
@@ -53,7 +53,7 @@ fn unknown_user() -> AppError {
 }
 
 /// Whether `user_id` has blocked `blocked_id`.
-fn has_blocked(conn: &Connection, user_id: i64, blocked_id: i64) -> rusqlite::Result<bool> {
+fn has_blocked(conn: &Db<'_>, user_id: i64, blocked_id: i64) -> crate::db::Result<bool> {
     conn.query_row(
         "SELECT 1 FROM blocks WHERE user_id = ?1 AND blocked_id = ?2",
         params![user_id, blocked_id],
@@ -106,7 +106,7 @@ pub(crate) async fn invite(
     let (invite, created, queued, invitee_id) = state
         .store
         .call(move |c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = c.transaction()?;
             let room = store::room_for_member(&tx, room_id, user.id)?;
             let Some((invitee, _)) = store::user_by_name(&tx, req.username.trim())? else {
                 return Err(unknown_user());
@@ -161,7 +161,7 @@ pub(crate) async fn invite(
                         "INSERT INTO invites (room_id, user_id, invited_by, status, created_at) VALUES (?1, ?2, ?3, 'pending', ?4)",
                         params![room_id, invitee.id, user.id, now],
                     )?;
-                    (tx.last_insert_rowid(), user.clone(), now, true, true)
+                    (tx.last_insert_rowid()?, user.clone(), now, true, true)
                 }
             };
             let invite = invite_json(id, &room, &from, created_at);
@@ -223,7 +223,7 @@ pub(crate) async fn list(
                 };
                 Ok(invite_json(r.get(0)?, &room, &from, r.get(6)?))
             })?;
-            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+            Ok(rows.collect::<crate::db::Result<Vec<_>>>()?)
         })
         .await?;
     Ok(Json(json!({ "invites": invites })))
@@ -252,7 +252,7 @@ pub(crate) async fn accept(
     let room = state
         .store
         .call(move |c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = c.transaction()?;
             let room_id: i64 = tx
                 .query_row(
                     "DELETE FROM invites WHERE id = ?1 AND user_id = ?2 AND status = 'pending' RETURNING room_id",
@@ -265,7 +265,7 @@ pub(crate) async fn accept(
             store::check_can_join(&tx, room_id, user.id, max_rooms, max_members)?;
             let room = store::room(&tx, room_id)?.ok_or_else(no_such_invite)?;
             tx.execute(
-                "INSERT OR IGNORE INTO members (room_id, user_id, joined_at) VALUES (?1, ?2, ?3)",
+                "INSERT INTO members (room_id, user_id, joined_at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
                 params![room_id, user.id, now_ms()],
             )?;
             tx.commit()?;
@@ -324,14 +324,14 @@ async fn end_membership(
     room_id: i64,
     member: User,
     why: Departure,
-    check: impl FnOnce(&Connection) -> Result<(), AppError> + Send + 'static,
+    check: impl FnOnce(&Db<'_>) -> Result<(), AppError> + Send + 'static,
 ) -> Result<(), AppError> {
     let st = state.clone();
     let member_id = member.id;
     let (was_present, taken) = state
         .store
         .call(move |c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = c.transaction()?;
             check(&tx)?;
             let removed = tx.execute(
                 "DELETE FROM members WHERE room_id = ?1 AND user_id = ?2",
@@ -447,7 +447,7 @@ pub(crate) async fn block(
     let (blocked, created) = state
         .store
         .call(move |c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = c.transaction()?;
             let Some((blocked, _)) = store::user_by_name(&tx, req.username.trim())? else {
                 return Err(unknown_user());
             };
@@ -455,7 +455,7 @@ pub(crate) async fn block(
                 return Err(AppError::invalid("username", "you cannot block yourself"));
             }
             let created = tx.execute(
-                "INSERT OR IGNORE INTO blocks (user_id, blocked_id, created_at) VALUES (?1, ?2, ?3)",
+                "INSERT INTO blocks (user_id, blocked_id, created_at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
                 params![user.id, blocked.id, now_ms()],
             )? > 0;
             tx.execute(
@@ -493,7 +493,7 @@ pub(crate) async fn list_blocks(
             let rows = stmt.query_map([user.id], |r| {
                 Ok(json!({"user": {"id": r.get::<_, i64>(0)?, "username": r.get::<_, String>(1)?, "display_name": r.get::<_, String>(2)?}}))
             })?;
-            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+            Ok(rows.collect::<crate::db::Result<Vec<_>>>()?)
         })
         .await?;
     Ok(Json(json!({ "blocks": blocks })))

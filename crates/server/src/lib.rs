@@ -28,11 +28,13 @@ mod admin;
 mod api;
 mod auth;
 mod config;
+mod db;
 mod digest;
 mod error;
 mod fanout;
 mod hashing;
 mod invites;
+mod migrations;
 mod notify;
 mod outbox;
 mod prefs;
@@ -214,31 +216,60 @@ pub async fn start(
         path: db_path.clone(),
         reason,
     };
-    let path = db_path.clone();
-    let store = tokio::task::spawn_blocking(move || Store::open(&path))
-        .await
-        .map_err(|e| storage_err(e.to_string()))?
-        .map_err(|e| storage_err(e.to_string()))?;
+    let store = match section.database {
+        config::Database::Sqlite => {
+            let path = db_path.clone();
+            tokio::task::spawn_blocking(move || Store::open(&path))
+                .await
+                .map_err(|e| storage_err(e.to_string()))?
+                .map_err(|e| storage_err(e.to_string()))?
+        }
+        config::Database::Postgres => {
+            if config.outbox.backend == OutboxBackend::Sqlite {
+                return Err(ServerError::Invalid {
+                    key: "outbox.backend".into(),
+                    source_name: "with server.database = \"postgres\"".into(),
+                    message: "must be \"redis\": the instances sharing the PostgreSQL database share one outbox (the SQLite outbox is one machine's file)".into(),
+                });
+            }
+            let pg = section
+                .postgres_config()
+                .ok_or_else(|| ServerError::Invalid {
+                    key: "server.database_url".into(),
+                    source_name: "configuration".into(),
+                    message: "is required with database = \"postgres\"".into(),
+                })?;
+            let store = Store::connect_postgres(&pg)
+                .await
+                .map_err(|reason| ServerError::Database { reason })?;
+            tracing::info!("chat data: PostgreSQL (schema migrated)");
+            store
+        }
+    };
 
     let (outbox, notify_path) = match config.outbox.backend {
         OutboxBackend::Sqlite => {
             store
-                .call_sync(|c| outbox::install_schema(c))
+                .call_sync(|c| match c.as_sqlite() {
+                    Some(c) => outbox::install_schema(c),
+                    None => Err("not a SQLite database".into()),
+                })
                 .map_err(|e| storage_err(format!("outbox schema: {e}")))?;
             let outbox = outbox::on_store(&store);
             tracing::info!(path = %db_path.display(), "outbox: sqlite, in the chat database (same transaction as messages; outbox.path is not used by mesh-server)");
-            (Some(outbox), NotifyPath::SameTransaction)
+            (outbox, NotifyPath::SameTransaction)
         }
         OutboxBackend::None => {
             tracing::warn!("outbox.backend = \"none\": notifications are not durable");
             (None, NotifyPath::Submit)
         }
         OutboxBackend::Redis => {
-            // Shared by several instances: the message commits first, its
-            // notifications are submitted right after (not in the same transaction).
+            // Shared by several instances: each notification is written to
+            // `push_handoff` with the message, submitted after the commit, and its
+            // row deleted once Redis has it (`NotifyPath::Handoff`).
             let outbox = config.open_outbox(figment).await?;
-            tracing::info!("outbox: redis, shared by every instance; notifications submitted right after each message commits");
-            (outbox, NotifyPath::Submit)
+            tracing::info!("outbox: redis, shared by every instance; notifications handed over through push_handoff after each commit");
+            (outbox, NotifyPath::Handoff)
         }
     };
 
@@ -347,21 +378,33 @@ pub async fn start(
     tokio::spawn(prune_loop(state.clone(), stop_rx.clone()));
     tokio::spawn(digest::run_flusher(state.clone(), stop_rx.clone()));
     let fanout_task = tokio::spawn(fanout::run(state.clone(), stop_rx.clone()));
-    let checkpoint_task = tokio::spawn(store::run_checkpoints(
-        store.clone(),
-        std::time::Duration::from_secs(1),
-        stop_rx.clone(),
-    ));
+    if notify_path == NotifyPath::Handoff {
+        tokio::spawn(notify::sweep_handoff(
+            state.clone(),
+            std::time::Duration::from_secs(5),
+            stop_rx.clone(),
+        ));
+    }
+    let checkpoint_task = (store.backend() == db::Backend::Sqlite).then(|| {
+        tokio::spawn(store::run_checkpoints(
+            store.clone(),
+            std::time::Duration::from_secs(1),
+            stop_rx.clone(),
+        ))
+    });
     let limits = serve::ConnLimits {
         max_connections: state.config.max_connections,
         header_read_timeout: state.config.header_read_timeout,
     };
     let admin_app = admin::router(state.clone());
     let app = api::router(state);
+    let database = match store.backend() {
+        db::Backend::Sqlite => db_path.display().to_string(),
+        db::Backend::Postgres => "PostgreSQL".to_string(),
+    };
     tracing::info!(
-        "mesh-server listening on {}://{addr} (database {})",
+        "mesh-server listening on {}://{addr} (database {database})",
         if has_tls { "https" } else { "http" },
-        db_path.display()
     );
     let admin_task = admin_listener.map(|l| {
         if let Some(a) = admin_addr {
@@ -391,7 +434,9 @@ pub async fn start(
         }
         workers.shutdown().await;
         // The last checkpoint (TRUNCATE) after the workers' last writes.
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), checkpoint_task).await;
+        if let Some(checkpoints) = checkpoint_task {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), checkpoints).await;
+        }
         tracing::info!("mesh-server stopped");
         served.map_err(ServerError::Serve)
     });
@@ -427,7 +472,7 @@ async fn dead_address_loop(
             .call(move |c| {
                 Ok(c.execute(
                     "DELETE FROM addresses WHERE user_id = ?1 AND kind = ?2 AND value = ?3",
-                    rusqlite::params![user_id, kind.as_str(), address.expose()],
+                    crate::db::params![user_id, kind.as_str(), address.expose()],
                 )?)
             })
             .await;

@@ -22,8 +22,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::auth::AuthUser;
+use crate::db::{params, Db, DbError};
 use crate::error::AppError;
-use crate::rusqlite::{self, params, Connection, OptionalExtension};
 use crate::state::AppState;
 use crate::store;
 
@@ -258,11 +258,12 @@ impl Preferences {
 }
 
 /// The stored preferences of `user_id` (defaults when none were saved).
-pub(crate) fn load(conn: &Connection, user_id: i64) -> rusqlite::Result<Preferences> {
-    let body: Option<String> = conn
-        .prepare_cached("SELECT body FROM preferences WHERE user_id = ?1")?
-        .query_row([user_id], |r| r.get(0))
-        .optional()?;
+pub(crate) fn load(conn: &Db<'_>, user_id: i64) -> Result<Preferences, DbError> {
+    let body: Option<String> = conn.query_opt(
+        "SELECT body FROM preferences WHERE user_id = ?1",
+        params![user_id],
+        |r| r.get(0),
+    )?;
     Ok(body
         .and_then(|b| match serde_json::from_str(&b) {
             Ok(p) => Some(p),
@@ -274,7 +275,7 @@ pub(crate) fn load(conn: &Connection, user_id: i64) -> rusqlite::Result<Preferen
         .unwrap_or_default())
 }
 
-fn save(conn: &Connection, user_id: i64, p: &Preferences) -> Result<(), AppError> {
+fn save(conn: &Db<'_>, user_id: i64, p: &Preferences) -> Result<(), AppError> {
     let body = serde_json::to_string(p).map_err(|e| AppError::internal(e.to_string()))?;
     conn.execute(
         "INSERT INTO preferences (user_id, body, updated_at) VALUES (?1, ?2, ?3)

@@ -18,7 +18,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use crate::rusqlite::Connection;
+use crate::db::Db;
 use axum::extract::ws::Utf8Bytes;
 use tokio::sync::{mpsc, Notify};
 
@@ -138,7 +138,7 @@ impl Presence {
 
     /// Removes a connection; returns the rooms its user is no longer in. `_store`:
     /// the chat database's connection, held by the caller (see the module docs).
-    pub(crate) fn unregister(&self, _store: &Connection, id: ConnId) -> Vec<i64> {
+    pub(crate) fn unregister(&self, _store: &Db<'_>, id: ConnId) -> Vec<i64> {
         let mut inner = self.lock();
         let Some(conn) = inner.conns.remove(&id) else {
             return Vec::new();
@@ -167,7 +167,7 @@ impl Presence {
 
     /// The connection joins a room; `true` when its user was not in the room before.
     /// `_store`: the chat database's connection, held by the caller.
-    pub(crate) fn join(&self, _store: &Connection, id: ConnId, room_id: i64) -> bool {
+    pub(crate) fn join(&self, _store: &Db<'_>, id: ConnId, room_id: i64) -> bool {
         let mut inner = self.lock();
         let Some(user_id) = inner.conns.get(&id).map(|c| c.user_id) else {
             return false;
@@ -182,7 +182,7 @@ impl Presence {
 
     /// The connection leaves a room; `true` when its user is no longer in it.
     /// `_store`: the chat database's connection, held by the caller.
-    pub(crate) fn leave(&self, _store: &Connection, id: ConnId, room_id: i64) -> bool {
+    pub(crate) fn leave(&self, _store: &Db<'_>, id: ConnId, room_id: i64) -> bool {
         let mut inner = self.lock();
         let Some(conn) = inner.conns.get_mut(&id) else {
             return false;
@@ -203,7 +203,7 @@ impl Presence {
     /// Takes every connection of `user_id` out of the room (they left it or were
     /// removed from it); `true` when the user was in it. `_store`: the chat
     /// database's connection, held by the caller.
-    pub(crate) fn evict(&self, _store: &Connection, user_id: i64, room_id: i64) -> bool {
+    pub(crate) fn evict(&self, _store: &Db<'_>, user_id: i64, room_id: i64) -> bool {
         let mut inner = self.lock();
         let ids: Vec<ConnId> = inner
             .by_user
@@ -227,7 +227,7 @@ impl Presence {
 
     /// Reserves a slot in the outgoing queue of every connection of `user_id` (see
     /// [`Presence::reserve_room`]); empty when the user is offline.
-    pub(crate) fn reserve_user(&self, _store: &Connection, user_id: i64) -> Reserved {
+    pub(crate) fn reserve_user(&self, _store: &Db<'_>, user_id: i64) -> Reserved {
         let inner = self.lock();
         let mut reserved = Reserved::default();
         let Some(ids) = inner.by_user.get(&user_id) else {
@@ -279,7 +279,7 @@ impl Presence {
     /// closing or too slow to take the event makes its user absent for it.
     /// `_store`: the chat database's connection, held by the caller until
     /// [`Reserved::send`], so that no join or leave falls in between.
-    pub(crate) fn reserve_room(&self, _store: &Connection, room_id: i64) -> Reserved {
+    pub(crate) fn reserve_room(&self, _store: &Db<'_>, room_id: i64) -> Reserved {
         let inner = self.lock();
         let mut reserved = Reserved::default();
         let Some(ids) = inner.by_room.get(&room_id) else {
@@ -373,7 +373,8 @@ mod tests {
 
     #[test]
     fn a_user_is_in_the_room_while_any_connection_is() {
-        let db = Connection::open_in_memory().unwrap();
+        let sqlite = crate::rusqlite::Connection::open_in_memory().unwrap();
+        let db = Db::sqlite(&sqlite);
         let p = Presence::default();
         let (tx, mut rx) = mpsc::channel(8);
         let (tab, _) = p.register(1, "s1", tx.clone());
@@ -401,7 +402,8 @@ mod tests {
 
     #[test]
     fn a_user_whose_connections_cannot_take_the_event_is_absent_for_it() {
-        let db = Connection::open_in_memory().unwrap();
+        let sqlite = crate::rusqlite::Connection::open_in_memory().unwrap();
+        let db = Db::sqlite(&sqlite);
         let p = Presence::default();
         let (full_tx, _full_rx) = mpsc::channel(1);
         let (ok_tx, mut ok_rx) = mpsc::channel(8);

@@ -21,8 +21,13 @@ pub(crate) enum NotifyPath {
     /// The SQLite outbox lives in the chat database: notifications are written in
     /// the same transaction as the message, then a worker is woken.
     SameTransaction,
-    /// Another outbox (or none): the message is written first, then each
-    /// notification goes through `Dispatcher::submit`.
+    /// A shared outbox (Redis): each notification is written to `push_handoff` in
+    /// the message's transaction, submitted after the commit, and its row deleted
+    /// once the outbox has it. Rows left by a crash are submitted again at the next
+    /// sweep (the Redis outbox ignores an id it already holds).
+    Handoff,
+    /// No outbox (`outbox.backend = "none"`): submitted after the commit, not
+    /// durable.
     Submit,
 }
 

@@ -10,7 +10,8 @@ use crate::rusqlite;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use crate::rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use crate::db::{params, Backend, Db, DbError, PgConn, Row};
+use crate::rusqlite::Connection;
 use mesh_notify_core::{Address, AddressKind, Recipient, Secret};
 use serde::Serialize;
 
@@ -30,6 +31,7 @@ CREATE TABLE IF NOT EXISTS sessions (
     created_at INTEGER NOT NULL,
     expires_at INTEGER NOT NULL
 );
+CREATE INDEX IF NOT EXISTS users_by_lower_name ON users(lower(username));
 CREATE INDEX IF NOT EXISTS sessions_by_expiry ON sessions(expires_at);
 CREATE TABLE IF NOT EXISTS rooms (
     id INTEGER PRIMARY KEY,
@@ -128,8 +130,15 @@ CREATE TABLE IF NOT EXISTS push_fanout (
     from_name TEXT NOT NULL,
     body TEXT NOT NULL,
     members TEXT NOT NULL,
+    member_count INTEGER NOT NULL DEFAULT 0,
     created_at INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS push_handoff (
+    id TEXT PRIMARY KEY,
+    body TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS push_handoff_by_age ON push_handoff(created_at);
 ";
 
 /// Brings a database made by an earlier version up to date.
@@ -144,6 +153,16 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
              UPDATE addresses SET verified = 0 WHERE kind = 'email';",
         )?;
     }
+    let has_count = conn
+        .prepare("SELECT 1 FROM pragma_table_info('push_fanout') WHERE name = 'member_count'")?
+        .exists([])?;
+    if !has_count {
+        // Rows left by the previous version keep their count in the new column.
+        conn.execute_batch(
+            "ALTER TABLE push_fanout ADD COLUMN member_count INTEGER NOT NULL DEFAULT 0;
+             UPDATE push_fanout SET member_count = json_array_length(members);",
+        )?;
+    }
     Ok(())
 }
 
@@ -154,15 +173,34 @@ pub(crate) fn now_ms() -> i64 {
 
 /// A handle on the database (cheap to clone). One connection, used from the blocking
 /// pool; SQLite serialises writers anyway and every transaction here is short.
+/// With PostgreSQL (several instances on one database) it is one connection per
+/// instance too, reconnected when lost.
 #[derive(Clone)]
 pub struct Store {
-    conn: Arc<Mutex<Connection>>,
+    inner: Inner,
     path: PathBuf,
+}
+
+#[derive(Clone)]
+enum Inner {
+    Sqlite(Arc<Mutex<Connection>>),
+    Postgres(Arc<PgStore>),
+}
+
+struct PgStore {
+    config: tokio_postgres::Config,
+    conn: Mutex<Option<PgConn>>,
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("path", &self.path).finish()
+        match &self.inner {
+            Inner::Sqlite(_) => f.debug_struct("Store").field("path", &self.path).finish(),
+            Inner::Postgres(_) => f
+                .debug_struct("Store")
+                .field("database", &"postgres")
+                .finish(),
+        }
     }
 }
 
@@ -197,40 +235,114 @@ impl Store {
         conn.execute_batch(SCHEMA)?;
         migrate(&conn)?;
         Ok(Self {
-            conn: Arc::new(Mutex::new(conn)),
+            inner: Inner::Sqlite(Arc::new(Mutex::new(conn))),
             path: path.to_path_buf(),
         })
     }
 
-    /// The database file.
+    /// Connects to PostgreSQL at `url` and applies the schema's migrations (under
+    /// an advisory lock, so instances starting together take turns).
+    pub async fn connect_postgres(config: &tokio_postgres::Config) -> Result<Self, String> {
+        let conn = PgConn::connect(config)
+            .await
+            .map_err(|e| format!("cannot connect to PostgreSQL: {e}"))?;
+        let conn = tokio::task::spawn_blocking(move || {
+            let mut conn = conn;
+            crate::migrations::apply_postgres(&Db::postgres(&mut conn)).map(|()| conn)
+        })
+        .await
+        .map_err(|e| format!("PostgreSQL schema: {e}"))?
+        .map_err(|e| format!("PostgreSQL schema: {e}"))?;
+        let store = Self {
+            inner: Inner::Postgres(Arc::new(PgStore {
+                config: config.clone(),
+                conn: Mutex::new(Some(conn)),
+            })),
+            path: PathBuf::new(),
+        };
+        Ok(store)
+    }
+
+    /// Which database this is.
+    pub(crate) fn backend(&self) -> Backend {
+        match self.inner {
+            Inner::Sqlite(_) => Backend::Sqlite,
+            Inner::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// The database file (SQLite; empty for PostgreSQL).
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// The connection itself, for the outbox to share (see `outbox::open`).
-    pub(crate) fn connection(&self) -> Arc<Mutex<Connection>> {
-        Arc::clone(&self.conn)
+    /// The SQLite connection itself, for the outbox to share (see `outbox::on_store`).
+    pub(crate) fn connection(&self) -> Option<Arc<Mutex<Connection>>> {
+        match &self.inner {
+            Inner::Sqlite(c) => Some(Arc::clone(c)),
+            Inner::Postgres(_) => None,
+        }
     }
 
     /// Runs `f` with the connection on the blocking pool.
     pub(crate) async fn call<R, F>(&self, f: F) -> Result<R, AppError>
     where
-        F: FnOnce(&mut Connection) -> Result<R, AppError> + Send + 'static,
+        F: FnOnce(&Db<'_>) -> Result<R, AppError> + Send + 'static,
         R: Send + 'static,
     {
-        let conn = Arc::clone(&self.conn);
-        tokio::task::spawn_blocking(move || {
-            let mut guard = lock(&conn);
-            f(&mut guard)
-        })
-        .await
-        .map_err(|e| AppError::internal(format!("database task failed: {e}")))?
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || run(&inner, f))
+            .await
+            .map_err(|e| AppError::internal(format!("database task failed: {e}")))?
     }
 
-    /// Runs `f` with the connection on the current thread (start-up only).
-    pub(crate) fn call_sync<R>(&self, f: impl FnOnce(&mut Connection) -> R) -> R {
-        let mut guard = lock(&self.conn);
-        f(&mut guard)
+    /// Runs `f` with the connection, blocking the current thread (start-up, tests,
+    /// and the last resort when the blocking pool is gone). With PostgreSQL it runs
+    /// on a thread of its own (the client is driven by the runtime's handle).
+    pub(crate) fn call_sync<R: Send>(&self, f: impl FnOnce(&Db<'_>) -> R + Send) -> R {
+        match &self.inner {
+            Inner::Sqlite(c) => {
+                let guard = lock(c);
+                f(&Db::sqlite(&guard))
+            }
+            Inner::Postgres(_) => {
+                let inner = &self.inner;
+                std::thread::scope(
+                    |s| match s.spawn(move || run(inner, |db| Ok(f(db)))).join() {
+                        Ok(Ok(r)) => r,
+                        Ok(Err(e)) => panic!("database: {}", e.message),
+                        Err(panic) => std::panic::resume_unwind(panic),
+                    },
+                )
+            }
+        }
+    }
+}
+
+/// Locks the connection and runs `f` (blocking).
+fn run<R>(inner: &Inner, f: impl FnOnce(&Db<'_>) -> Result<R, AppError>) -> Result<R, AppError> {
+    match inner {
+        Inner::Sqlite(c) => {
+            let guard = lock(c);
+            f(&Db::sqlite(&guard))
+        }
+        Inner::Postgres(pg) => {
+            let mut guard = pg.conn.lock().unwrap_or_else(PoisonError::into_inner);
+            if guard.as_ref().is_none_or(PgConn::is_closed) {
+                let handle = tokio::runtime::Handle::try_current()
+                    .map_err(|e| AppError::internal(format!("database: {e}")))?;
+                *guard = None;
+                let conn = handle
+                    .block_on(PgConn::connect(&pg.config))
+                    .map_err(|e| AppError::unavailable(format!("database: {e}")))?;
+                tracing::info!("PostgreSQL: reconnected");
+                *guard = Some(conn);
+            }
+            match guard.as_mut() {
+                Some(conn) => f(&Db::postgres(conn)),
+                None => Err(AppError::internal("database: no connection")),
+            }
+        }
     }
 }
 
@@ -251,7 +363,10 @@ pub(crate) async fn run_checkpoints(
     let fall_back = |why: String| {
         tracing::error!(error = %why, "WAL checkpoints: no connection of their own; chat commits checkpoint again");
         store.call_sync(|c| {
-            if let Err(e) = c.pragma_update(None, "wal_autocheckpoint", 1000) {
+            if let Some(Err(e)) = c
+                .as_sqlite()
+                .map(|c| c.pragma_update(None, "wal_autocheckpoint", 1000))
+            {
                 tracing::error!(error = %e, "could not turn WAL autocheckpoint back on");
             }
         });
@@ -378,96 +493,81 @@ pub struct StoredMessage {
     pub created_at: i64,
 }
 
-pub(crate) fn user_by_name(
-    conn: &Connection,
-    username: &str,
-) -> rusqlite::Result<Option<(User, String)>> {
-    conn.query_row(
-        "SELECT id, username, display_name, password_hash FROM users WHERE username = ?1",
-        [username],
-        |r| {
-            Ok((
-                User {
-                    id: r.get(0)?,
-                    username: r.get(1)?,
-                    display_name: r.get(2)?,
-                },
-                r.get(3)?,
-            ))
-        },
-    )
-    .optional()
+fn user_from_row(r: &Row) -> Result<User, DbError> {
+    Ok(User {
+        id: r.get(0)?,
+        username: r.get(1)?,
+        display_name: r.get(2)?,
+    })
 }
 
-pub(crate) fn user_by_id(conn: &Connection, id: i64) -> rusqlite::Result<Option<User>> {
-    conn.query_row(
-        "SELECT id, username, display_name FROM users WHERE id = ?1",
-        [id],
-        |r| {
-            Ok(User {
-                id: r.get(0)?,
-                username: r.get(1)?,
-                display_name: r.get(2)?,
-            })
-        },
+/// A user by login name (case-insensitive, ASCII: names are checked to be ASCII).
+pub(crate) fn user_by_name(
+    conn: &Db<'_>,
+    username: &str,
+) -> Result<Option<(User, String)>, DbError> {
+    conn.query_opt(
+        "SELECT id, username, display_name, password_hash FROM users WHERE lower(username) = lower(?1)",
+        params![username],
+        |r| Ok((user_from_row(r)?, r.get(3)?)),
     )
-    .optional()
+}
+
+pub(crate) fn user_by_id(conn: &Db<'_>, id: i64) -> Result<Option<User>, DbError> {
+    conn.query_opt(
+        "SELECT id, username, display_name FROM users WHERE id = ?1",
+        params![id],
+        user_from_row,
+    )
 }
 
 /// The user of a live session, and when the session expires (ms since the epoch).
 pub(crate) fn session_user(
-    conn: &Connection,
+    conn: &Db<'_>,
     token_hash: &str,
     now: i64,
-) -> rusqlite::Result<Option<(User, i64)>> {
-    conn.query_row(
+) -> Result<Option<(User, i64)>, DbError> {
+    conn.query_opt(
         "SELECT u.id, u.username, u.display_name, s.expires_at FROM sessions s JOIN users u ON u.id = s.user_id
          WHERE s.token_hash = ?1 AND s.expires_at > ?2",
         params![token_hash, now],
-        |r| {
-            Ok((
-                User {
-                    id: r.get(0)?,
-                    username: r.get(1)?,
-                    display_name: r.get(2)?,
-                },
-                r.get(3)?,
-            ))
-        },
+        |r| Ok((user_from_row(r)?, r.get(3)?)),
     )
-    .optional()
 }
 
 /// Deletes expired sessions and WebSocket tickets; returns how many sessions.
-pub(crate) fn prune_sessions(conn: &Connection, now: i64) -> rusqlite::Result<usize> {
-    conn.execute("DELETE FROM ws_tickets WHERE expires_at <= ?1", [now])?;
-    conn.execute("DELETE FROM sessions WHERE expires_at <= ?1", [now])
+pub(crate) fn prune_sessions(conn: &Db<'_>, now: i64) -> Result<usize, DbError> {
+    conn.execute(
+        "DELETE FROM ws_tickets WHERE expires_at <= ?1",
+        params![now],
+    )?;
+    conn.execute("DELETE FROM sessions WHERE expires_at <= ?1", params![now])
 }
 
-pub(crate) fn is_member(conn: &Connection, room_id: i64, user_id: i64) -> rusqlite::Result<bool> {
-    conn.query_row(
+pub(crate) fn is_member(conn: &Db<'_>, room_id: i64, user_id: i64) -> Result<bool, DbError> {
+    conn.exists(
         "SELECT 1 FROM members WHERE room_id = ?1 AND user_id = ?2",
         params![room_id, user_id],
-        |_| Ok(()),
     )
-    .optional()
-    .map(|o| o.is_some())
 }
 
-pub(crate) fn room(conn: &Connection, room_id: i64) -> rusqlite::Result<Option<RoomInfo>> {
-    conn.query_row("SELECT id, name FROM rooms WHERE id = ?1", [room_id], |r| {
-        Ok(RoomInfo {
-            id: r.get(0)?,
-            name: r.get(1)?,
-        })
-    })
-    .optional()
+pub(crate) fn room(conn: &Db<'_>, room_id: i64) -> Result<Option<RoomInfo>, DbError> {
+    conn.query_opt(
+        "SELECT id, name FROM rooms WHERE id = ?1",
+        params![room_id],
+        |r| {
+            Ok(RoomInfo {
+                id: r.get(0)?,
+                name: r.get(1)?,
+            })
+        },
+    )
 }
 
 /// The room, if `user_id` is a member of it. Non-members learn nothing about
 /// whether the room exists.
 pub(crate) fn room_for_member(
-    conn: &Connection,
+    conn: &Db<'_>,
     room_id: i64,
     user_id: i64,
 ) -> Result<RoomInfo, AppError> {
@@ -483,26 +583,26 @@ pub(crate) fn limit_reached(code: &'static str, what: String) -> AppError {
 }
 
 /// Rooms `user_id` is a member of.
-pub(crate) fn memberships(conn: &Connection, user_id: i64) -> rusqlite::Result<i64> {
-    conn.query_row(
+pub(crate) fn memberships(conn: &Db<'_>, user_id: i64) -> Result<i64, DbError> {
+    conn.query_one(
         "SELECT COUNT(*) FROM members WHERE user_id = ?1",
-        [user_id],
+        params![user_id],
         |r| r.get(0),
     )
 }
 
 /// Members of `room_id`.
-pub(crate) fn member_count(conn: &Connection, room_id: i64) -> rusqlite::Result<i64> {
-    conn.query_row(
+pub(crate) fn member_count(conn: &Db<'_>, room_id: i64) -> Result<i64, DbError> {
+    conn.query_one(
         "SELECT COUNT(*) FROM members WHERE room_id = ?1",
-        [room_id],
+        params![room_id],
         |r| r.get(0),
     )
 }
 
 /// Checks that `user_id` may join one more room and `room_id` take one more member.
 pub(crate) fn check_can_join(
-    conn: &Connection,
+    conn: &Db<'_>,
     room_id: i64,
     user_id: i64,
     max_rooms_per_user: u32,
@@ -531,16 +631,14 @@ pub(crate) fn parse_address_kind(s: &str) -> Option<AddressKind> {
 
 /// A member with the addresses they registered (newest first, so a provider uses the
 /// most recent token of its kind).
-pub(crate) fn recipient(conn: &Connection, user: &User) -> rusqlite::Result<Recipient> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT kind, value FROM addresses WHERE user_id = ?1 AND verified = 1 ORDER BY id DESC",
-    )?;
+pub(crate) fn recipient(conn: &Db<'_>, user: &User) -> Result<Recipient, DbError> {
     let mut r = Recipient::new(user.id.to_string(), user.display_name.clone());
-    let rows = stmt.query_map([user.id], |row| {
-        Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
-    })?;
-    for row in rows {
-        let (kind, value) = row?;
+    let rows = conn.query_map(
+        "SELECT kind, value FROM addresses WHERE user_id = ?1 AND verified = 1 ORDER BY id DESC",
+        params![user.id],
+        |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)),
+    )?;
+    for (kind, value) in rows {
         if let Some(kind) = parse_address_kind(&kind) {
             r.addresses.push(Address::new(kind, Secret::new(value)));
         }
@@ -550,38 +648,32 @@ pub(crate) fn recipient(conn: &Connection, user: &User) -> rusqlite::Result<Reci
 
 /// Ids of a room's members other than `except`.
 pub(crate) fn other_member_ids(
-    conn: &Connection,
+    conn: &Db<'_>,
     room_id: i64,
     except: i64,
-) -> rusqlite::Result<Vec<i64>> {
-    let mut stmt = conn.prepare_cached(
+) -> Result<Vec<i64>, DbError> {
+    conn.query_map(
         "SELECT user_id FROM members WHERE room_id = ?1 AND user_id <> ?2 ORDER BY user_id",
-    )?;
-    let rows = stmt.query_map(params![room_id, except], |r| r.get(0))?;
-    rows.collect()
+        params![room_id, except],
+        |r| r.get(0),
+    )
 }
 
 /// Members of a room other than `except`, as users.
 pub(crate) fn other_members(
-    conn: &Connection,
+    conn: &Db<'_>,
     room_id: i64,
     except: i64,
-) -> rusqlite::Result<Vec<User>> {
-    let mut stmt = conn.prepare_cached(
+) -> Result<Vec<User>, DbError> {
+    conn.query_map(
         "SELECT u.id, u.username, u.display_name FROM members m JOIN users u ON u.id = m.user_id
          WHERE m.room_id = ?1 AND m.user_id <> ?2 ORDER BY u.id",
-    )?;
-    let rows = stmt.query_map(params![room_id, except], |r| {
-        Ok(User {
-            id: r.get(0)?,
-            username: r.get(1)?,
-            display_name: r.get(2)?,
-        })
-    })?;
-    rows.collect()
+        params![room_id, except],
+        user_from_row,
+    )
 }
 
-pub(crate) fn message_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> {
+pub(crate) fn message_from_row(r: &Row) -> Result<StoredMessage, DbError> {
     let meta: Option<String> = r.get(6)?;
     Ok(StoredMessage {
         id: r.get(0)?,
@@ -601,29 +693,27 @@ pub(crate) const MESSAGE_COLUMNS: &str =
     "m.id, m.room_id, m.user_id, u.username, u.display_name, m.kind, m.meta, m.body, m.client_id, m.created_at";
 
 /// Deletes the record of queued notifications older than `cutoff_ms`.
-pub(crate) fn prune_pending(conn: &Connection, cutoff_ms: i64) -> rusqlite::Result<usize> {
+pub(crate) fn prune_pending(conn: &Db<'_>, cutoff_ms: i64) -> Result<usize, DbError> {
     conn.execute(
         "DELETE FROM pending_notifications WHERE created_at < ?1",
-        [cutoff_ms],
+        params![cutoff_ms],
     )
 }
 
 /// Takes (deletes and returns) the queued chat/file notification ids for `user_id`
 /// in `room_id`.
 pub(crate) fn take_pending(
-    conn: &mut Connection,
+    conn: &Db<'_>,
     user_id: i64,
     room_id: i64,
-) -> rusqlite::Result<Vec<String>> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let ids = {
-        let mut stmt = tx.prepare_cached(
-            "DELETE FROM pending_notifications WHERE user_id = ?1 AND room_id = ?2 AND kind IN ('chat', 'file')
-             RETURNING notification_id",
-        )?;
-        let rows = stmt.query_map(params![user_id, room_id], |r| r.get::<_, String>(0))?;
-        rows.collect::<rusqlite::Result<Vec<_>>>()?
-    };
+) -> Result<Vec<String>, DbError> {
+    let tx = conn.transaction()?;
+    let ids = tx.query_map(
+        "DELETE FROM pending_notifications WHERE user_id = ?1 AND room_id = ?2 AND kind IN ('chat', 'file')
+         RETURNING notification_id",
+        params![user_id, room_id],
+        |r| r.get::<_, String>(0),
+    )?;
     crate::digest::forget(&tx, user_id, room_id)?;
     crate::fanout::forget_member(&tx, room_id, user_id)?;
     tx.commit()?;

@@ -16,8 +16,8 @@ use sha2::{Digest, Sha256};
 
 use crate::api::{parse_id, ApiJson};
 use crate::auth::AuthUser;
+use crate::db::{params, Db, DbError};
 use crate::error::AppError;
-use crate::rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use crate::state::AppState;
 use crate::store::{now_ms, User};
 
@@ -45,15 +45,13 @@ fn code_hash(address_id: i64, code: &str) -> String {
 
 /// Stores a new code for the address; `Err` (429) when the last one was sent less
 /// than [`RESEND_AFTER_MS`] ago.
-pub(crate) fn issue_code(conn: &Connection, address_id: i64) -> Result<String, AppError> {
+pub(crate) fn issue_code(conn: &Db<'_>, address_id: i64) -> Result<String, AppError> {
     let now = now_ms();
-    let sent_at: Option<i64> = conn
-        .query_row(
-            "SELECT sent_at FROM address_verifications WHERE address_id = ?1",
-            [address_id],
-            |r| r.get(0),
-        )
-        .optional()?;
+    let sent_at: Option<i64> = conn.query_opt(
+        "SELECT sent_at FROM address_verifications WHERE address_id = ?1",
+        params![address_id],
+        |r| r.get(0),
+    )?;
     if let Some(sent_at) = sent_at {
         let wait_ms = sent_at + RESEND_AFTER_MS - now;
         if wait_ms > 0 {
@@ -70,19 +68,26 @@ pub(crate) fn issue_code(conn: &Connection, address_id: i64) -> Result<String, A
     }
     let code = new_code()?;
     conn.execute(
-        "INSERT OR REPLACE INTO address_verifications (address_id, code_hash, expires_at, attempts, sent_at)
-         VALUES (?1, ?2, ?3, 0, ?4)",
-        params![address_id, code_hash(address_id, &code), now + CODE_TTL_MS, now],
+        "INSERT INTO address_verifications (address_id, code_hash, expires_at, attempts, sent_at)
+         VALUES (?1, ?2, ?3, 0, ?4)
+         ON CONFLICT (address_id) DO UPDATE SET code_hash = excluded.code_hash,
+           expires_at = excluded.expires_at, attempts = 0, sent_at = excluded.sent_at",
+        params![
+            address_id,
+            code_hash(address_id, &code),
+            now + CODE_TTL_MS,
+            now
+        ],
     )?;
     Ok(code)
 }
 
 /// Forgets the address's code (its email could not be sent: a new one may be asked
 /// for at once).
-pub(crate) fn drop_code(conn: &Connection, address_id: i64) -> crate::rusqlite::Result<usize> {
+pub(crate) fn drop_code(conn: &Db<'_>, address_id: i64) -> Result<usize, DbError> {
     conn.execute(
         "DELETE FROM address_verifications WHERE address_id = ?1",
-        [address_id],
+        params![address_id],
     )
 }
 
@@ -180,27 +185,23 @@ pub(crate) async fn verify(
     let (kind, value) = state
         .store
         .call(move |c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let Some((kind, value, verified)) = tx
-                .query_row(
-                    "SELECT kind, value, verified FROM addresses WHERE id = ?1 AND user_id = ?2",
-                    params![id, user.id],
-                    |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, bool>(2)?)),
-                )
-                .optional()?
+            let tx = c.transaction()?;
+            let Some((kind, value, verified)) = tx.query_opt(
+                "SELECT kind, value, verified FROM addresses WHERE id = ?1 AND user_id = ?2",
+                params![id, user.id],
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, bool>(2)?)),
+            )?
             else {
                 return Err(AppError::new(StatusCode::NOT_FOUND, "not_found", "no such address").field("id"));
             };
             if verified {
                 return Ok((kind, value));
             }
-            let pending: Option<(String, i64, i64)> = tx
-                .query_row(
-                    "SELECT code_hash, expires_at, attempts FROM address_verifications WHERE address_id = ?1",
-                    [id],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                )
-                .optional()?;
+            let pending: Option<(String, i64, i64)> = tx.query_opt(
+                "SELECT code_hash, expires_at, attempts FROM address_verifications WHERE address_id = ?1",
+                params![id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )?;
             let Some((hash, _, attempts)) = pending.filter(|(_, exp, _)| *exp > now_ms())
             else {
                 return Err(AppError::invalid(
@@ -211,7 +212,7 @@ pub(crate) async fn verify(
             if hash != code_hash(id, &code) {
                 let attempts = attempts + 1;
                 if attempts >= MAX_ATTEMPTS {
-                    tx.execute("DELETE FROM address_verifications WHERE address_id = ?1", [id])?;
+                    tx.execute("DELETE FROM address_verifications WHERE address_id = ?1", params![id])?;
                     tx.commit()?;
                     return Err(AppError::new(
                         StatusCode::TOO_MANY_REQUESTS,
@@ -227,8 +228,8 @@ pub(crate) async fn verify(
                 tx.commit()?;
                 return Err(AppError::invalid("code", "wrong code"));
             }
-            tx.execute("UPDATE addresses SET verified = 1 WHERE id = ?1", [id])?;
-            tx.execute("DELETE FROM address_verifications WHERE address_id = ?1", [id])?;
+            tx.execute("UPDATE addresses SET verified = 1 WHERE id = ?1", params![id])?;
+            tx.execute("DELETE FROM address_verifications WHERE address_id = ?1", params![id])?;
             tx.commit()?;
             Ok((kind, value))
         })

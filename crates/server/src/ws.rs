@@ -17,7 +17,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::rusqlite::{params, TransactionBehavior};
+use crate::db::params;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
@@ -467,7 +467,7 @@ async fn store_and_notify(
         .store
         .call(move |c| {
             drop(waiting);
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = c.transaction()?;
             let room = store::room_for_member(&tx, room_id, sender.id)?;
             let now = now_ms();
             tx.prepare_cached(
@@ -475,7 +475,7 @@ async fn store_and_notify(
             )?
             .execute(params![room_id, sender.id, kind, body, meta.as_ref().map(Value::to_string), client_id, now])?;
             let message = StoredMessage {
-                id: tx.last_insert_rowid(),
+                id: tx.last_insert_rowid()?,
                 room_id,
                 user_id: sender.id,
                 username: sender.username.clone(),

@@ -509,8 +509,8 @@ async fn a_fan_out_left_by_a_crash_is_delivered_at_the_next_start() {
         )
         .unwrap();
         conn.execute(
-            "INSERT INTO push_fanout (room_id, room_name, kind, from_name, body, members, created_at)
-             VALUES (?1, 'Test Gotify', 'chat', 'Alice', 'avant le crash', ?2, ?3)",
+            "INSERT INTO push_fanout (room_id, room_name, kind, from_name, body, members, member_count, created_at)
+             VALUES (?1, 'Test Gotify', 'chat', 'Alice', 'avant le crash', ?2, 101, ?3)",
             mesh_notify_outbox_sqlite::rusqlite::params![
                 s.room,
                 // 100 users who are not members first: Bob's push is in a later

@@ -163,7 +163,7 @@ fn parked_pattern(provider: &str) -> String {
 /// [`install_schema`]); it becomes durable and visible to delivery workers when
 /// `tx` commits. `Ok(false)` when the id is already pending.
 pub fn enqueue_in_tx(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     n: &Notification,
     due_at: Timestamp,
 ) -> Result<bool, OutboxError> {
@@ -175,7 +175,7 @@ pub fn enqueue_in_tx(
 /// by a worker. `false` when it is gone (delivered, cancelled, dead) or in flight;
 /// the caller then queues a new entry instead. This is how mesh-server merges the
 /// messages that arrive while a room's notification is still waiting into one.
-pub fn replace_waiting_in_tx(tx: &Transaction<'_>, n: &Notification) -> Result<bool, OutboxError> {
+pub fn replace_waiting_in_tx(tx: &Connection, n: &Notification) -> Result<bool, OutboxError> {
     let payload = serde_json::to_string(n)
         .map_err(|e| OutboxError::Unavailable(format!("encoding a notification: {e}")))?;
     let changed = tx

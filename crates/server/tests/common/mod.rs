@@ -55,6 +55,13 @@ admin_bind = "127.0.0.1:0"
 
 /// Starts a server in-process on a free loopback port.
 pub async fn start(figment: &Figment) -> ServerHandle {
+    // Errors the server logs are shown with a failing test's output.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "error".into()),
+        ))
+        .with_test_writer()
+        .try_init();
     let config = Config::from_figment(figment).expect("test config is valid");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
