@@ -305,6 +305,9 @@ async fn logout(State(state): State<AppState>, req: Request) -> Result<StatusCod
         return Err(AppError::unauthorized());
     }
     let closed = state.presence.close_session(&hash);
+    if let Some(cluster) = &state.cluster {
+        cluster.send(crate::cluster::Event::CloseSession { session: hash });
+    }
     tracing::info!(websockets_closed = closed, "logged out");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -335,6 +338,9 @@ async fn logout_all(
         .call(move |conn| Ok(conn.execute("DELETE FROM sessions WHERE user_id = ?1", [user_id])?))
         .await?;
     let closed = state.presence.close_user(user_id);
+    if let Some(cluster) = &state.cluster {
+        cluster.send(crate::cluster::Event::CloseUser { user: user_id });
+    }
     tracing::info!(
         user = user_id,
         sessions = ended,

@@ -43,6 +43,11 @@ pub struct ServerSection {
     /// PostgreSQL password, kept out of the URL and the logs (e.g. the environment
     /// variable `MESH_NOTIFY_SERVER__DATABASE_PASSWORD`).
     pub database_password: Option<mesh_notify_core::Secret>,
+    /// With several instances (PostgreSQL + Redis): how long a user counts as
+    /// present through an instance that stopped refreshing it (a crashed one);
+    /// refreshed every third of it (default 15 s).
+    #[serde(with = "humantime_serde")]
+    pub presence_ttl: Duration,
     /// Largest WebSocket message accepted, in bytes (default 64 KiB); larger ones
     /// close the connection with code 1009.
     pub max_frame_bytes: usize,
@@ -184,6 +189,7 @@ impl Default for ServerSection {
             database: Database::Sqlite,
             database_url: None,
             database_password: None,
+            presence_ttl: Duration::from_secs(15),
             max_frame_bytes: 64 * 1024,
             messages_per_second: 10.0,
             message_burst: 20,
@@ -321,6 +327,9 @@ impl ServerSection {
         }
         if self.max_message_chars == 0 {
             return Err(invalid("max_message_chars", "must be at least 1"));
+        }
+        if self.presence_ttl < Duration::from_millis(300) {
+            return Err(invalid("presence_ttl", "must be at least 300ms"));
         }
         if self.database == Database::Postgres {
             let Some(url) = &self.database_url else {

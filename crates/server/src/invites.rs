@@ -103,7 +103,23 @@ pub(crate) async fn invite(
     let path = state.notify_path;
     let language = state.language;
     let max_members = state.config.max_members_per_room;
-    let (invite, created, queued, invitee_id) = state
+    // Connected through another instance (several instances): the invitation
+    // reaches them live there, no push.
+    let connected_elsewhere = match (&state.cluster, req.username.trim()) {
+        (Some(cluster), name) => {
+            let name = name.to_string();
+            let found = state
+                .store
+                .call(move |c| Ok(store::user_by_name(c, &name)?.map(|(u, _)| u.id)))
+                .await?;
+            match found {
+                Some(id) => cluster.connected_elsewhere(id).await,
+                None => false,
+            }
+        }
+        (None, _) => false,
+    };
+    let (invite, created, queued, invitee_id, announced) = state
         .store
         .call(move |c| {
             let tx = c.transaction()?;
@@ -169,7 +185,7 @@ pub(crate) async fn invite(
             let live = if announce {
                 // Live to every connection of the invitee, else one push.
                 let live = st.presence.reserve_user(&tx, invitee.id);
-                if live.is_empty() {
+                if live.is_empty() && !connected_elsewhere {
                     let recipient = store::recipient(&tx, &invitee)?;
                     // In the invitee's language (their preferences), else the server's.
                     let language = crate::prefs::load(&tx, invitee.id)?.language_or(language);
@@ -180,12 +196,19 @@ pub(crate) async fn invite(
                 None
             };
             tx.commit()?;
+            let announced = live.is_some();
             if let Some(live) = live {
                 live.send(&json!({"type": "room.invited", "invite": invite}).to_string().into());
             }
-            Ok((invite, created, queued, invitee.id))
+            Ok((invite, created, queued, invitee.id, announced))
         })
         .await?;
+    if let (true, Some(cluster)) = (announced, &state.cluster) {
+        cluster.send(crate::cluster::Event::User {
+            user: invitee_id,
+            text: json!({"type": "room.invited", "invite": invite}).to_string(),
+        });
+    }
     queued.hand_over(&state).await;
     if created {
         tracing::info!(room = room_id, invitee = invitee_id, "invitation sent");
@@ -349,14 +372,29 @@ async fn end_membership(
             Ok((was_present, taken))
         })
         .await?;
+    if let Some(cluster) = &state.cluster {
+        if was_present {
+            cluster.set_absent(room_id, member_id).await;
+        }
+        cluster.send(crate::cluster::Event::Evict {
+            user: member_id,
+            room: room_id,
+        });
+    }
     if was_present {
         let event = json!({"type": "presence", "room_id": room_id, "user": user_json(&member), "status": "left"});
-        state.presence.send_room(room_id, &event.to_string().into());
+        crate::ws::send_room(state, room_id, &event);
     }
     let event = json!({"type": "room.left", "room_id": room_id, "reason": why.as_str()});
     state
         .presence
         .send_user(member_id, &event.to_string().into());
+    if let Some(cluster) = &state.cluster {
+        cluster.send(crate::cluster::Event::User {
+            user: member_id,
+            text: event.to_string(),
+        });
+    }
     cancel_queued(state, member_id, room_id, taken).await;
     tracing::info!(
         room = room_id,

@@ -27,6 +27,7 @@ mod address_book;
 mod admin;
 mod api;
 mod auth;
+mod cluster;
 mod config;
 mod db;
 mod digest;
@@ -354,8 +355,32 @@ pub async fn start(
             MAX_KEYS,
         ),
     };
+    // Several instances on one PostgreSQL database share presence and live events
+    // through the outbox's Redis.
+    let cluster = match (section.database, config.outbox.backend) {
+        (config::Database::Postgres, OutboxBackend::Redis) => {
+            let mut url = url::Url::parse(config.outbox.redis_url.as_deref().unwrap_or_default())
+                .map_err(|e| ServerError::Outbox(format!("redis_url: {e}")))?;
+            if let Some(pw) = &config.outbox.redis_password {
+                url.set_password(Some(pw.expose())).map_err(|()| {
+                    ServerError::Outbox("redis_url cannot carry a password".into())
+                })?;
+            }
+            let cluster = cluster::Cluster::connect(
+                url.as_str(),
+                &config.outbox.redis_prefix,
+                section.presence_ttl,
+            )
+            .await
+            .map_err(|e| ServerError::Outbox(format!("presence over redis: {e}")))?;
+            tracing::info!(instance = cluster.instance(), ttl = ?section.presence_ttl, "presence and live events shared with the other instances through Redis");
+            Some(Arc::new(cluster))
+        }
+        _ => None,
+    };
     let (stop, stop_rx) = watch::channel(false);
     let state = AppState(Arc::new(Shared {
+        cluster: cluster.clone(),
         registration_open,
         hashing,
         throttles,
@@ -374,6 +399,16 @@ pub async fn start(
         shutdown: stop_rx.clone(),
         metrics: prometheus(),
     }));
+    if let Some(cluster) = &cluster {
+        tokio::spawn(cluster::run_publisher(Arc::clone(cluster), stop_rx.clone()));
+        tokio::spawn(cluster::run_subscriber(state.clone(), stop_rx.clone()));
+        tokio::spawn(cluster::run_heartbeat(state.clone(), stop_rx.clone()));
+        // Serve once subscribed: a join is then written where the others read it.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !cluster.is_subscribed() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
     tokio::spawn(dead_address_loop(store.clone(), dead_rx, stop_rx.clone()));
     tokio::spawn(prune_loop(state.clone(), stop_rx.clone()));
     tokio::spawn(digest::run_flusher(state.clone(), stop_rx.clone()));

@@ -331,6 +331,24 @@ impl Presence {
         self.lock().by_user.get(&user_id).map_or(0, HashSet::len)
     }
 
+    /// Every (room, user) present through this process, and every connected user
+    /// (for the cluster heartbeat).
+    pub(crate) fn snapshot(&self) -> (Vec<(i64, i64)>, Vec<i64>) {
+        let inner = self.lock();
+        let mut rooms: HashSet<(i64, i64)> = HashSet::new();
+        for (room, ids) in &inner.by_room {
+            for id in ids {
+                if let Some(c) = inner.conns.get(id) {
+                    rooms.insert((*room, c.user_id));
+                }
+            }
+        }
+        (
+            rooms.into_iter().collect(),
+            inner.by_user.keys().copied().collect(),
+        )
+    }
+
     /// Open connections.
     pub(crate) fn connections(&self) -> usize {
         self.lock().conns.len()

@@ -35,6 +35,8 @@ pub(crate) struct Shared {
     pub config: ServerSection,
     pub store: Store,
     pub presence: Presence,
+    /// Presence and events shared with other instances (PostgreSQL + Redis).
+    pub cluster: crate::cluster::Shared,
     pub dispatcher: Arc<Dispatcher>,
     /// Composers per recipient language, and the held-summary flusher.
     pub digests: crate::digest::Digests,

@@ -151,6 +151,9 @@ async fn connection(state: AppState, session: auth::Session, mut socket: WebSock
         id,
         user: session.user,
     };
+    if let Some(cluster) = &state.cluster {
+        cluster.set_connected(conn.user.id).await;
+    }
     tracing::debug!(conn = conn.id, user = conn.user.id, "websocket connected");
     // A logout between the upgrade's check and the registration above signalled no
     // one: look again now that later logouts reach this connection.
@@ -286,6 +289,14 @@ async fn connection(state: AppState, session: auth::Session, mut socket: WebSock
         // unregister, under the same connection, from this thread.
         Err(_) => state.store.call_sync(|c| state.presence.unregister(c, id)),
     };
+    if let Some(cluster) = &state.cluster {
+        for room_id in &left {
+            cluster.set_absent(*room_id, conn.user.id).await;
+        }
+        if state.presence.user_connections(conn.user.id) == 0 {
+            cluster.set_disconnected(conn.user.id).await;
+        }
+    }
     for room_id in left {
         broadcast_presence(&state, room_id, &conn.user, "left");
     }
@@ -295,7 +306,20 @@ async fn connection(state: AppState, session: auth::Session, mut socket: WebSock
 fn broadcast_presence(state: &AppState, room_id: i64, user: &User, status: &str) {
     let event =
         json!({"type": "presence", "room_id": room_id, "user": user_json(user), "status": status});
-    state.presence.send_room(room_id, &text(&event));
+    send_room(state, room_id, &event);
+}
+
+/// A room event to this instance's connections in the room, and to the other
+/// instances' (several instances).
+pub(crate) fn send_room(state: &AppState, room_id: i64, event: &Value) {
+    let text = text(event);
+    state.presence.send_room(room_id, &text);
+    if let Some(cluster) = &state.cluster {
+        cluster.send(crate::cluster::Event::Room {
+            room: room_id,
+            text: text.to_string(),
+        });
+    }
 }
 
 /// Handles one text frame; returns the reply for this connection, if any.
@@ -388,11 +412,21 @@ async fn join(state: &AppState, conn: &Conn, value: Value) -> Result<Option<Valu
             } else {
                 Vec::new()
             };
-            let mut present: Vec<i64> = st.presence.users_in_room(room_id).into_iter().collect();
-            present.sort_unstable();
+            let present = st.presence.users_in_room(room_id);
             Ok((room, newly, taken, present))
         })
         .await?;
+    let mut present = present;
+    if let Some(cluster) = &state.cluster {
+        if newly {
+            // Written before the ack: a message sent on another instance after
+            // this join counts them as present.
+            cluster.set_present(room_id, user_id).await;
+        }
+        present.extend(cluster.present_elsewhere(room_id).await);
+    }
+    let mut present: Vec<i64> = present.into_iter().collect();
+    present.sort_unstable();
     if newly {
         broadcast_presence(state, room_id, &conn.user, "joined");
     }
@@ -420,6 +454,9 @@ async fn leave(state: &AppState, conn: &Conn, value: Value) -> Result<Option<Val
             Ok(st.presence.leave(c, conn_id, room_id))
         })
         .await?;
+    if let (true, Some(cluster)) = (left, &state.cluster) {
+        cluster.set_absent(room_id, conn.user.id).await;
+    }
     if left {
         broadcast_presence(state, room_id, &conn.user, "left");
     }
@@ -461,9 +498,15 @@ async fn store_and_notify(
 ) -> Result<StoredMessage, AppError> {
     let st = state.clone();
     let sender = conn.user.clone();
+    // Present through other instances (several instances): read before the
+    // transaction; see `cluster` for what a join or leave in between does.
+    let elsewhere = match &state.cluster {
+        Some(cluster) => cluster.present_elsewhere(room_id).await,
+        None => Default::default(),
+    };
     // The fan-out task ends its chunk when it sees this (see `fanout::ChatWaiting`).
     let waiting = crate::fanout::ChatWaiting::enter(state);
-    let (message, fan_out) = state
+    let (message, fan_out, event) = state
         .store
         .call(move |c| {
             drop(waiting);
@@ -493,7 +536,7 @@ async fn store_and_notify(
             let live = st.presence.reserve_room(&tx, room_id);
             let absent: Vec<i64> = store::other_member_ids(&tx, room_id, sender.id)?
                 .into_iter()
-                .filter(|id| !live.has_user(*id))
+                .filter(|id| !live.has_user(*id) && !elsewhere.contains(id))
                 .collect();
             if !absent.is_empty() {
                 crate::fanout::record(
@@ -513,10 +556,17 @@ async fn store_and_notify(
             // Committed: send the live event into the reserved slots (in commit
             // order, as the store's connection is still held).
             let event_type = if kind == "file" { "file.shared" } else { "chat.message" };
-            live.send(&text(&json!({"type": event_type, "message": message})));
-            Ok((message, !absent.is_empty()))
+            let event = text(&json!({"type": event_type, "message": message}));
+            live.send(&event);
+            Ok((message, !absent.is_empty(), event))
         })
         .await?;
+    if let Some(cluster) = &state.cluster {
+        cluster.send(crate::cluster::Event::Room {
+            room: room_id,
+            text: event.to_string(),
+        });
+    }
     metrics::counter!("mesh_server_messages_total", "kind" => kind).increment(1);
     if fan_out {
         state.fanout.wake();
@@ -738,9 +788,19 @@ async fn rtc(
     event.insert("type".into(), json!(ty));
     event.insert("room_id".into(), json!(room_id));
     event.insert("from".into(), user_json(&conn.user));
-    let delivered = state
-        .presence
-        .send_user(peer.id, &text(&Value::Object(event)));
+    let event = text(&Value::Object(event));
+    let mut delivered = state.presence.send_user(peer.id, &event);
+    if delivered == 0 {
+        if let Some(cluster) = &state.cluster {
+            if cluster.connected_elsewhere(peer.id).await {
+                cluster.send(crate::cluster::Event::User {
+                    user: peer.id,
+                    text: event.to_string(),
+                });
+                delivered = 1;
+            }
+        }
+    }
     if delivered > 0 {
         return Ok((ty == "rtc.offer").then(|| json!({"type": "ack", "for": ty, "room_id": room_id, "to": peer.id, "relayed": true})));
     }

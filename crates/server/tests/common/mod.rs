@@ -373,6 +373,19 @@ impl Ws {
         .await
     }
 
+    /// Waits for the server to close this connection.
+    pub async fn expect_closed_within(mut self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.ws.next()).await {
+                Err(_) => panic!("the connection was not closed within {within:?}"),
+                Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))) => return,
+                Ok(Some(Ok(_))) => continue,
+            }
+        }
+    }
+
     pub async fn close(mut self) {
         let _ = self.ws.close(None).await;
         // Drain until the server's close answer so the server has seen it.

@@ -1,0 +1,414 @@
+//! Several mesh-server instances on one PostgreSQL database and one Redis (issue
+//! 18): presence and live events across instances.
+//!
+//! - **Presence** is the union over instances. Each instance writes, for every
+//!   (room, user) present through its own connections, a member `user@instance` of
+//!   the sorted set `{prefix}:room:{room}`, scored with the time it expires (now +
+//!   `server.presence_ttl`), and `instance` in `{prefix}:user:{user}` while the user
+//!   has a connection there. A heartbeat every third of the TTL pushes the expiry
+//!   forward; an instance that dies (SIGKILL, lost network) stops doing so, and its
+//!   users count as absent once their entries expire. Readers ignore expired
+//!   entries and remove them.
+//! - **Events** go through one pub/sub channel, `{prefix}:events`: a room event
+//!   (chat message, presence), an event for one user (RTC signalling, invitations,
+//!   `room.left`), and session ends (logout closes that session's sockets on every
+//!   instance). Each instance delivers what others publish to its own connections.
+//! - An instance whose subscription is down stops its heartbeat: its users then
+//!   count as absent (they get pushes) rather than present-but-unreachable.
+//!
+//! A message's sender decides who is absent from its own connections plus the
+//! entries of other instances read just before its transaction. A join on another
+//! instance in between gives that user the live event and a push (a duplicate,
+//! never a loss); a leave in between loses that user's push for this message (the
+//! window is the Redis round trip, documented in docs/deployment.md).
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use redis::aio::ConnectionManager;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::state::AppState;
+use crate::store::now_ms;
+
+/// What one instance tells the others.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub(crate) enum Event {
+    /// To every connection in `room` (the sender's instance delivered its own).
+    Room { room: i64, text: String },
+    /// To every connection of `user`.
+    User { user: i64, text: String },
+    /// Take `user`'s connections out of `room` (they left or were removed).
+    Evict { user: i64, room: i64 },
+    /// Close the sockets of the session with this token hash (logout).
+    CloseSession { session: String },
+    /// Close every socket of `user` (logout everywhere).
+    CloseUser { user: i64 },
+}
+
+#[derive(Serialize, Deserialize)]
+struct Envelope {
+    from: String,
+    #[serde(flatten)]
+    event: Event,
+}
+
+/// This instance's handle on the shared presence and event channel.
+pub(crate) struct Cluster {
+    id: String,
+    client: redis::Client,
+    conn: ConnectionManager,
+    prefix: String,
+    ttl: Duration,
+    subscribed: AtomicBool,
+    /// Events to publish, in order, by [`run_publisher`].
+    outgoing: tokio::sync::mpsc::UnboundedSender<Event>,
+    outgoing_rx: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Event>>>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("instance", &self.id)
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl Cluster {
+    /// Connects to Redis at `url` (the outbox's), under `prefix`.
+    pub(crate) async fn connect(url: &str, prefix: &str, ttl: Duration) -> Result<Self, String> {
+        let client = redis::Client::open(url).map_err(|e| e.to_string())?;
+        let conn = ConnectionManager::new(client.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        let (outgoing, rx) = tokio::sync::mpsc::unbounded_channel();
+        Ok(Self {
+            id: mesh_notify_core::NotificationId::new().to_string(),
+            client,
+            conn,
+            prefix: format!("{prefix}:mesh"),
+            ttl,
+            subscribed: AtomicBool::new(false),
+            outgoing,
+            outgoing_rx: std::sync::Mutex::new(Some(rx)),
+        })
+    }
+
+    /// This instance's id (random per start).
+    pub(crate) fn instance(&self) -> &str {
+        &self.id
+    }
+
+    fn room_key(&self, room: i64) -> String {
+        format!("{}:room:{room}", self.prefix)
+    }
+
+    fn user_key(&self, user: i64) -> String {
+        format!("{}:user:{user}", self.prefix)
+    }
+
+    fn channel(&self) -> String {
+        format!("{}:events", self.prefix)
+    }
+
+    fn expiry(&self) -> i64 {
+        now_ms().saturating_add(ms(self.ttl))
+    }
+
+    /// `user` is in `room` through this instance (awaited before the join's ack).
+    pub(crate) async fn set_present(&self, room: i64, user: i64) {
+        self.write(&[(self.room_key(room), format!("{user}@{}", self.id))])
+            .await;
+    }
+
+    /// `user` has a connection on this instance.
+    pub(crate) async fn set_connected(&self, user: i64) {
+        self.write(&[(self.user_key(user), self.id.clone())]).await;
+    }
+
+    /// Adds or refreshes (key, member) pairs with a new expiry.
+    async fn write(&self, entries: &[(String, String)]) {
+        if entries.is_empty() || !self.subscribed.load(Ordering::SeqCst) {
+            return;
+        }
+        let expiry = self.expiry();
+        let mut pipe = redis::pipe();
+        for (key, member) in entries {
+            pipe.zadd(key, member, expiry).ignore();
+            pipe.pexpire(key, ms(self.ttl).saturating_mul(2)).ignore();
+        }
+        let mut conn = self.conn.clone();
+        if let Err(e) = pipe.query_async::<()>(&mut conn).await {
+            tracing::warn!(error = %e, "cluster presence not written");
+        }
+    }
+
+    /// `user` is no longer in `room` through this instance.
+    pub(crate) async fn set_absent(&self, room: i64, user: i64) {
+        self.remove(self.room_key(room), format!("{user}@{}", self.id))
+            .await;
+    }
+
+    /// `user` has no connection left on this instance.
+    pub(crate) async fn set_disconnected(&self, user: i64) {
+        self.remove(self.user_key(user), self.id.clone()).await;
+    }
+
+    async fn remove(&self, key: String, member: String) {
+        let mut conn = self.conn.clone();
+        if let Err(e) = redis::cmd("ZREM")
+            .arg(&key)
+            .arg(&member)
+            .query_async::<()>(&mut conn)
+            .await
+        {
+            tracing::warn!(error = %e, "cluster presence not removed");
+        }
+    }
+
+    /// Live members of a sorted set, expired ones removed.
+    async fn live(&self, key: String) -> Result<Vec<String>, String> {
+        let now = now_ms();
+        let mut conn = self.conn.clone();
+        let (members,): (Vec<String>,) = redis::pipe()
+            .cmd("ZREMRANGEBYSCORE")
+            .arg(&key)
+            .arg("-inf")
+            .arg(now)
+            .ignore()
+            .cmd("ZRANGEBYSCORE")
+            .arg(&key)
+            .arg(now)
+            .arg("+inf")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(members)
+    }
+
+    /// Users present in `room` through other instances.
+    pub(crate) async fn present_elsewhere(&self, room: i64) -> HashSet<i64> {
+        match self.live(self.room_key(room)).await {
+            Ok(members) => members
+                .iter()
+                .filter_map(|m| {
+                    let (user, instance) = m.split_once('@')?;
+                    (instance != self.id).then(|| user.parse().ok()).flatten()
+                })
+                .collect(),
+            Err(e) => {
+                // Counted as absent: a push too many rather than a message lost.
+                tracing::warn!(error = %e, "cluster presence unreadable; other instances' users count as absent");
+                HashSet::new()
+            }
+        }
+    }
+
+    /// Whether `user` has a connection on another instance.
+    pub(crate) async fn connected_elsewhere(&self, user: i64) -> bool {
+        match self.live(self.user_key(user)).await {
+            Ok(members) => members.iter().any(|m| *m != self.id),
+            Err(e) => {
+                tracing::warn!(error = %e, "cluster presence unreadable");
+                false
+            }
+        }
+    }
+
+    /// Whether the event subscription is up.
+    pub(crate) fn is_subscribed(&self) -> bool {
+        self.subscribed.load(Ordering::SeqCst)
+    }
+
+    /// Tells the other instances, in the order of the calls (without waiting).
+    pub(crate) fn send(&self, event: Event) {
+        let _ = self.outgoing.send(event);
+    }
+
+    async fn publish(&self, event: Event) {
+        let envelope = Envelope {
+            from: self.id.clone(),
+            event,
+        };
+        let Ok(payload) = serde_json::to_string(&envelope) else {
+            return;
+        };
+        let mut conn = self.conn.clone();
+        if let Err(e) = redis::cmd("PUBLISH")
+            .arg(self.channel())
+            .arg(payload)
+            .query_async::<i64>(&mut conn)
+            .await
+        {
+            tracing::warn!(error = %e, "cluster event not published");
+            metrics::counter!("mesh_server_cluster_publish_failures_total").increment(1);
+        }
+    }
+}
+
+/// Publishes what [`Cluster::send`] queued, in order, until shutdown (what is
+/// queued then is still sent).
+pub(crate) async fn run_publisher(cluster: Arc<Cluster>, mut stop: watch::Receiver<bool>) {
+    let rx = cluster
+        .outgoing_rx
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take();
+    let Some(mut rx) = rx else {
+        return;
+    };
+    loop {
+        let next = tokio::select! {
+            ev = rx.recv() => ev,
+            _ = stop.wait_for(|s| *s) => None,
+        };
+        match next {
+            Some(ev) => cluster.publish(ev).await,
+            None => break,
+        }
+    }
+    // Shutting down: what is queued still goes out.
+    while let Ok(ev) = rx.try_recv() {
+        cluster.publish(ev).await;
+    }
+}
+
+/// Applies what other instances publish to this instance's connections, until
+/// shutdown; resubscribes after a lost connection. While unsubscribed the
+/// heartbeat stops, so this instance's users expire (count as absent).
+pub(crate) async fn run_subscriber(state: AppState, mut stop: watch::Receiver<bool>) {
+    let Some(cluster) = state.cluster.clone() else {
+        return;
+    };
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let pubsub = match cluster.client.get_async_pubsub().await {
+            Ok(mut p) => match p.subscribe(cluster.channel()).await {
+                Ok(()) => Some(p),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cluster events: cannot subscribe");
+                    None
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "cluster events: cannot connect");
+                None
+            }
+        };
+        if let Some(mut pubsub) = pubsub {
+            delay = Duration::from_millis(100);
+            cluster.subscribed.store(true, Ordering::SeqCst);
+            // Subscribed again: write this instance's presence at once.
+            heartbeat_once(&state, &cluster).await;
+            tracing::info!(instance = cluster.instance(), "cluster events: subscribed");
+            let mut messages = pubsub.on_message();
+            loop {
+                tokio::select! {
+                    msg = messages.next() => {
+                        let Some(msg) = msg else { break };
+                        let Ok(payload) = msg.get_payload::<String>() else { continue };
+                        match serde_json::from_str::<Envelope>(&payload) {
+                            Ok(env) if env.from != cluster.id => apply(&state, env.event),
+                            Ok(_) => {}
+                            Err(e) => tracing::warn!(error = %e, "unreadable cluster event"),
+                        }
+                    }
+                    _ = stop.wait_for(|s| *s) => {
+                        cluster.subscribed.store(false, Ordering::SeqCst);
+                        return;
+                    }
+                }
+            }
+            cluster.subscribed.store(false, Ordering::SeqCst);
+            tracing::warn!("cluster events: subscription lost; this instance's users count as absent until it is back");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+fn apply(state: &AppState, event: Event) {
+    metrics::counter!("mesh_server_cluster_events_total").increment(1);
+    match event {
+        Event::Room { room, text } => {
+            state.presence.send_room(room, &text.into());
+        }
+        Event::User { user, text } => {
+            state.presence.send_user(user, &text.into());
+        }
+        Event::Evict { user, room } => {
+            let st = state.clone();
+            let store = state.store.clone();
+            let cluster = state.cluster.clone();
+            tokio::spawn(async move {
+                let was = store
+                    .call(move |c| Ok(st.presence.evict(c, user, room)))
+                    .await;
+                if let (Ok(true), Some(cluster)) = (was, cluster) {
+                    cluster.set_absent(room, user).await;
+                }
+            });
+        }
+        Event::CloseSession { session } => {
+            state.presence.close_session(&session);
+        }
+        Event::CloseUser { user } => {
+            state.presence.close_user(user);
+        }
+    }
+}
+
+async fn heartbeat_once(state: &AppState, cluster: &Cluster) {
+    let (rooms, users) = state.presence.snapshot();
+    let mut entries: Vec<(String, String)> = rooms
+        .into_iter()
+        .map(|(room, user)| (cluster.room_key(room), format!("{user}@{}", cluster.id)))
+        .collect();
+    entries.extend(
+        users
+            .into_iter()
+            .map(|user| (cluster.user_key(user), cluster.id.clone())),
+    );
+    for chunk in entries.chunks(500) {
+        cluster.write(chunk).await;
+    }
+}
+
+/// Refreshes this instance's presence every third of the TTL, until shutdown,
+/// then removes it (the users' sockets are closing).
+pub(crate) async fn run_heartbeat(state: AppState, mut stop: watch::Receiver<bool>) {
+    let Some(cluster) = state.cluster.clone() else {
+        return;
+    };
+    let every = cluster.ttl / 3;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.wait_for(|s| *s) => break,
+        }
+        heartbeat_once(&state, &cluster).await;
+    }
+    let (rooms, users) = state.presence.snapshot();
+    for (room, user) in rooms {
+        cluster.set_absent(room, user).await;
+    }
+    for user in users {
+        cluster.set_disconnected(user).await;
+    }
+}
+
+/// The shared handle, or `None` on a single instance.
+pub(crate) type Shared = Option<Arc<Cluster>>;
