@@ -100,6 +100,14 @@ impl Sizes {
 struct Opts {
     quick: bool,
     json: Option<String>,
+    /// Only this scenario (`rss`, `logins`, `chat`, `instances`).
+    only: Option<String>,
+}
+
+impl Opts {
+    fn runs(&self, scenario: &str) -> bool {
+        self.only.as_deref().is_none_or(|o| o == scenario)
+    }
 }
 
 fn main() -> ExitCode {
@@ -113,11 +121,21 @@ fn main() -> ExitCode {
     let mut opts = Opts {
         quick: false,
         json: None,
+        only: None,
     };
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--quick" => opts.quick = true,
+            "--only" => match it.next() {
+                Some(s) if ["rss", "logins", "chat", "instances"].contains(&s.as_str()) => {
+                    opts.only = Some(s)
+                }
+                other => {
+                    eprintln!("--only needs one of rss, logins, chat, instances (got {other:?})");
+                    return ExitCode::from(2);
+                }
+            },
             "--json" => match it.next() {
                 Some(f) => opts.json = Some(f),
                 None => {
@@ -128,7 +146,7 @@ fn main() -> ExitCode {
             // cargo bench passes --bench to harness = false targets.
             "--bench" => {}
             other => {
-                eprintln!("unknown argument {other:?}; usage: server_load [--quick] [--json FILE]");
+                eprintln!("unknown argument {other:?}; usage: server_load [--quick] [--only SCENARIO] [--json FILE]");
                 return ExitCode::from(2);
             }
         }
@@ -209,7 +227,11 @@ async fn run(opts: Opts) -> ExitCode {
 
     // Memory first, while the heap is small.
     eprintln!("rss: {} connections...", sizes.connections);
-    match rss_scenario(&sizes).await {
+    match if opts.runs("rss") {
+        rss_scenario(&sizes).await
+    } else {
+        Ok((vec![], vec![]))
+    } {
         Ok((r, n)) => {
             rows.extend(r);
             notes.extend(n);
@@ -220,7 +242,11 @@ async fn run(opts: Opts) -> ExitCode {
         "logins: {} logins in a fresh server process...",
         sizes.logins
     );
-    match logins_scenario(&sizes).await {
+    match if opts.runs("logins") {
+        logins_scenario(&sizes).await
+    } else {
+        Ok((vec![], vec![]))
+    } {
         Ok((r, n)) => {
             rows.extend(r);
             notes.extend(n);
@@ -231,12 +257,29 @@ async fn run(opts: Opts) -> ExitCode {
         "chat: {} present, {} absent, {} messages x {} repetitions per case...",
         sizes.present, sizes.absent, sizes.messages, sizes.reps
     );
-    match chat_scenario(&sizes).await {
+    match if opts.runs("chat") {
+        chat_scenario(&sizes).await
+    } else {
+        Ok((vec![], vec![]))
+    } {
         Ok((r, n)) => {
             rows.extend(r);
             notes.extend(n);
         }
         Err(e) => failed.push(format!("chat: {e}")),
+    }
+
+    eprintln!("instances: chat on PostgreSQL + Redis with 1 and 2 mesh-server instances...");
+    match if opts.runs("instances") {
+        instances_scenario(&sizes).await
+    } else {
+        Ok((vec![], vec![]))
+    } {
+        Ok((r, n)) => {
+            rows.extend(r);
+            notes.extend(n);
+        }
+        Err(e) => failed.push(format!("instances: {e}")),
     }
 
     let load_end = loadavg();
@@ -1533,6 +1576,19 @@ async fn chat_measure(
     gotify: &FakeGotify,
     setup_start: Instant,
 ) -> BenchResult<CaseResult> {
+    chat_measure_on(sizes, absent, &[server], gotify, setup_start).await
+}
+
+/// [`chat_measure`] with the sender on the first server and the present members'
+/// WebSockets spread over `servers` in turn (several instances).
+async fn chat_measure_on(
+    sizes: &Sizes,
+    absent: usize,
+    servers: &[&ServerHandle],
+    gotify: &FakeGotify,
+    setup_start: Instant,
+) -> BenchResult<CaseResult> {
+    let server = *servers.first().ok_or("no server")?;
     let api = Api::new(server.addr())?;
     let mut present_names = vec!["sender".to_string()];
     present_names.extend((0..sizes.present).map(|i| format!("present{i}")));
@@ -1569,12 +1625,19 @@ async fn chat_measure(
 
     let url = format!("ws://{}/ws", server.addr());
     let n = sizes.messages;
+    let urls: Vec<String> = servers
+        .iter()
+        .map(|s| format!("ws://{}/ws", s.addr()))
+        .collect();
     let deadline = tokio::time::Instant::now()
         + sizes.pace * u32::try_from(n).unwrap_or(u32::MAX)
         + Duration::from_secs(60);
     let mut readers = Vec::new();
-    for u in users.iter().skip(1) {
-        let mut ws = ws_connect(&url, Some(&u.token)).await?;
+    for (i, u) in users.iter().skip(1).enumerate() {
+        // Member i on server (i + 1) mod N: with 2 instances, half the members
+        // are on the sender's instance and half on the other.
+        let member_url = &urls[(i + 1) % urls.len()];
+        let mut ws = ws_connect(member_url, Some(&u.token)).await?;
         ws_round_trip(&mut ws, join_frame(room), is_join_ack).await?;
         let (_sink, stream) = ws.split();
         readers.push(tokio::spawn(member_reader(stream, n, deadline)));
@@ -1621,6 +1684,7 @@ async fn chat_measure(
     }
     let gotify_requests = gotify.requests().saturating_sub(requests_before);
     // Still to deliver: the members not yet fanned out, then the outbox.
+    // Several instances share one database: its backlog, counted once.
     let fanout_backlog = server.fanout_backlog().await.unwrap_or(0);
     let outbox_pending_after = fanout_backlog
         + match server.dispatcher().outbox() {
@@ -1706,4 +1770,159 @@ async fn sender_reader(
         }
     }
     (ok, None)
+}
+
+// ---------------------------------------------------------------- instances
+
+/// An environment variable naming a server this scenario needs.
+fn service_url(vars: &[&str]) -> Option<String> {
+    vars.iter()
+        .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
+}
+
+/// A new database on the PostgreSQL server at `admin`: its URL.
+async fn fresh_database(admin: &str) -> BenchResult<String> {
+    let (client, conn) = tokio_postgres::connect(admin, tokio_postgres::NoTls)
+        .await
+        .map_err(|e| format!("postgres {admin}: {e}"))?;
+    tokio::spawn(conn);
+    let name = format!(
+        "mesh_bench_{}",
+        mesh_notify::core::NotificationId::new()
+            .to_string()
+            .replace('-', "")
+    );
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .map_err(|e| format!("create database: {e}"))?;
+    let (base, _) = admin
+        .rsplit_once('/')
+        .ok_or("the PostgreSQL URL names no database")?;
+    Ok(format!("{base}/{name}"))
+}
+
+/// The chat case (healthy Gotify, absent members) with `n` instances on one
+/// PostgreSQL database and one Redis.
+async fn instances_case(
+    sizes: &Sizes,
+    n: usize,
+    admin: &str,
+    redis: &str,
+) -> BenchResult<CaseResult> {
+    let setup_start = Instant::now();
+    let gotify = FakeGotify::start(&[(APP_TOKEN, 1)])
+        .await
+        .map_err(|e| format!("fake gotify: {e}"))?;
+    let database = fresh_database(admin).await?;
+    let prefix = format!("bench-{}", mesh_notify::core::NotificationId::new());
+    let extra = format!(
+        "[server]\ndatabase = \"postgres\"\ndatabase_url = \"{database}\"\n\
+         [outbox]\nbackend = \"redis\"\nredis_url = \"{redis}\"\nredis_prefix = \"{prefix}\"\n"
+    );
+    let mut dirs = Vec::new();
+    let mut servers = Vec::new();
+    for _ in 0..n {
+        let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
+        let fig = bench_figment(&gotify.url(), dir.path(), sizes.hung_timeout)
+            .merge(Toml::string(&extra));
+        servers.push(start_server(&fig).await?);
+        dirs.push(dir);
+    }
+    let refs: Vec<&ServerHandle> = servers.iter().collect();
+    let result = chat_measure_on(sizes, sizes.absent, &refs, &gotify, setup_start).await;
+    let mut stopped = Ok(());
+    for s in servers {
+        let r = stop_server(s, sizes.hung_timeout * 2 + Duration::from_secs(10)).await;
+        if stopped.is_ok() {
+            stopped = r;
+        }
+    }
+    let r = result?;
+    stopped?;
+    Ok(r)
+}
+
+async fn instances_scenario(sizes: &Sizes) -> BenchResult<(Vec<Row>, Vec<String>)> {
+    let admin = service_url(&["MESH_BENCH_POSTGRES_URL", "MESH_TEST_POSTGRES_URL"]);
+    let redis = service_url(&["REDIS_URL"]);
+    let (Some(admin), Some(redis)) = (admin, redis) else {
+        return Ok((
+            vec![Row {
+                figure: "chat on PostgreSQL + Redis, 1 and 2 instances".into(),
+                value: f64::NAN,
+                unit: "",
+                ratio: None,
+                target: "skipped (MESH_BENCH_POSTGRES_URL or REDIS_URL not set)".into(),
+                pass: None,
+            }],
+            vec!["instances: skipped: set MESH_BENCH_POSTGRES_URL (a PostgreSQL server where databases may be created) and REDIS_URL".into()],
+        ));
+    };
+    let mut by_n: [Vec<CaseResult>; 2] = [Vec::new(), Vec::new()];
+    for rep in 0..sizes.reps {
+        for n in [1, 2] {
+            let r = instances_case(sizes, n, &admin, &redis)
+                .await
+                .map_err(|e| format!("{n} instance(s), repetition {}: {e}", rep + 1))?;
+            eprintln!(
+                "  {n} instance(s) rep {}: p50 {:.2} ms, p99 {:.2} ms, {:.0} deliveries/s ({} Gotify requests)",
+                rep + 1,
+                r.p50_ms,
+                r.p99_ms,
+                r.gotify_requests as f64 / r.run.as_secs_f64().max(1e-9),
+                r.gotify_requests
+            );
+            by_n[n - 1].push(r);
+        }
+    }
+    let med = |v: &[CaseResult], f: fn(&CaseResult) -> f64| median(v.iter().map(f).collect());
+    let rate = |r: &CaseResult| r.gotify_requests as f64 / r.run.as_secs_f64().max(1e-9);
+    let ab = sizes.absent;
+    let mut rows = Vec::new();
+    let one_rate = med(&by_n[0], rate);
+    for (i, results) in by_n.iter().enumerate() {
+        let n = i + 1;
+        rows.push(Row::info(
+            format!(
+                "instances on PostgreSQL + Redis: chat broadcast p50, {n} instance(s), {ab} absent"
+            ),
+            med(results, |r| r.p50_ms),
+            "ms",
+        ));
+        rows.push(Row::info(
+            format!(
+                "instances on PostgreSQL + Redis: chat broadcast p99, {n} instance(s), {ab} absent"
+            ),
+            med(results, |r| r.p99_ms),
+            "ms",
+        ));
+        let d = med(results, rate);
+        rows.push(Row {
+            figure: format!("instances on PostgreSQL + Redis: deliveries/s, {n} instance(s)"),
+            value: d,
+            unit: "/s",
+            ratio: (n > 1).then(|| d / one_rate.max(1e-9)),
+            target: if n > 1 {
+                "ratio vs 1 instance (info)".into()
+            } else {
+                String::new()
+            },
+            pass: None,
+        });
+    }
+    let pend: Vec<String> = by_n
+        .iter()
+        .flatten()
+        .map(|r| r.outbox_pending_after.to_string())
+        .collect();
+    let notes = vec![format!(
+        "instances: the chat case with Gotify healthy ({ab} absent members, {} present, {} messages {} ms apart), on one PostgreSQL database (a fresh one per repetition) and one Redis (outbox, presence, events) shared by 1 or 2 in-process mesh-server instances; the sender on instance 1, present members alternating between the instances, so with 2 every message crosses Redis pub/sub to half of them; all on this machine's 2 cores with PostgreSQL, Redis and the fake Gotify: a measure of the cost of sharing, not of scaling (the scale-out of delivery alone is the mesh-notify bench's `scale`). {} repetitions interleaved, medians; still to deliver at the end: [{}]",
+        sizes.present,
+        sizes.messages,
+        sizes.pace.as_millis(),
+        sizes.reps,
+        pend.join(", ")
+    )];
+    Ok((rows, notes))
 }

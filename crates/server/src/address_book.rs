@@ -31,7 +31,7 @@ impl AddressBook for StoreAddressBook {
             .collect();
         let found = self
             .0
-            .call(move |conn| {
+            .call_background(move |conn| {
                 let mut out = HashMap::with_capacity(ids.len());
                 for (key, id) in ids {
                     let addresses = match crate::store::user_by_id(conn, id)? {

@@ -87,7 +87,12 @@ fn ms(d: Duration) -> i64 {
 impl Cluster {
     /// Connects to Redis at `url` (the outbox's), under `prefix`.
     pub(crate) async fn connect(url: &str, prefix: &str, ttl: Duration) -> Result<Self, String> {
-        let client = redis::Client::open(url).map_err(|e| e.to_string())?;
+        // TCP_NODELAY (redis-rs leaves Nagle's algorithm on): every message reads
+        // presence with one small request, which must not wait for a delayed ACK.
+        let info = redis::IntoConnectionInfo::into_connection_info(url)
+            .map_err(|e| format!("invalid Redis URL ({:?})", e.kind()))?
+            .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+        let client = redis::Client::open(info).map_err(|e| e.to_string())?;
         let conn = ConnectionManager::new(client.clone())
             .await
             .map_err(|e| e.to_string())?;

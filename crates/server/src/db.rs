@@ -267,6 +267,8 @@ pub(crate) enum ErrorKind {
     Unique,
     /// A single-row query found none.
     NoRows,
+    /// The database is not reachable (connection lost or refused).
+    Unavailable,
     /// A foreign key constraint refused the row.
     ForeignKey,
     /// Anything else.
@@ -323,6 +325,7 @@ impl From<tokio_postgres::Error> for DbError {
     fn from(e: tokio_postgres::Error) -> Self {
         use tokio_postgres::error::SqlState;
         let kind = match e.code() {
+            _ if e.is_closed() => ErrorKind::Unavailable,
             Some(c) if *c == SqlState::UNIQUE_VIOLATION => ErrorKind::Unique,
             Some(c) if *c == SqlState::FOREIGN_KEY_VIOLATION => ErrorKind::ForeignKey,
             _ => ErrorKind::Other,

@@ -314,7 +314,7 @@ async fn flush_due(state: &AppState) -> Result<Option<i64>, AppError> {
     let st = state.clone();
     let (queued, next) = state
         .store
-        .call(move |c| {
+        .call_background(move |c| {
             let now = now_ms();
             let next_held = |c: &Db<'_>| -> Result<Option<i64>, DbError> {
                 c.query_one(

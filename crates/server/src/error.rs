@@ -185,7 +185,10 @@ fn backticked(message: &str) -> Option<String> {
 
 impl From<crate::db::DbError> for AppError {
     fn from(e: crate::db::DbError) -> Self {
-        AppError::internal(format!("database: {e}"))
+        match e.kind {
+            crate::db::ErrorKind::Unavailable => AppError::unavailable(format!("database: {e}")),
+            _ => AppError::internal(format!("database: {e}")),
+        }
     }
 }
 

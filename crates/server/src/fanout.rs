@@ -302,7 +302,10 @@ fn expand_chunk_relaxed(conn: &Db<'_>, state: &AppState) -> Result<(Queued, bool
 pub(crate) async fn drain(state: &AppState) -> Result<(), AppError> {
     loop {
         let st = state.clone();
-        let (queued, more) = state.store.call(move |c| expand_chunk(c, &st)).await?;
+        let (queued, more) = state
+            .store
+            .call_background(move |c| expand_chunk(c, &st))
+            .await?;
         queued.hand_over(state).await;
         if !more {
             return Ok(());
@@ -313,7 +316,7 @@ pub(crate) async fn drain(state: &AppState) -> Result<(), AppError> {
 }
 
 async fn count_backlog(state: &AppState) {
-    match state.store.call(|c| Ok(backlog(c)?)).await {
+    match state.store.call_background(|c| Ok(backlog(c)?)).await {
         Ok(n) => metrics::gauge!("mesh_server_fanout_backlog").set(n as f64),
         Err(e) => tracing::warn!(error = %e.message, "could not count the fan-out backlog"),
     }

@@ -81,7 +81,7 @@ impl Queued {
         if self.handed_off && !submitted.is_empty() {
             if let Err(e) = state
                 .store
-                .call(move |db| delete_handoff(db, &submitted).map_err(AppError::from))
+                .call_background(move |db| delete_handoff(db, &submitted).map_err(AppError::from))
                 .await
             {
                 tracing::warn!(error = %e.message, "hand-off rows not deleted; the sweep submits them again");
@@ -141,7 +141,7 @@ pub(crate) async fn sweep_handoff(
         let cutoff = crate::store::now_ms() - HANDOFF_STALE_MS;
         let rows = state
             .store
-            .call(move |db| {
+            .call_background(move |db| {
                 Ok(db.query_map(
                     "SELECT id, body FROM push_handoff WHERE created_at < ?1 ORDER BY created_at LIMIT 500",
                     params![cutoff],

@@ -189,7 +189,20 @@ enum Inner {
 
 struct PgStore {
     config: tokio_postgres::Config,
+    /// Requests and chat messages (presence is decided under this lock).
     conn: Mutex<Option<PgConn>>,
+    /// Background work: fan-out, summaries, hand-off, address lookups. Over the
+    /// network every statement is a round trip, so a chat message must not queue
+    /// behind a fan-out chunk's dozens (SQLite has one connection: its statements
+    /// are function calls).
+    background: Mutex<Option<PgConn>>,
+}
+
+/// Which of PostgreSQL's connections a call uses.
+#[derive(Clone, Copy)]
+enum Lane {
+    Requests,
+    Background,
 }
 
 impl std::fmt::Debug for Store {
@@ -257,6 +270,7 @@ impl Store {
             inner: Inner::Postgres(Arc::new(PgStore {
                 config: config.clone(),
                 conn: Mutex::new(Some(conn)),
+                background: Mutex::new(None),
             })),
             path: PathBuf::new(),
         };
@@ -291,7 +305,21 @@ impl Store {
         R: Send + 'static,
     {
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || run(&inner, f))
+        tokio::task::spawn_blocking(move || run(&inner, Lane::Requests, f))
+            .await
+            .map_err(|e| AppError::internal(format!("database task failed: {e}")))?
+    }
+
+    /// [`Store::call`] for background work (fan-out, summaries, hand-off, address
+    /// lookups): with PostgreSQL on a connection of its own, so requests do not
+    /// wait behind it; with SQLite the same connection.
+    pub(crate) async fn call_background<R, F>(&self, f: F) -> Result<R, AppError>
+    where
+        F: FnOnce(&Db<'_>) -> Result<R, AppError> + Send + 'static,
+        R: Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || run(&inner, Lane::Background, f))
             .await
             .map_err(|e| AppError::internal(format!("database task failed: {e}")))?
     }
@@ -307,27 +335,38 @@ impl Store {
             }
             Inner::Postgres(_) => {
                 let inner = &self.inner;
-                std::thread::scope(
-                    |s| match s.spawn(move || run(inner, |db| Ok(f(db)))).join() {
+                std::thread::scope(|s| {
+                    match s
+                        .spawn(move || run(inner, Lane::Requests, |db| Ok(f(db))))
+                        .join()
+                    {
                         Ok(Ok(r)) => r,
                         Ok(Err(e)) => panic!("database: {}", e.message),
                         Err(panic) => std::panic::resume_unwind(panic),
-                    },
-                )
+                    }
+                })
             }
         }
     }
 }
 
 /// Locks the connection and runs `f` (blocking).
-fn run<R>(inner: &Inner, f: impl FnOnce(&Db<'_>) -> Result<R, AppError>) -> Result<R, AppError> {
+fn run<R>(
+    inner: &Inner,
+    lane: Lane,
+    f: impl FnOnce(&Db<'_>) -> Result<R, AppError>,
+) -> Result<R, AppError> {
     match inner {
         Inner::Sqlite(c) => {
             let guard = lock(c);
             f(&Db::sqlite(&guard))
         }
         Inner::Postgres(pg) => {
-            let mut guard = pg.conn.lock().unwrap_or_else(PoisonError::into_inner);
+            let slot = match lane {
+                Lane::Requests => &pg.conn,
+                Lane::Background => &pg.background,
+            };
+            let mut guard = slot.lock().unwrap_or_else(PoisonError::into_inner);
             if guard.as_ref().is_none_or(PgConn::is_closed) {
                 let handle = tokio::runtime::Handle::try_current()
                     .map_err(|e| AppError::internal(format!("database: {e}")))?;
@@ -335,7 +374,7 @@ fn run<R>(inner: &Inner, f: impl FnOnce(&Db<'_>) -> Result<R, AppError>) -> Resu
                 let conn = handle
                     .block_on(PgConn::connect(&pg.config))
                     .map_err(|e| AppError::unavailable(format!("database: {e}")))?;
-                tracing::info!("PostgreSQL: reconnected");
+                tracing::debug!("PostgreSQL: connected");
                 *guard = Some(conn);
             }
             match guard.as_mut() {

@@ -236,7 +236,13 @@ impl RedisOutbox {
             )));
         }
         // The client's own parse errors may quote the URL: keep them out.
-        let client = redis::Client::open(url)
+        // TCP_NODELAY: redis-rs leaves Nagle's algorithm on by default, and a
+        // small command after a small write then waits for the delayed ACK (up to
+        // 40 ms on Linux).
+        let info = redis::IntoConnectionInfo::into_connection_info(url)
+            .map_err(|e| open_err(format!("invalid Redis URL ({:?})", e.kind())))?;
+        let info = info.set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+        let client = redis::Client::open(info)
             .map_err(|e| open_err(format!("invalid Redis URL ({:?})", e.kind())))?;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
