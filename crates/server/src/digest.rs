@@ -19,13 +19,16 @@
 //! time comes. Everything is in the chat database, so a restart loses nothing
 //! held. Calls never go through here (they are never coalesced or delayed).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mesh_notify_core::{Composer, Kind, Language, NotificationId, Room};
+use mesh_notify_core::{
+    Address, Composer, Kind, Language, NotificationId, Recipient, Room, Secret,
+};
 use tokio::sync::{watch, Notify};
 
-use crate::db::{params, Backend, Db, DbError};
+use crate::db::{params, Backend, Db, DbError, Value};
 use crate::error::AppError;
 use crate::notify::Queued;
 use crate::prefs::{self, Preferences};
@@ -159,6 +162,131 @@ fn save_row(tx: &Db<'_>, user_id: i64, room_id: i64, kind: Kind, row: &Row) -> R
     Ok(())
 }
 
+/// What a fan-out chunk reads for its members, in four queries instead of four
+/// per member (issue 16/18: with PostgreSQL each statement is a network round
+/// trip; with SQLite the chunk holds the chat's connection for less time).
+#[derive(Default)]
+pub(crate) struct Prefetched {
+    members: HashMap<i64, User>,
+    prefs: HashMap<i64, Preferences>,
+    rows: HashMap<i64, Row>,
+    addresses: HashMap<i64, Vec<Address>>,
+}
+
+/// `?first, ?first+1, …` for `n` parameters.
+fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("?{i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl Prefetched {
+    /// Reads the members among `user_ids` of `room_id`, their preferences, their
+    /// digest rows for `kind` in the room and their verified addresses.
+    pub(crate) fn load(
+        tx: &Db<'_>,
+        room_id: i64,
+        kind: Kind,
+        user_ids: &[i64],
+    ) -> Result<Self, DbError> {
+        let mut out = Self::default();
+        if user_ids.is_empty() {
+            return Ok(out);
+        }
+        let ids: Vec<Value> = user_ids.iter().map(|id| Value::Int(*id)).collect();
+        let with = |head: Vec<Value>| -> Vec<Value> {
+            head.into_iter().chain(ids.iter().cloned()).collect()
+        };
+        for user in tx.query_map(
+            &format!(
+                "SELECT u.id, u.username, u.display_name FROM members m JOIN users u ON u.id = m.user_id
+                 WHERE m.room_id = ?1 AND m.user_id IN ({})",
+                placeholders(2, ids.len())
+            ),
+            &with(vec![Value::Int(room_id)])[..],
+            |r| {
+                Ok(User {
+                    id: r.get(0)?,
+                    username: r.get(1)?,
+                    display_name: r.get(2)?,
+                })
+            },
+        )? {
+            out.members.insert(user.id, user);
+        }
+        for (id, body) in tx.query_map(
+            &format!(
+                "SELECT user_id, body FROM preferences WHERE user_id IN ({})",
+                placeholders(1, ids.len())
+            ),
+            &ids[..],
+            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)),
+        )? {
+            out.prefs.insert(id, prefs::parse_stored(id, &body));
+        }
+        for (id, row) in tx.query_map(
+            &format!(
+                "SELECT user_id, waiting_id, count, last_push_at, held_until, held_reason, senders, latest
+                 FROM push_digests WHERE room_id = ?1 AND kind = ?2 AND user_id IN ({})",
+                placeholders(3, ids.len())
+            ),
+            &with(vec![Value::Int(room_id), Value::Text(kind.as_str().into())])[..],
+            |r| {
+                let senders: String = r.get(6)?;
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    Row {
+                        waiting_id: r.get(1)?,
+                        count: r.get(2)?,
+                        last_push_at: r.get(3)?,
+                        held_until: r.get(4)?,
+                        held_reason: r.get(5)?,
+                        senders: serde_json::from_str(&senders).unwrap_or_default(),
+                        latest: r.get(7)?,
+                    },
+                ))
+            },
+        )? {
+            out.rows.insert(id, row);
+        }
+        for (id, kind, value) in tx.query_map(
+            &format!(
+                "SELECT user_id, kind, value FROM addresses WHERE verified = 1 AND user_id IN ({})
+                 ORDER BY id DESC",
+                placeholders(1, ids.len())
+            ),
+            &ids[..],
+            |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            },
+        )? {
+            if let Some(kind) = store::parse_address_kind(&kind) {
+                out.addresses
+                    .entry(id)
+                    .or_default()
+                    .push(Address::new(kind, Secret::new(value)));
+            }
+        }
+        Ok(out)
+    }
+
+    /// `user_id` if they are still a member of the room.
+    pub(crate) fn member(&self, user_id: i64) -> Option<&User> {
+        self.members.get(&user_id)
+    }
+
+    fn recipient(&self, user: &User) -> Recipient {
+        let mut r = Recipient::new(user.id.to_string(), user.display_name.clone());
+        r.addresses = self.addresses.get(&user.id).cloned().unwrap_or_default();
+        r
+    }
+}
+
 fn counter(name: &'static str, kind: Kind) {
     metrics::counter!(name, "kind" => kind.as_str()).increment(1);
 }
@@ -172,8 +300,9 @@ pub(crate) fn on_event(
     member: &User,
     ev: &Event<'_>,
     now: i64,
+    pre: &Prefetched,
 ) -> Result<(), AppError> {
-    let prefs = prefs::load(tx, member.id)?;
+    let prefs = pre.prefs.get(&member.id).cloned().unwrap_or_default();
     if prefs.is_muted(ev.room_id, now) {
         metrics::counter!("mesh_server_pushes_suppressed_total", "reason" => "muted", "kind" => ev.kind.as_str())
             .increment(1);
@@ -182,7 +311,7 @@ pub(crate) fn on_event(
     let composer = state.digests.composer(prefs.language_or(state.language));
     let route = prefs.route(ev.kind);
     let window = i64::try_from(state.config.coalesce_window.as_millis()).unwrap_or(i64::MAX);
-    let mut row = load_row(tx, member.id, ev.room_id, ev.kind)?.unwrap_or_default();
+    let mut row = pre.rows.get(&member.id).cloned().unwrap_or_default();
 
     if let Some(end) = prefs.quiet().and_then(|q| q.ends_at(now)) {
         if row.held_until.is_some() {
@@ -210,7 +339,7 @@ pub(crate) fn on_event(
         {
             let mut merged = row.clone();
             merged.add(ev);
-            let recipient = store::recipient(tx, member)?;
+            let recipient = pre.recipient(member);
             let mut n = composer.summary(
                 ev.kind,
                 merged.count,
@@ -237,7 +366,7 @@ pub(crate) fn on_event(
             return Ok(());
         }
     }
-    let recipient = store::recipient(tx, member)?;
+    let recipient = pre.recipient(member);
     let mut n = match ev.kind {
         Kind::File => composer.file(ev.from, ev.room, recipient, ev.text),
         _ => composer.chat(ev.from, ev.room, recipient, ev.text),

@@ -36,7 +36,7 @@ use crate::db::{params, Backend, Db, DbError};
 use crate::error::AppError;
 use crate::notify::Queued;
 use crate::state::AppState;
-use crate::store::{self, User};
+use crate::store;
 
 /// At most this many members per transaction. A chunk also ends early, after
 /// [`MIN_CHUNK`] members, as soon as a chat message waits for the connection
@@ -186,22 +186,6 @@ pub(crate) fn backlog(conn: &Db<'_>) -> Result<u64, DbError> {
     .map(|n| u64::try_from(n).unwrap_or(0))
 }
 
-/// The member `user_id` of `room_id`, `None` when they are no longer one.
-fn member(conn: &Db<'_>, room_id: i64, user_id: i64) -> Result<Option<User>, DbError> {
-    conn.query_opt(
-        "SELECT u.id, u.username, u.display_name FROM members m JOIN users u ON u.id = m.user_id
-         WHERE m.room_id = ?1 AND m.user_id = ?2",
-        params![room_id, user_id],
-        |r| {
-            Ok(User {
-                id: r.get(0)?,
-                username: r.get(1)?,
-                display_name: r.get(2)?,
-            })
-        },
-    )
-}
-
 /// Expands up to [`CHUNK`] members of the oldest row in one transaction. Returns
 /// the pushes to hand over and whether rows remain.
 fn expand_chunk(conn: &Db<'_>, state: &AppState) -> Result<(Queued, bool), AppError> {
@@ -267,15 +251,18 @@ fn expand_chunk_relaxed(conn: &Db<'_>, state: &AppState) -> Result<(Queued, bool
     };
     let now = store::now_ms();
     let mut done = 0;
-    for &user_id in members.iter().take(CHUNK) {
+    // What the members' pushes need, read for the whole chunk at once.
+    let chunk = &members[..members.len().min(CHUNK)];
+    let pre = crate::digest::Prefetched::load(&tx, room_id, kind, chunk)?;
+    for &user_id in chunk {
         if done >= MIN_CHUNK && state.fanout.chat_waiting.any() {
             break;
         }
         done += 1;
-        let Some(user) = member(&tx, room_id, user_id)? else {
+        let Some(user) = pre.member(user_id) else {
             continue;
         };
-        crate::digest::on_event(&tx, state, &mut queued, &user, &ev, now)?;
+        crate::digest::on_event(&tx, state, &mut queued, user, &ev, now, &pre)?;
     }
     let rest = &members[done..];
     if rest.is_empty() {

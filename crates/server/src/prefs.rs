@@ -264,15 +264,15 @@ pub(crate) fn load(conn: &Db<'_>, user_id: i64) -> Result<Preferences, DbError> 
         params![user_id],
         |r| r.get(0),
     )?;
-    Ok(body
-        .and_then(|b| match serde_json::from_str(&b) {
-            Ok(p) => Some(p),
-            Err(e) => {
-                tracing::warn!(user = user_id, error = %e, "unreadable stored preferences; using defaults");
-                None
-            }
-        })
-        .unwrap_or_default())
+    Ok(body.map(|b| parse_stored(user_id, &b)).unwrap_or_default())
+}
+
+/// Stored preferences as JSON; defaults (and a warning) when unreadable.
+pub(crate) fn parse_stored(user_id: i64, body: &str) -> Preferences {
+    serde_json::from_str(body).unwrap_or_else(|e| {
+        tracing::warn!(user = user_id, error = %e, "unreadable stored preferences; using defaults");
+        Preferences::default()
+    })
 }
 
 fn save(conn: &Db<'_>, user_id: i64, p: &Preferences) -> Result<(), AppError> {
