@@ -409,6 +409,28 @@ impl Delivery {
         })
     }
 
+    /// [`Delivery::submit`] for several notifications: one durable write to the
+    /// outbox (one Redis script or one SQLite transaction). Returns how many were
+    /// new.
+    pub(crate) async fn submit_batch(
+        self: &Arc<Self>,
+        ns: Vec<Notification>,
+    ) -> Result<usize, OutboxError> {
+        if self.outbox.is_none() {
+            let count = ns.len();
+            for n in ns {
+                self.submit(n).await?;
+            }
+            return Ok(count);
+        }
+        let Some(outbox) = &self.outbox else {
+            return Ok(0);
+        };
+        let added = outbox.enqueue_batch(&ns, Timestamp::now()).await?;
+        self.wake.notify_one();
+        Ok(added)
+    }
+
     /// Starts `queue.workers` supervised delivery workers, the health monitor and
     /// an outbox metrics sampler. Without an outbox none start.
     pub(crate) fn start_workers(self: &Arc<Self>) -> Workers {

@@ -234,6 +234,13 @@ impl Dispatcher {
         self.delivery.submit(n).await
     }
 
+    /// Hands several notifications over in one durable write (one Redis script,
+    /// one SQLite transaction); returns how many were new (an id already queued
+    /// is not added twice). All or none: on an error none is known to be queued.
+    pub async fn submit_batch(&self, ns: Vec<Notification>) -> Result<usize, OutboxError> {
+        self.delivery.submit_batch(ns).await
+    }
+
     /// Starts `queue.workers` supervised delivery workers, the provider health
     /// monitor and an outbox metrics sampler on the current runtime. Without an
     /// outbox there is nothing to drain and none start.

@@ -201,9 +201,9 @@ impl Row {
 pub(crate) trait Params {
     fn into_values(self) -> Vec<Value>;
 }
-impl Params for &[Value] {
+impl<T: ToValue> Params for &[T] {
     fn into_values(self) -> Vec<Value> {
-        self.to_vec()
+        self.iter().map(ToValue::to_value).collect()
     }
 }
 impl<T: ToValue, const N: usize> Params for [T; N] {

@@ -203,7 +203,7 @@ fn expand_chunk(conn: &Db<'_>, state: &AppState) -> Result<(Queued, bool), AppEr
 
 fn expand_chunk_relaxed(conn: &Db<'_>, state: &AppState) -> Result<(Queued, bool), AppError> {
     let tx = conn.transaction()?;
-    let mut queued = Queued::default();
+    let mut queued = Queued::batched();
     // With PostgreSQL another instance may be expanding the oldest row: take the
     // oldest one nobody holds.
     let sql = format!(
@@ -264,6 +264,7 @@ fn expand_chunk_relaxed(conn: &Db<'_>, state: &AppState) -> Result<(Queued, bool
         };
         crate::digest::on_event(&tx, state, &mut queued, user, &ev, now, &pre)?;
     }
+    queued.flush(&tx)?;
     let rest = &members[done..];
     if rest.is_empty() {
         tx.execute("DELETE FROM push_fanout WHERE id = ?1", params![id])?;

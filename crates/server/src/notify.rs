@@ -4,7 +4,7 @@
 //! `pending_notifications` records commit in one transaction; the WebSocket handler
 //! then only wakes a delivery worker and never waits on a provider.
 
-use crate::db::{params, Db};
+use crate::db::{params, Db, Value};
 use mesh_notify_core::{Kind, Notification, Timestamp};
 
 use crate::error::AppError;
@@ -19,9 +19,72 @@ pub(crate) struct Queued {
     pub to_submit: Vec<Notification>,
     /// Whether `to_submit` has rows in `push_handoff` to delete once submitted.
     pub handed_off: bool,
+    /// Rows are written by [`Queued::flush`] (several per statement) instead of
+    /// one statement per notification.
+    batched: bool,
+    /// `pending_notifications` rows not yet written (batched).
+    pending_rows: Vec<[Value; 5]>,
+    /// `push_handoff` rows not yet written (batched).
+    handoff_rows: Vec<[Value; 3]>,
+}
+
+/// Rows per multi-row `INSERT`.
+const ROWS_PER_INSERT: usize = 100;
+
+/// `(?1, ?2, ?3), (?4, ?5, ?6), …`: `rows` groups of `width` placeholders.
+fn value_groups(rows: usize, width: usize) -> String {
+    (0..rows)
+        .map(|r| {
+            let cols = (1..=width)
+                .map(|c| format!("?{}", r * width + c))
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!("({cols})")
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl Queued {
+    /// A collector whose rows wait for [`Queued::flush`] (a fan-out chunk: with
+    /// PostgreSQL each statement is a network round trip, so 64 members' rows go
+    /// in two statements, not 128).
+    pub(crate) fn batched() -> Self {
+        Self {
+            batched: true,
+            ..Self::default()
+        }
+    }
+
+    /// Writes the rows [`Queued::push`] collected in batched mode; call it in the
+    /// transaction, before the commit.
+    pub(crate) fn flush(&mut self, tx: &Db<'_>) -> Result<(), AppError> {
+        let pending = std::mem::take(&mut self.pending_rows);
+        for chunk in pending.chunks(ROWS_PER_INSERT) {
+            let values: Vec<Value> = chunk.iter().flatten().cloned().collect();
+            tx.execute(
+                &format!(
+                    "INSERT INTO pending_notifications (notification_id, user_id, room_id, kind, created_at)
+                     VALUES {} ON CONFLICT DO NOTHING",
+                    value_groups(chunk.len(), 5)
+                ),
+                &values[..],
+            )?;
+        }
+        let handoff = std::mem::take(&mut self.handoff_rows);
+        for chunk in handoff.chunks(ROWS_PER_INSERT) {
+            let values: Vec<Value> = chunk.iter().flatten().cloned().collect();
+            tx.execute(
+                &format!(
+                    "INSERT INTO push_handoff (id, body, created_at) VALUES {} ON CONFLICT DO NOTHING",
+                    value_groups(chunk.len(), 3)
+                ),
+                &values[..],
+            )?;
+        }
+        Ok(())
+    }
+
     /// Queues `n` for the room `room_id` inside `tx`.
     pub(crate) fn push(
         &mut self,
@@ -32,11 +95,21 @@ impl Queued {
     ) -> Result<(), AppError> {
         if matches!(n.kind, Kind::Chat | Kind::File) {
             let user_id: i64 = n.recipient.user_id.parse().unwrap_or_default();
-            tx.execute(
+            if self.batched {
+                self.pending_rows.push([
+                    Value::Text(n.id.to_string()),
+                    Value::Int(user_id),
+                    Value::Int(room_id),
+                    Value::Text(n.kind.as_str().into()),
+                    Value::Int(n.created_at.as_millis()),
+                ]);
+            } else {
+                tx.execute(
                 "INSERT INTO pending_notifications (notification_id, user_id, room_id, kind, created_at)
                  VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
                 params![n.id.to_string(), user_id, room_id, n.kind.as_str(), n.created_at.as_millis()],
             )?;
+            }
         }
         match path {
             NotifyPath::SameTransaction => {
@@ -46,11 +119,20 @@ impl Queued {
             NotifyPath::Handoff => {
                 let body = serde_json::to_string(&n)
                     .map_err(|e| AppError::internal(format!("encoding a notification: {e}")))?;
-                tx.execute(
-                    "INSERT INTO push_handoff (id, body, created_at) VALUES (?1, ?2, ?3)
-                     ON CONFLICT DO NOTHING",
-                    params![n.id.to_string(), body, crate::store::now_ms()],
-                )?;
+                let now = crate::store::now_ms();
+                if self.batched {
+                    self.handoff_rows.push([
+                        Value::Text(n.id.to_string()),
+                        Value::Text(body),
+                        Value::Int(now),
+                    ]);
+                } else {
+                    tx.execute(
+                        "INSERT INTO push_handoff (id, body, created_at) VALUES (?1, ?2, ?3)
+                         ON CONFLICT DO NOTHING",
+                        params![n.id.to_string(), body, now],
+                    )?;
+                }
                 self.handed_off = true;
                 self.to_submit.push(n);
             }
@@ -61,23 +143,33 @@ impl Queued {
 
     /// After commit: wakes a worker, or submits. Never waits on a provider.
     pub(crate) async fn hand_over(self, state: &AppState) {
+        if !self.pending_rows.is_empty() || !self.handoff_rows.is_empty() {
+            // A batched collector handed over without `flush`: the rows were
+            // never written (a bug); the notifications still go out below.
+            tracing::error!("queued rows were not flushed before the commit");
+        }
         if self.in_tx > 0 {
             metrics::counter!("mesh_server_notifications_queued_total")
                 .increment(self.in_tx as u64);
             state.dispatcher.notify_enqueued();
         }
-        let mut submitted = Vec::with_capacity(self.to_submit.len());
-        for n in self.to_submit {
-            let id = n.id;
-            match state.dispatcher.submit(n).await {
-                Ok(_) => {
-                    metrics::counter!("mesh_server_notifications_queued_total").increment(1);
-                    submitted.push(id.to_string());
-                }
-                // With a hand-off row it is submitted again by the sweep.
-                Err(e) => tracing::error!(id = %id, error = %e, "could not queue a notification"),
-            }
+        if self.to_submit.is_empty() {
+            return;
         }
+        // One write to the outbox for the lot (a fan-out chunk is up to 64).
+        let ids: Vec<String> = self.to_submit.iter().map(|n| n.id.to_string()).collect();
+        let count = ids.len();
+        let submitted = match state.dispatcher.submit_batch(self.to_submit).await {
+            Ok(_) => {
+                metrics::counter!("mesh_server_notifications_queued_total").increment(count as u64);
+                ids
+            }
+            // With hand-off rows they are submitted again by the sweep.
+            Err(e) => {
+                tracing::error!(count, error = %e, "could not queue notifications");
+                Vec::new()
+            }
+        };
         if self.handed_off && !submitted.is_empty() {
             if let Err(e) = state
                 .store
@@ -118,11 +210,18 @@ pub(crate) async fn cancel_queued(state: &AppState, user_id: i64, room_id: i64, 
 
 /// Deletes the hand-off rows of notifications the outbox now holds.
 fn delete_handoff(db: &Db<'_>, ids: &[String]) -> Result<(), crate::db::DbError> {
-    let tx = db.transaction()?;
-    for id in ids {
-        tx.execute("DELETE FROM push_handoff WHERE id = ?1", params![id])?;
+    // One statement per 100 ids (a fan-out chunk is at most 64).
+    for chunk in ids.chunks(100) {
+        let list = (1..=chunk.len())
+            .map(|i| format!("?{i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        db.execute(
+            &format!("DELETE FROM push_handoff WHERE id IN ({list})"),
+            chunk,
+        )?;
     }
-    tx.commit()
+    Ok(())
 }
 
 /// How old a hand-off row must be before the sweep submits it: older than any

@@ -6,6 +6,7 @@
 //! - live chat reaches the other instance both ways, and Bob, present on B, gets
 //!   no push for what Alice sends on A;
 //! - once Bob leaves the room, one message is exactly one push;
+//! - a call offer sent on A reaches Bob's socket on B;
 //! - logging a session out on A closes its socket on B;
 //! - after B is killed with SIGKILL, Bob counts as absent once the presence TTL
 //!   has run out, and Alice's next message is one push.
@@ -188,6 +189,20 @@ async fn two_instances_one_room_presence_and_a_crash() {
         v["type"] == "chat.message" && v["message"]["text"] == "salut depuis B"
     })
     .await;
+    no_more_pushes(&gotify, 0).await;
+
+    // A call offer from A reaches Bob's socket on B, relayed, with no push.
+    wa.send(serde_json::json!({"type": "rtc.offer", "room_id": room, "to": bob.id, "sdp": "v=0 across"}))
+        .await;
+    let ack = wa
+        .wait_for("offer ack", |v| {
+            v["type"] == "ack" && v["for"] == "rtc.offer"
+        })
+        .await;
+    assert_eq!(ack["relayed"], true, "{ack}");
+    let offer = wb.wait_type("rtc.offer").await;
+    assert_eq!(offer["sdp"], "v=0 across");
+    assert_eq!(offer["from"]["id"], alice.id);
     no_more_pushes(&gotify, 0).await;
 
     // Bob leaves the room (still connected to B): one message, one push.
