@@ -43,6 +43,10 @@ pub struct ServerSection {
     /// PostgreSQL password, kept out of the URL and the logs (e.g. the environment
     /// variable `MESH_NOTIFY_SERVER__DATABASE_PASSWORD`).
     pub database_password: Option<mesh_notify_core::Secret>,
+    /// In the production profile, PostgreSQL on another machine must be reached
+    /// over TLS (`sslmode=require` in `database_url`); `true` allows plain TCP
+    /// (a trusted private network). Default false.
+    pub database_allow_plaintext: bool,
     /// With several instances (PostgreSQL + Redis): how long a user counts as
     /// present through an instance that stopped refreshing it (a crashed one);
     /// refreshed every third of it (default 15 s).
@@ -189,6 +193,7 @@ impl Default for ServerSection {
             database: Database::Sqlite,
             database_url: None,
             database_password: None,
+            database_allow_plaintext: false,
             presence_ttl: Duration::from_secs(15),
             max_frame_bytes: 64 * 1024,
             messages_per_second: 10.0,
@@ -357,6 +362,27 @@ impl ServerSection {
             Some(r) => r == Registration::Open,
             None => profile == Profile::Development,
         }
+    }
+
+    /// The production profile's transport rule for PostgreSQL: TLS required
+    /// (`sslmode=require`) unless the server is on this machine or
+    /// `database_allow_plaintext` is set. `Err` says what to change.
+    pub(crate) fn check_postgres_transport(&self, profile: Profile) -> Result<(), String> {
+        let Some(config) = self.postgres_config() else {
+            return Ok(());
+        };
+        let tls_required = matches!(
+            config.get_ssl_mode(),
+            tokio_postgres::config::SslMode::Require
+        );
+        if profile == Profile::Development
+            || tls_required
+            || self.database_allow_plaintext
+            || crate::db::postgres_is_local(&config)
+        {
+            return Ok(());
+        }
+        Err("plain TCP to a remote PostgreSQL is refused in the production profile: add `sslmode=require` to the URL (TLS, certificate verified against the system's roots), or set server.database_allow_plaintext = true on a trusted network".into())
     }
 
     /// The PostgreSQL connection settings (`database_url` with `database_password`).

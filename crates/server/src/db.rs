@@ -350,10 +350,15 @@ pub(crate) struct PgConn {
 }
 
 impl PgConn {
-    /// Connects with `config`. Runs on the runtime; the connection's driver is a
-    /// task on it.
-    pub(crate) async fn connect(config: &tokio_postgres::Config) -> Result<Self, DbError> {
-        let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+    /// Connects with `config`, over TLS when the server offers it (`sslmode=prefer`,
+    /// the default) or must (`sslmode=require`), the certificate verified against
+    /// the system's roots. Runs on the runtime; the connection's driver is a task
+    /// on it.
+    pub(crate) async fn connect(
+        config: &tokio_postgres::Config,
+        tls: &tokio_postgres_rustls::MakeRustlsConnect,
+    ) -> Result<Self, DbError> {
+        let (client, connection) = config.connect(tls.clone()).await?;
         let (closed_tx, closed) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             if let Err(e) = connection.await {
@@ -419,6 +424,38 @@ impl PgConn {
         self.runtime.block_on(self.client.batch_execute(sql))?;
         Ok(())
     }
+}
+
+/// The TLS connector for PostgreSQL: rustls (aws-lc-rs), server certificates
+/// verified by the platform's verifier (the system's roots).
+pub(crate) fn postgres_tls() -> Result<tokio_postgres_rustls::MakeRustlsConnect, String> {
+    use rustls_platform_verifier::BuilderVerifierExt;
+    use tokio_rustls::rustls;
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_platform_verifier()
+        .map_err(|e| format!("TLS roots: {e}"))?
+        .with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+}
+
+/// Whether the connection settings reach the server only through this machine
+/// (a Unix socket or a loopback address): plain TCP is then not exposed.
+pub(crate) fn postgres_is_local(config: &tokio_postgres::Config) -> bool {
+    use tokio_postgres::config::Host;
+    let hosts = config.get_hosts();
+    !hosts.is_empty()
+        && hosts.iter().all(|h| match h {
+            Host::Tcp(name) => {
+                name == "localhost"
+                    || name
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback())
+            }
+            Host::Unix(_) => true,
+        })
 }
 
 /// `?1` → `$1` (and a bare `?` → the next number), outside string literals.

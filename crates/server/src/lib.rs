@@ -233,6 +233,13 @@ pub async fn start(
                     message: "must be \"redis\": the instances sharing the PostgreSQL database share one outbox (the SQLite outbox is one machine's file)".into(),
                 });
             }
+            section
+                .check_postgres_transport(config.profile)
+                .map_err(|message| ServerError::Invalid {
+                    key: "server.database_url".into(),
+                    source_name: "the production profile".into(),
+                    message,
+                })?;
             let pg = section
                 .postgres_config()
                 .ok_or_else(|| ServerError::Invalid {

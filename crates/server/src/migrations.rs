@@ -148,19 +148,22 @@ CREATE INDEX push_handoff_by_age ON push_handoff(created_at);
 
 /// Applies the migrations `db` has not seen yet.
 pub(crate) fn apply_postgres(db: &Db<'_>) -> Result<(), DbError> {
-    db.execute_batch(
-        "CREATE TABLE IF NOT EXISTS schema_migrations (
-             version BIGINT PRIMARY KEY,
-             description TEXT NOT NULL,
-             applied_at BIGINT NOT NULL
-         )",
-    )?;
+    // The lock first: two instances creating `schema_migrations` at once collide
+    // in PostgreSQL's catalog even with `IF NOT EXISTS` (seen in CI).
     db.query_one(
         "SELECT pg_advisory_lock(?1)::text",
         params![MIGRATION_LOCK],
         |_| Ok(()),
     )?;
-    let result = apply_locked(db);
+    let result = db
+        .execute_batch(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (
+                 version BIGINT PRIMARY KEY,
+                 description TEXT NOT NULL,
+                 applied_at BIGINT NOT NULL
+             )",
+        )
+        .and_then(|()| apply_locked(db));
     let unlocked = db.query_one(
         "SELECT pg_advisory_unlock(?1)::text",
         params![MIGRATION_LOCK],

@@ -189,6 +189,7 @@ enum Inner {
 
 struct PgStore {
     config: tokio_postgres::Config,
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
     /// Requests and chat messages (presence is decided under this lock).
     conn: Mutex<Option<PgConn>>,
     /// Background work: fan-out, summaries, hand-off, address lookups. Over the
@@ -256,7 +257,8 @@ impl Store {
     /// Connects to PostgreSQL at `url` and applies the schema's migrations (under
     /// an advisory lock, so instances starting together take turns).
     pub async fn connect_postgres(config: &tokio_postgres::Config) -> Result<Self, String> {
-        let conn = PgConn::connect(config)
+        let tls = crate::db::postgres_tls()?;
+        let conn = PgConn::connect(config, &tls)
             .await
             .map_err(|e| format!("cannot connect to PostgreSQL: {e}"))?;
         let conn = tokio::task::spawn_blocking(move || {
@@ -269,6 +271,7 @@ impl Store {
         let store = Self {
             inner: Inner::Postgres(Arc::new(PgStore {
                 config: config.clone(),
+                tls,
                 conn: Mutex::new(Some(conn)),
                 background: Mutex::new(None),
             })),
@@ -372,7 +375,7 @@ fn run<R>(
                     .map_err(|e| AppError::internal(format!("database: {e}")))?;
                 *guard = None;
                 let conn = handle
-                    .block_on(PgConn::connect(&pg.config))
+                    .block_on(PgConn::connect(&pg.config, &pg.tls))
                     .map_err(|e| AppError::unavailable(format!("database: {e}")))?;
                 tracing::debug!("PostgreSQL: connected");
                 *guard = Some(conn);

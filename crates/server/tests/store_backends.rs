@@ -417,3 +417,47 @@ async fn bad_postgres_settings_name_the_key() {
         assert!(!err.contains("hunter2"), "the password is never shown: {err}");
     }
 }
+
+/// The production profile refuses plain TCP to a PostgreSQL on another machine
+/// (like plain http to a provider), naming the key and the fix.
+#[tokio::test]
+async fn production_wants_tls_to_a_remote_database() {
+    let gotify = fake().await;
+    let dir = tempfile::tempdir().unwrap();
+    let base = "profile = \"production\"\n[providers.gotify]\nallow_insecure_http = true\n\
+                [outbox]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:1/\"\n\
+                [server]\ndatabase = \"postgres\"\n";
+    let fig = figment(
+        &gotify.url(),
+        dir.path(),
+        &format!("{base}database_url = \"postgres://mesh@db.example.internal:5432/mesh\"\n"),
+    );
+    let config = mesh_notify::Config::from_figment(&fig).expect("dispatcher config");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let err = mesh_server::start(config, &fig, Some(listener))
+        .await
+        .expect_err("plain TCP to a remote database in production")
+        .to_string();
+    assert!(err.contains("server.database_url"), "{err}");
+    assert!(err.contains("sslmode=require"), "{err}");
+}
+
+/// `sslmode=require` against a server without TLS fails at start with the
+/// database's key, not later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_required_but_not_offered_fails_at_start() {
+    let Some(db) = fresh_database().await else {
+        return;
+    };
+    let gotify = fake().await;
+    let dir = tempfile::tempdir().unwrap();
+    let extra = postgres_extra(&format!("{db}?sslmode=require"), &prefix());
+    let fig = figment(&gotify.url(), dir.path(), &extra);
+    let config = mesh_notify::Config::from_figment(&fig).expect("dispatcher config");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let err = mesh_server::start(config, &fig, Some(listener))
+        .await
+        .expect_err("the test cluster has no TLS")
+        .to_string();
+    assert!(err.contains("server.database_url"), "{err}");
+}
