@@ -80,6 +80,9 @@ impl std::fmt::Debug for Cluster {
     }
 }
 
+/// The longest a presence read or write waits for Redis.
+const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
+
 fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
@@ -93,7 +96,13 @@ impl Cluster {
             .map_err(|e| format!("invalid Redis URL ({:?})", e.kind()))?
             .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
         let client = redis::Client::open(info).map_err(|e| e.to_string())?;
-        let conn = ConnectionManager::new(client.clone())
+        // Bounded: a chat message or a join waits for presence, never for a
+        // Redis that does not answer.
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(REDIS_TIMEOUT))
+            .set_response_timeout(Some(REDIS_TIMEOUT))
+            .set_number_of_retries(1);
+        let conn = ConnectionManager::new_with_config(client.clone(), config)
             .await
             .map_err(|e| e.to_string())?;
         let (outgoing, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -170,6 +179,10 @@ impl Cluster {
     }
 
     async fn remove(&self, key: String, member: String) {
+        if !self.is_subscribed() {
+            // Redis is unreachable (the subscription says so): the entry expires.
+            return;
+        }
         let mut conn = self.conn.clone();
         if let Err(e) = redis::cmd("ZREM")
             .arg(&key)
@@ -183,6 +196,11 @@ impl Cluster {
 
     /// Live members of a sorted set, expired ones removed.
     async fn live(&self, key: String) -> Result<Vec<String>, String> {
+        if !self.is_subscribed() {
+            // Unreachable: answer at once (everyone elsewhere counts as absent)
+            // rather than make each message wait for a timeout.
+            return Err("Redis unreachable (events unsubscribed)".into());
+        }
         let now = now_ms();
         let mut conn = self.conn.clone();
         let (members,): (Vec<String>,) = redis::pipe()
@@ -241,6 +259,10 @@ impl Cluster {
     }
 
     async fn publish(&self, event: Event) {
+        if !self.is_subscribed() {
+            metrics::counter!("mesh_server_cluster_publish_failures_total").increment(1);
+            return;
+        }
         let envelope = Envelope {
             from: self.id.clone(),
             event,

@@ -326,6 +326,11 @@ impl From<tokio_postgres::Error> for DbError {
         use tokio_postgres::error::SqlState;
         let kind = match e.code() {
             _ if e.is_closed() => ErrorKind::Unavailable,
+            // Class 08 (connection exception) and 57 (operator intervention:
+            // the server shutting down, a terminated backend).
+            Some(c) if c.code().starts_with("08") || c.code().starts_with("57") => {
+                ErrorKind::Unavailable
+            }
             Some(c) if *c == SqlState::UNIQUE_VIOLATION => ErrorKind::Unique,
             Some(c) if *c == SqlState::FOREIGN_KEY_VIOLATION => ErrorKind::ForeignKey,
             _ => ErrorKind::Other,

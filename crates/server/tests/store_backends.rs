@@ -461,3 +461,157 @@ async fn tls_required_but_not_offered_fails_at_start() {
         .to_string();
     assert!(err.contains("server.database_url"), "{err}");
 }
+
+/// PostgreSQL drops the server's connections (a restart, a failover): requests
+/// answer 503 with `Retry-After` (never 500) until the instance has reconnected,
+/// then work again with the same data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_database_connection_is_503_then_reconnected() {
+    let Some(db) = fresh_database().await else {
+        return;
+    };
+    let gotify = fake().await;
+    let dir = tempfile::tempdir().unwrap();
+    let extra = postgres_extra(&db, &prefix());
+    let server = start(&figment(&gotify.url(), dir.path(), &extra)).await;
+    let api = Api::new(&server);
+    let alice = api.register_and_login("alice", "Alice").await;
+
+    let name = db.rsplit_once('/').unwrap().1.to_string();
+    let admin = std::env::var("MESH_TEST_POSTGRES_URL").unwrap();
+    let (client, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let killed: i64 = client
+        .query_one(
+            "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = $1",
+            &[&name],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(killed >= 1, "the server's connections were terminated");
+
+    let mut statuses = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (status, body) = api.call("GET", "/api/me", Some(&alice.token), None).await;
+        statuses.push(status);
+        if status == 503 {
+            assert_eq!(body["code"], "unavailable", "{body}");
+        }
+        if status == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never reconnected: {statuses:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 503),
+        "only 503 while reconnecting: {statuses:?}"
+    );
+    let (status, body) = api.call("GET", "/api/me", Some(&alice.token), None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["user"]["username"], "alice");
+    server.shutdown().await.unwrap();
+}
+
+/// A private redis-server on `port`, data in `dir` (AOF on, as in production).
+fn redis_server(port: u16, dir: &std::path::Path) -> std::process::Child {
+    let binary = std::env::var("MESH_TEST_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+    std::process::Command::new(binary)
+        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--save", "", "--appendonly", "yes", "--daemonize", "no"])
+        .arg("--dir")
+        .arg(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server starts")
+}
+
+async fn redis_answers(url: &str) -> bool {
+    let Ok(client) = redis::Client::open(url) else {
+        return false;
+    };
+    match client.get_multiplexed_async_connection().await {
+        Ok(mut c) => redis::cmd("PING")
+            .query_async::<String>(&mut c)
+            .await
+            .is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// Redis dies while Alice chats (PostgreSQL + Redis): the chat goes on, Bob's push
+/// waits in `push_handoff`, and once Redis is back the sweep hands it over: one
+/// push, nothing lost, nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_the_push_waits_in_the_database_and_goes_out_once() {
+    let Some(db) = fresh_database().await else {
+        return;
+    };
+    let redis_dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("redis://127.0.0.1:{port}/");
+    let mut redis = redis_server(port, redis_dir.path());
+    eventually_async("redis-server answers", || redis_answers(&url)).await;
+
+    let gotify = fake().await;
+    let dir = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "[server]\ndatabase = \"postgres\"\ndatabase_url = \"{db}\"\ncoalesce_window = \"0s\"\n\
+         [outbox]\nbackend = \"redis\"\nredis_url = \"{url}\"\nredis_prefix = \"{}\"\n",
+        prefix()
+    );
+    let server = start(&figment(&gotify.url(), dir.path(), &extra)).await;
+    let api = Api::new(&server);
+    let alice = api.register_and_login("alice", "Alice").await;
+    let bob = api.register_and_login("bob", "Bob").await;
+    let room = api.create_room(&alice, "Panne").await;
+    api.invite(&alice, room, &bob).await;
+    outbox_drained(&server).await;
+    let before = gotify.messages().len();
+
+    redis.kill().unwrap();
+    redis.wait().unwrap();
+    let mut ws = Ws::connect(&server, &alice.token).await;
+    assert_eq!(ws.join(room).await["type"], "ack");
+    assert_eq!(ws.say(room, "pendant la panne").await["type"], "ack");
+    // The chat goes on: the message is in the history.
+    assert_eq!(api.history(&alice, room).await.len(), 1);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(
+        gotify.messages().len(),
+        before,
+        "nothing delivered without Redis"
+    );
+
+    let mut redis = redis_server(port, redis_dir.path());
+    eventually_async("redis-server back", || redis_answers(&url)).await;
+    // The sweep (every 5 s, rows older than 10 s) hands the push over.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while gotify.messages().len() < before + 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the push never went out after Redis came back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let msgs = gotify.messages();
+    assert_eq!(msgs.len(), before + 1, "exactly once: {msgs:?}");
+    assert_eq!(msgs[before].message, "pendant la panne");
+    ws.close().await;
+    server.shutdown().await.unwrap();
+    let _ = redis.kill();
+    let _ = redis.wait();
+}
