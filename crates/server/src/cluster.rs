@@ -19,8 +19,9 @@
 //! A message's sender decides who is absent from its own connections plus the
 //! entries of other instances read just before its transaction. A join on another
 //! instance in between gives that user the live event and a push (a duplicate,
-//! never a loss); a leave in between loses that user's push for this message (the
-//! window is the Redis round trip, documented in docs/deployment.md).
+//! never a loss). A leave in between is repaired by the instance the user was
+//! counted on: the event lists them, and that instance pushes to those who are in
+//! the room nowhere when it arrives ([`push_if_gone`]).
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -40,7 +41,16 @@ use crate::store::now_ms;
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub(crate) enum Event {
     /// To every connection in `room` (the sender's instance delivered its own).
-    Room { room: i64, text: String },
+    Room {
+        room: i64,
+        text: String,
+        /// A chat message or file: the members the sender's instance counted as
+        /// present through another instance (`(user, instance)`), and what their
+        /// push would be. The named instance pushes to those who are no longer in
+        /// the room anywhere when the event arrives (they left in between).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        message: Option<MessagePush>,
+    },
     /// To every connection of `user`.
     User { user: i64, text: String },
     /// Take `user`'s connections out of `room` (they left or were removed).
@@ -49,6 +59,18 @@ pub(crate) enum Event {
     CloseSession { session: String },
     /// Close every socket of `user` (logout everywhere).
     CloseUser { user: i64 },
+}
+
+/// What a chat message's push is made of, for members who left in between.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct MessagePush {
+    pub assumed: Vec<(i64, String)>,
+    pub room_name: String,
+    /// `chat` or `file`.
+    pub kind: String,
+    pub from: String,
+    pub text: String,
+    pub created_at: i64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -221,18 +243,29 @@ impl Cluster {
 
     /// Users present in `room` through other instances.
     pub(crate) async fn present_elsewhere(&self, room: i64) -> HashSet<i64> {
+        self.presence_elsewhere(room)
+            .await
+            .into_iter()
+            .map(|(user, _)| user)
+            .collect()
+    }
+
+    /// `(user, instance)` for every user present in `room` through another
+    /// instance.
+    pub(crate) async fn presence_elsewhere(&self, room: i64) -> Vec<(i64, String)> {
         match self.live(self.room_key(room)).await {
             Ok(members) => members
                 .iter()
                 .filter_map(|m| {
                     let (user, instance) = m.split_once('@')?;
-                    (instance != self.id).then(|| user.parse().ok()).flatten()
+                    let user = user.parse().ok()?;
+                    (instance != self.id).then(|| (user, instance.to_string()))
                 })
                 .collect(),
             Err(e) => {
                 // Counted as absent: a push too many rather than a message lost.
                 tracing::warn!(error = %e, "cluster presence unreadable; other instances' users count as absent");
-                HashSet::new()
+                Vec::new()
             }
         }
     }
@@ -370,8 +403,24 @@ pub(crate) async fn run_subscriber(state: AppState, mut stop: watch::Receiver<bo
 fn apply(state: &AppState, event: Event) {
     metrics::counter!("mesh_server_cluster_events_total").increment(1);
     match event {
-        Event::Room { room, text } => {
+        Event::Room {
+            room,
+            text,
+            message,
+        } => {
             state.presence.send_room(room, &text.into());
+            if let Some(push) = message {
+                let mine: Vec<i64> = push
+                    .assumed
+                    .iter()
+                    .filter(|(_, instance)| *instance == cluster_id(state))
+                    .map(|(user, _)| *user)
+                    .collect();
+                if !mine.is_empty() {
+                    let st = state.clone();
+                    tokio::spawn(async move { push_if_gone(st, room, mine, push).await });
+                }
+            }
         }
         Event::User { user, text } => {
             state.presence.send_user(user, &text.into());
@@ -439,3 +488,64 @@ pub(crate) async fn run_heartbeat(state: AppState, mut stop: watch::Receiver<boo
 
 /// The shared handle, or `None` on a single instance.
 pub(crate) type Shared = Option<Arc<Cluster>>;
+
+fn cluster_id(state: &AppState) -> &str {
+    state.cluster.as_deref().map_or("", Cluster::instance)
+}
+
+/// Members the sender's instance counted as present here, who are no longer in
+/// the room anywhere: their push for this message, as if they had been absent
+/// (one `push_fanout` row, expanded by the fan-out task).
+async fn push_if_gone(state: AppState, room: i64, users: Vec<i64>, push: MessagePush) {
+    let Some(cluster) = state.cluster.clone() else {
+        return;
+    };
+    let here = state.presence.users_in_room(room);
+    let elsewhere = cluster.present_elsewhere(room).await;
+    let gone: Vec<i64> = users
+        .into_iter()
+        .filter(|u| !here.contains(u) && !elsewhere.contains(u))
+        .collect();
+    if gone.is_empty() {
+        return;
+    }
+    let count = gone.len();
+    let recorded = state
+        .store
+        .call_background(move |db| {
+            let tx = db.transaction()?;
+            crate::fanout::record(
+                &tx,
+                &crate::fanout::Pending {
+                    room_id: room,
+                    room_name: &push.room_name,
+                    kind: if push.kind == "file" {
+                        mesh_notify_core::Kind::File
+                    } else {
+                        mesh_notify_core::Kind::Chat
+                    },
+                    from: &push.from,
+                    text: &push.text,
+                    members: &gone,
+                    created_at: push.created_at,
+                },
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await;
+    match recorded {
+        Ok(()) => {
+            metrics::counter!("mesh_server_cluster_late_pushes_total").increment(count as u64);
+            tracing::debug!(
+                room,
+                count,
+                "members who left before a message arrived get its push"
+            );
+            state.fanout.wake();
+        }
+        Err(e) => {
+            tracing::warn!(error = %e.message, "could not record the push of members who left")
+        }
+    }
+}

@@ -92,6 +92,7 @@ pub struct ServerHandle {
     task: JoinHandle<Result<(), ServerError>>,
     dispatcher: Arc<Dispatcher>,
     store: Store,
+    instance: Option<String>,
 }
 
 impl std::fmt::Debug for ServerHandle {
@@ -123,6 +124,11 @@ impl ServerHandle {
     /// The chat database.
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// This instance's id among several (PostgreSQL + Redis), random per start.
+    pub fn instance_id(&self) -> Option<&str> {
+        self.instance.as_deref()
     }
 
     /// Chat and file pushes committed with their message but not yet expanded into
@@ -483,6 +489,7 @@ pub async fn start(
         served.map_err(ServerError::Serve)
     });
     Ok(ServerHandle {
+        instance: cluster.as_ref().map(|c| c.instance().to_string()),
         addr,
         admin_addr,
         stop,

@@ -318,6 +318,7 @@ pub(crate) fn send_room(state: &AppState, room_id: i64, event: &Value) {
         cluster.send(crate::cluster::Event::Room {
             room: room_id,
             text: text.to_string(),
+            message: None,
         });
     }
 }
@@ -500,13 +501,14 @@ async fn store_and_notify(
     let sender = conn.user.clone();
     // Present through other instances (several instances): read before the
     // transaction; see `cluster` for what a join or leave in between does.
-    let elsewhere = match &state.cluster {
-        Some(cluster) => cluster.present_elsewhere(room_id).await,
-        None => Default::default(),
+    let assumed = match &state.cluster {
+        Some(cluster) => cluster.presence_elsewhere(room_id).await,
+        None => Vec::new(),
     };
+    let elsewhere: std::collections::HashSet<i64> = assumed.iter().map(|(u, _)| *u).collect();
     // The fan-out task ends its chunk when it sees this (see `fanout::ChatWaiting`).
     let waiting = crate::fanout::ChatWaiting::enter(state);
-    let (message, fan_out, event) = state
+    let (message, fan_out, event, room_name) = state
         .store
         .call(move |c| {
             drop(waiting);
@@ -558,13 +560,24 @@ async fn store_and_notify(
             let event_type = if kind == "file" { "file.shared" } else { "chat.message" };
             let event = text(&json!({"type": event_type, "message": message}));
             live.send(&event);
-            Ok((message, !absent.is_empty(), event))
+            Ok((message, !absent.is_empty(), event, room.name))
         })
         .await?;
     if let Some(cluster) = &state.cluster {
+        // Members counted present through another instance: that instance pushes
+        // to those who left before the event arrived.
+        let members = store_members_assumed(&assumed, message.user_id);
         cluster.send(crate::cluster::Event::Room {
             room: room_id,
             text: event.to_string(),
+            message: (!members.is_empty()).then(|| crate::cluster::MessagePush {
+                assumed: members,
+                room_name,
+                kind: message.kind.clone(),
+                from: message.display_name.clone(),
+                text: message.text.clone(),
+                created_at: message.created_at,
+            }),
         });
     }
     metrics::counter!("mesh_server_messages_total", "kind" => kind).increment(1);
@@ -572,6 +585,16 @@ async fn store_and_notify(
         state.fanout.wake();
     }
     Ok(message)
+}
+
+/// The `(user, instance)` entries a message counted as present elsewhere, the
+/// sender left out.
+fn store_members_assumed(assumed: &[(i64, String)], sender: i64) -> Vec<(i64, String)> {
+    assumed
+        .iter()
+        .filter(|(u, _)| *u != sender)
+        .cloned()
+        .collect()
 }
 
 async fn chat(state: &AppState, conn: &Conn, value: Value) -> Result<Option<Value>, AppError> {

@@ -615,3 +615,77 @@ async fn redis_down_the_push_waits_in_the_database_and_goes_out_once() {
     let _ = redis.kill();
     let _ = redis.wait();
 }
+
+/// The race a message can meet across instances: instance A counted Bob present
+/// through instance B, but Bob left the room on B before A's event got there. B
+/// then pushes to him (one push), and to nobody who is still in the room. The
+/// event is published here as A would, with B's instance id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_who_left_before_the_event_arrived_gets_the_push() {
+    let Some(db) = fresh_database().await else {
+        return;
+    };
+    let gotify = fake().await;
+    let dir = tempfile::tempdir().unwrap();
+    let redis_prefix = prefix();
+    let extra = postgres_extra(&db, &redis_prefix).replacen(
+        "[server]\n",
+        "[server]\ncoalesce_window = \"0s\"\n",
+        1,
+    );
+    let b = start(&figment(&gotify.url(), dir.path(), &extra)).await;
+    let api = Api::new(&b);
+    let alice = api.register_and_login("alice", "Alice").await;
+    let bob = api.register_and_login("bob", "Bob").await;
+    let carol = api.register_and_login("carol", "Carol").await;
+    let room = api.create_room(&alice, "Course").await;
+    api.invite(&alice, room, &bob).await;
+    api.invite(&alice, room, &carol).await;
+    // Carol is in the room on B; Bob is not (he left).
+    let mut carol_ws = Ws::connect(&b, &carol.token).await;
+    assert_eq!(carol_ws.join(room).await["type"], "ack");
+    outbox_drained(&b).await;
+    let before = gotify.messages().len();
+
+    let instance = b.instance_id().expect("several-instance mode").to_string();
+    let text =
+        serde_json::json!({"type": "chat.message", "message": {"room_id": room, "text": "course"}})
+            .to_string();
+    let event = serde_json::json!({
+        "from": "instance-a",
+        "kind": "room",
+        "room": room,
+        "text": text,
+        "message": {
+            "assumed": [[bob.id, instance], [carol.id, instance]],
+            "room_name": "Course",
+            "kind": "chat",
+            "from": "Alice",
+            "text": "course",
+            "created_at": 1_800_000_000_000_i64,
+        },
+    });
+    let redis = redis::Client::open(std::env::var("REDIS_URL").unwrap()).unwrap();
+    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+    let receivers: i64 = redis::cmd("PUBLISH")
+        .arg(format!("{redis_prefix}:mesh:events"))
+        .arg(event.to_string())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(receivers >= 1, "B is subscribed");
+
+    // Carol, present, gets it live; Bob, gone, gets one push.
+    carol_ws
+        .wait_for("the event on B", |v| v["type"] == "chat.message")
+        .await;
+    eventually("Bob's push", || gotify.messages().len() == before + 1).await;
+    outbox_drained(&b).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let msgs = gotify.messages();
+    assert_eq!(msgs.len(), before + 1, "only Bob: {msgs:?}");
+    assert_eq!(msgs[before].title, "💬 Alice dans Course");
+    assert_eq!(msgs[before].message, "course");
+    carol_ws.close().await;
+    b.shutdown().await.unwrap();
+}
