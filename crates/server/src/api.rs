@@ -630,11 +630,22 @@ fn add_address_row(
         ));
     }
     let verified = kind != mesh_notify_core::AddressKind::Email;
-    conn.execute(
-        "INSERT INTO addresses (user_id, kind, value, created_at, verified) VALUES (?1, ?2, ?3, ?4, ?5)",
+    // With several instances the same address may be added twice at once: the
+    // unique key decides, and the second gets the first's row (as above).
+    let inserted = conn.query_opt(
+        "INSERT INTO addresses (user_id, kind, value, created_at, verified) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (user_id, kind, value) DO NOTHING RETURNING id",
         params![user_id, kind.as_str(), value, now_ms(), verified],
+        |r| r.get::<_, i64>(0),
     )?;
-    Ok((conn.last_insert_rowid()?, verified))
+    match inserted {
+        Some(id) => Ok((id, verified)),
+        None => Ok(conn.query_row(
+            "SELECT id, verified FROM addresses WHERE user_id = ?1 AND kind = ?2 AND value = ?3",
+            params![user_id, kind.as_str(), value],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?),
+    }
 }
 
 async fn list_addresses(

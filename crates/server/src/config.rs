@@ -394,6 +394,14 @@ impl ServerSection {
         if config.get_application_name().is_none() {
             config.application_name("mesh-server");
         }
+        // A database that does not answer fails requests instead of holding them.
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(5));
+        }
+        config.keepalives(true);
+        if config.get_keepalives_idle() == Duration::from_secs(2 * 60 * 60) {
+            config.keepalives_idle(Duration::from_secs(30));
+        }
         Some(config)
     }
 

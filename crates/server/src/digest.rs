@@ -228,8 +228,14 @@ impl Prefetched {
         for (id, row) in tx.query_map(
             &format!(
                 "SELECT user_id, waiting_id, count, last_push_at, held_until, held_reason, senders, latest
-                 FROM push_digests WHERE room_id = ?1 AND kind = ?2 AND user_id IN ({})",
-                placeholders(3, ids.len())
+                 FROM push_digests WHERE room_id = ?1 AND kind = ?2 AND user_id IN ({}){}",
+                placeholders(3, ids.len()),
+                // Written back whole below: with PostgreSQL another instance's
+                // chunk or the summary flusher must not update them meanwhile.
+                match tx.backend() {
+                    Backend::Sqlite => "",
+                    Backend::Postgres => " ORDER BY user_id FOR UPDATE",
+                }
             ),
             &with(vec![Value::Int(room_id), Value::Text(kind.as_str().into())])[..],
             |r| {

@@ -359,32 +359,35 @@ mod tests {
     fn a_rejoin_takes_the_member_off_that_rooms_rows_only() {
         let dir = tempfile::tempdir().unwrap();
         let store = crate::store::Store::open(&dir.path().join("m.db")).unwrap();
-        store.call_sync(|c| {
-            for (room, members) in [(1, vec![2, 3]), (1, vec![3]), (2, vec![3, 4])] {
-                record(
-                    c,
-                    &Pending {
-                        room_id: room,
-                        room_name: "r",
-                        kind: Kind::Chat,
-                        from: "Alice",
-                        text: "t",
-                        members: &members,
-                        created_at: 1,
-                    },
-                )
-                .unwrap();
-            }
-            assert_eq!(backlog(c).unwrap(), 5);
-            forget_member(c, 1, 3).unwrap();
-            // Room 1: 3 is gone (a row left empty is deleted); room 2 untouched.
-            assert_eq!(
-                rows(c),
-                vec![(1, "[2]".to_string()), (2, "[3,4]".to_string())]
-            );
-            assert_eq!(backlog(c).unwrap(), 3);
-            forget_member(c, 1, 99).unwrap();
-            assert_eq!(backlog(c).unwrap(), 3);
-        });
+        store
+            .call_sync(|c| {
+                for (room, members) in [(1, vec![2, 3]), (1, vec![3]), (2, vec![3, 4])] {
+                    record(
+                        c,
+                        &Pending {
+                            room_id: room,
+                            room_name: "r",
+                            kind: Kind::Chat,
+                            from: "Alice",
+                            text: "t",
+                            members: &members,
+                            created_at: 1,
+                        },
+                    )
+                    .unwrap();
+                }
+                assert_eq!(backlog(c).unwrap(), 5);
+                forget_member(c, 1, 3).unwrap();
+                // Room 1: 3 is gone (a row left empty is deleted); room 2 untouched.
+                assert_eq!(
+                    rows(c),
+                    vec![(1, "[2]".to_string()), (2, "[3,4]".to_string())]
+                );
+                assert_eq!(backlog(c).unwrap(), 3);
+                forget_member(c, 1, 99).unwrap();
+                assert_eq!(backlog(c).unwrap(), 3);
+            })
+            .map_err(|e| e.message)
+            .unwrap();
     }
 }

@@ -547,7 +547,7 @@ pub(crate) async fn unblock(
         .store
         .call(move |c| {
             Ok(c.execute(
-                "DELETE FROM blocks WHERE user_id = ?1 AND blocked_id = (SELECT id FROM users WHERE username = ?2)",
+                "DELETE FROM blocks WHERE user_id = ?1 AND blocked_id = (SELECT id FROM users WHERE lower(username) = lower(?2))",
                 params![user.id, username.trim()],
             )?)
         })

@@ -178,6 +178,32 @@ pub fn add_user(
         message: e.message,
     };
     let new = accounts::NewUser::check(username, password, display_name).map_err(account_err)?;
+    if section.database == config::Database::Postgres {
+        let pg = section
+            .postgres_config()
+            .ok_or_else(|| ServerError::Invalid {
+                key: "server.database_url".into(),
+                source_name: "configuration".into(),
+                message: "is required with database = \"postgres\"".into(),
+            })?;
+        let hash = auth::hash_password(password).map_err(account_err)?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .map_err(|e| ServerError::Database {
+                reason: format!("cannot start a runtime: {e}"),
+            })?;
+        return rt.block_on(async move {
+            let store = Store::connect_postgres(&pg)
+                .await
+                .map_err(|reason| ServerError::Database { reason })?;
+            store
+                .call(move |conn| accounts::insert_user(conn, new, &hash))
+                .await
+                .map_err(account_err)
+        });
+    }
     create_data_dir(&section.data_dir)?;
     let db_path = section.database_path();
     let store = Store::open(&db_path).map_err(|reason| ServerError::Storage {
@@ -187,6 +213,7 @@ pub fn add_user(
     let hash = auth::hash_password(password).map_err(account_err)?;
     store
         .call_sync(|conn| accounts::insert_user(conn, new, &hash))
+        .map_err(account_err)?
         .map_err(account_err)
 }
 
@@ -268,6 +295,7 @@ pub async fn start(
                     Some(c) => outbox::install_schema(c),
                     None => Err("not a SQLite database".into()),
                 })
+                .map_err(|e| storage_err(format!("outbox schema: {}", e.message)))?
                 .map_err(|e| storage_err(format!("outbox schema: {e}")))?;
             let outbox = outbox::on_store(&store);
             tracing::info!(path = %db_path.display(), "outbox: sqlite, in the chat database (same transaction as messages; outbox.path is not used by mesh-server)");
@@ -412,10 +440,20 @@ pub async fn start(
         shutdown: stop_rx.clone(),
         metrics: prometheus(),
     }));
+    // Awaited at shutdown: the heartbeat removes this instance's presence and the
+    // publisher sends what is queued (other instances then push at once instead
+    // of waiting for the entries to expire).
+    let mut cluster_tasks = Vec::new();
     if let Some(cluster) = &cluster {
-        tokio::spawn(cluster::run_publisher(Arc::clone(cluster), stop_rx.clone()));
+        cluster_tasks.push(tokio::spawn(cluster::run_publisher(
+            Arc::clone(cluster),
+            stop_rx.clone(),
+        )));
         tokio::spawn(cluster::run_subscriber(state.clone(), stop_rx.clone()));
-        tokio::spawn(cluster::run_heartbeat(state.clone(), stop_rx.clone()));
+        cluster_tasks.push(tokio::spawn(cluster::run_heartbeat(
+            state.clone(),
+            stop_rx.clone(),
+        )));
         // Serve once subscribed: a join is then written where the others read it.
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
         while !cluster.is_subscribed() && tokio::time::Instant::now() < deadline {
@@ -479,6 +517,9 @@ pub async fn start(
             tracing::warn!(
                 "fan-out still busy at shutdown; the rest is expanded at the next start"
             );
+        }
+        for t in cluster_tasks {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(3), t).await;
         }
         workers.shutdown().await;
         // The last checkpoint (TRUNCATE) after the workers' last writes.

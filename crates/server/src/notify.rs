@@ -237,13 +237,26 @@ pub(crate) async fn sweep_handoff(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     loop {
-        let cutoff = crate::store::now_ms() - HANDOFF_STALE_MS;
+        let now = crate::store::now_ms();
+        let cutoff = now - HANDOFF_STALE_MS;
         let rows = state
             .store
             .call_background(move |db| {
+                // Taken with a lease (their time moved to now): another instance's
+                // sweep leaves them alone for HANDOFF_STALE_MS, so one instance
+                // resubmits each row.
+                let lock = match db.backend() {
+                    crate::db::Backend::Sqlite => "",
+                    crate::db::Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+                };
                 Ok(db.query_map(
-                    "SELECT id, body FROM push_handoff WHERE created_at < ?1 ORDER BY created_at LIMIT 500",
-                    params![cutoff],
+                    &format!(
+                        "UPDATE push_handoff SET created_at = ?2 WHERE id IN (
+                             SELECT id FROM push_handoff WHERE created_at < ?1
+                             ORDER BY created_at LIMIT 500{lock})
+                         RETURNING id, body"
+                    ),
+                    params![cutoff, now],
                     |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
                 )?)
             })

@@ -330,21 +330,29 @@ impl Store {
     /// Runs `f` with the connection, blocking the current thread (start-up, tests,
     /// and the last resort when the blocking pool is gone). With PostgreSQL it runs
     /// on a thread of its own (the client is driven by the runtime's handle).
-    pub(crate) fn call_sync<R: Send>(&self, f: impl FnOnce(&Db<'_>) -> R + Send) -> R {
+    pub(crate) fn call_sync<R: Send>(
+        &self,
+        f: impl FnOnce(&Db<'_>) -> R + Send,
+    ) -> Result<R, AppError> {
         match &self.inner {
             Inner::Sqlite(c) => {
                 let guard = lock(c);
-                f(&Db::sqlite(&guard))
+                Ok(f(&Db::sqlite(&guard)))
             }
             Inner::Postgres(_) => {
                 let inner = &self.inner;
+                // The client is driven by the runtime: the thread enters it, so a
+                // reconnect there works too.
+                let handle = tokio::runtime::Handle::try_current().ok();
                 std::thread::scope(|s| {
                     match s
-                        .spawn(move || run(inner, Lane::Requests, |db| Ok(f(db))))
+                        .spawn(move || {
+                            let _entered = handle.as_ref().map(tokio::runtime::Handle::enter);
+                            run(inner, Lane::Requests, |db| Ok(f(db)))
+                        })
                         .join()
                     {
-                        Ok(Ok(r)) => r,
-                        Ok(Err(e)) => panic!("database: {}", e.message),
+                        Ok(r) => r,
                         Err(panic) => std::panic::resume_unwind(panic),
                     }
                 })
@@ -404,7 +412,7 @@ pub(crate) async fn run_checkpoints(
     // default threshold), so the WAL never grows without bound.
     let fall_back = |why: String| {
         tracing::error!(error = %why, "WAL checkpoints: no connection of their own; chat commits checkpoint again");
-        store.call_sync(|c| {
+        let _ = store.call_sync(|c| {
             if let Some(Err(e)) = c
                 .as_sqlite()
                 .map(|c| c.pragma_update(None, "wal_autocheckpoint", 1000))
@@ -750,6 +758,10 @@ pub(crate) fn take_pending(
     room_id: i64,
 ) -> Result<Vec<String>, DbError> {
     let tx = conn.transaction()?;
+    // The room's fan-out rows first, in the order a fan-out chunk takes its locks
+    // (row, then digest rows): with PostgreSQL the two run on different
+    // connections and the opposite order could deadlock.
+    crate::fanout::forget_member(&tx, room_id, user_id)?;
     let ids = tx.query_map(
         "DELETE FROM pending_notifications WHERE user_id = ?1 AND room_id = ?2 AND kind IN ('chat', 'file')
          RETURNING notification_id",
@@ -757,7 +769,6 @@ pub(crate) fn take_pending(
         |r| r.get::<_, String>(0),
     )?;
     crate::digest::forget(&tx, user_id, room_id)?;
-    crate::fanout::forget_member(&tx, room_id, user_id)?;
     tx.commit()?;
     Ok(ids)
 }
@@ -793,6 +804,7 @@ mod tests {
                 .map(|a| a.kind)
                 .collect::<Vec<_>>()
         });
+        let kinds = kinds.map_err(|e| e.message).unwrap();
         assert_eq!(
             kinds,
             [AddressKind::Gotify],

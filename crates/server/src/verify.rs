@@ -197,8 +197,14 @@ pub(crate) async fn verify(
             if verified {
                 return Ok((kind, value));
             }
+            // Locked with PostgreSQL: guesses through several instances at once
+            // count one after the other against the attempt limit.
+            let lock = match tx.backend() {
+                crate::db::Backend::Sqlite => "",
+                crate::db::Backend::Postgres => " FOR UPDATE",
+            };
             let pending: Option<(String, i64, i64)> = tx.query_opt(
-                "SELECT code_hash, expires_at, attempts FROM address_verifications WHERE address_id = ?1",
+                &format!("SELECT code_hash, expires_at, attempts FROM address_verifications WHERE address_id = ?1{lock}"),
                 params![id],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )?;

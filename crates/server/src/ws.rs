@@ -287,7 +287,13 @@ async fn connection(state: AppState, session: auth::Session, mut socket: WebSock
         Ok(left) => left,
         // The blocking pool refused the task (runtime shutting down): still
         // unregister, under the same connection, from this thread.
-        Err(_) => state.store.call_sync(|c| state.presence.unregister(c, id)),
+        Err(_) => state
+            .store
+            .call_sync(|c| state.presence.unregister(c, id))
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e.message, "could not unregister a closed connection");
+                Vec::new()
+            }),
     };
     if let Some(cluster) = &state.cluster {
         for room_id in &left {

@@ -689,3 +689,35 @@ async fn a_member_who_left_before_the_event_arrived_gets_the_push() {
     carol_ws.close().await;
     b.shutdown().await.unwrap();
 }
+
+/// `mesh-server user add` with `database = "postgres"` creates the account in
+/// PostgreSQL (not in a SQLite file), where the running server logs it in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_add_writes_to_postgres() {
+    let Some(db) = fresh_database().await else {
+        return;
+    };
+    let gotify = fake().await;
+    let dir = tempfile::tempdir().unwrap();
+    let fig = figment(&gotify.url(), dir.path(), &postgres_extra(&db, &prefix()));
+    let server = start(&fig).await;
+    let f = fig.clone();
+    let user = std::thread::spawn(move || {
+        mesh_server::add_user(&f, "dave", "a-long-enough-password", Some("Dave"))
+    })
+    .join()
+    .unwrap()
+    .expect("user add");
+    assert_eq!(user.username, "dave");
+    assert!(!dir.path().join("mesh.sqlite3").exists());
+    let (status, body) = Api::new(&server)
+        .call(
+            "POST",
+            "/api/login",
+            None,
+            Some(json!({"username": "dave", "password": "a-long-enough-password"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    server.shutdown().await.unwrap();
+}
