@@ -290,13 +290,15 @@ impl Cluster {
         let _ = self.outgoing.send(event);
     }
 
-    async fn publish(&self, event: Event) {
+    /// Publishes `event`; on failure gives it back (for [`run_publisher`] to
+    /// repair what it can).
+    async fn publish(&self, event: Event) -> Result<(), Event> {
         let envelope = Envelope {
             from: self.id.clone(),
             event,
         };
         let Ok(payload) = serde_json::to_string(&envelope) else {
-            return;
+            return Ok(());
         };
         let mut conn = self.conn.clone();
         if let Err(e) = redis::cmd("PUBLISH")
@@ -307,13 +309,32 @@ impl Cluster {
         {
             tracing::warn!(error = %e, "cluster event not published");
             metrics::counter!("mesh_server_cluster_publish_failures_total").increment(1);
+            return Err(envelope.event);
         }
+        Ok(())
     }
 }
 
 /// Publishes what [`Cluster::send`] queued, in order, until shutdown (what is
 /// queued then is still sent).
-pub(crate) async fn run_publisher(cluster: Arc<Cluster>, mut stop: watch::Receiver<bool>) {
+pub(crate) async fn run_publisher(state: AppState, mut stop: watch::Receiver<bool>) {
+    let Some(cluster) = state.cluster.clone() else {
+        return;
+    };
+    // A message event that reached no instance reached none of the members
+    // counted present elsewhere: they get its push instead.
+    let repair = |failed: Result<(), Event>| {
+        if let Err(Event::Room {
+            room,
+            message: Some(push),
+            ..
+        }) = failed
+        {
+            let users: Vec<i64> = push.assumed.iter().map(|(u, _)| *u).collect();
+            let st = state.clone();
+            tokio::spawn(async move { record_push(st, room, users, push).await });
+        }
+    };
     let rx = cluster
         .outgoing_rx
         .lock()
@@ -328,13 +349,13 @@ pub(crate) async fn run_publisher(cluster: Arc<Cluster>, mut stop: watch::Receiv
             _ = stop.wait_for(|s| *s) => None,
         };
         match next {
-            Some(ev) => cluster.publish(ev).await,
+            Some(ev) => repair(cluster.publish(ev).await),
             None => break,
         }
     }
     // Shutting down: what is queued still goes out.
     while let Ok(ev) = rx.try_recv() {
-        cluster.publish(ev).await;
+        repair(cluster.publish(ev).await);
     }
 }
 
@@ -386,6 +407,10 @@ pub(crate) async fn run_subscriber(state: AppState, mut stop: watch::Receiver<bo
             }
             cluster.subscribed.store(false, Ordering::SeqCst);
             tracing::warn!("cluster events: subscription lost; this instance's users count as absent until it is back");
+            // Events for them no longer arrive: take their presence out now (if
+            // Redis still answers) rather than when it expires, so other
+            // instances push to them meanwhile.
+            remove_all(&state, &cluster).await;
         }
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
@@ -458,6 +483,27 @@ async fn heartbeat_once(state: &AppState, cluster: &Cluster) {
     }
 }
 
+/// Removes every presence entry of this instance (one pipeline, bounded by the
+/// connection's timeouts).
+async fn remove_all(state: &AppState, cluster: &Cluster) {
+    let (rooms, users) = state.presence.snapshot();
+    if rooms.is_empty() && users.is_empty() {
+        return;
+    }
+    let mut pipe = redis::pipe();
+    for (room, user) in rooms {
+        pipe.zrem(cluster.room_key(room), format!("{user}@{}", cluster.id))
+            .ignore();
+    }
+    for user in users {
+        pipe.zrem(cluster.user_key(user), &cluster.id).ignore();
+    }
+    let mut conn = cluster.conn.clone();
+    if let Err(e) = pipe.query_async::<()>(&mut conn).await {
+        tracing::debug!(error = %e, "presence not removed; it expires");
+    }
+}
+
 /// Refreshes this instance's presence every third of the TTL, until shutdown,
 /// then removes it (the users' sockets are closing).
 pub(crate) async fn run_heartbeat(state: AppState, mut stop: watch::Receiver<bool>) {
@@ -501,6 +547,15 @@ async fn push_if_gone(state: AppState, room: i64, users: Vec<i64>, push: Message
         .into_iter()
         .filter(|u| !here.contains(u) && !elsewhere.contains(u))
         .collect();
+    record_push(state, room, gone, push).await;
+}
+
+/// Records the message's push for `users` (one `push_fanout` row, expanded by the
+/// fan-out task; members who left the room since are skipped there).
+async fn record_push(state: AppState, room: i64, users: Vec<i64>, push: MessagePush) {
+    let mut gone = users;
+    gone.sort_unstable();
+    gone.dedup();
     if gone.is_empty() {
         return;
     }

@@ -446,7 +446,7 @@ pub async fn start(
     let mut cluster_tasks = Vec::new();
     if let Some(cluster) = &cluster {
         cluster_tasks.push(tokio::spawn(cluster::run_publisher(
-            Arc::clone(cluster),
+            state.clone(),
             stop_rx.clone(),
         )));
         tokio::spawn(cluster::run_subscriber(state.clone(), stop_rx.clone()));
