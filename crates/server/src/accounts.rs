@@ -146,7 +146,7 @@ pub(crate) fn insert_user(conn: &Db<'_>, new: NewUser, hash: &str) -> Result<Use
     // Another instance may take the name between the check and the insert: the
     // unique index decides, with the same answer.
     let id: i64 = conn
-        .query_one(
+        .query_row(
             "INSERT INTO users (username, display_name, password_hash, created_at) VALUES (?1, ?2, ?3, ?4)
              RETURNING id",
             params![new.username, new.display_name, hash, now_ms()],

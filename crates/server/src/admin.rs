@@ -57,7 +57,7 @@ pub(crate) fn router(state: AppState) -> Router {
 async fn core_ok(state: &AppState) -> (bool, bool, Option<(Value, bool)>) {
     let db = state
         .store
-        .call(|conn| Ok(conn.query_one("SELECT 1", crate::db::params![], |r| r.get::<_, i64>(0))?))
+        .call(|conn| Ok(conn.query_row("SELECT 1", crate::db::params![], |r| r.get::<_, i64>(0))?))
         .await
         .is_ok();
     let outbox = match state.dispatcher.outbox() {

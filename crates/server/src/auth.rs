@@ -358,7 +358,7 @@ mod tests {
         let ticket = issue_ticket(&conn, "session-hash", 1_000).unwrap();
         assert_eq!(ticket.len(), 64);
         let stored: String = conn
-            .query_one(
+            .query_row(
                 "SELECT ticket_hash FROM ws_tickets",
                 crate::db::params![],
                 |r| r.get(0),

@@ -711,16 +711,6 @@ impl<'a> Db<'a> {
         }
     }
 
-    /// The first row mapped by `f`; an error when there is none.
-    pub(crate) fn query_one<T, P: Params>(
-        &self,
-        sql: &str,
-        params: P,
-        f: impl FnOnce(&Row) -> Result<T, DbError>,
-    ) -> Result<T, DbError> {
-        self.query_row(sql, params, f)
-    }
-
     /// The first row mapped by `f`; [`ErrorKind::NoRows`] when there is none
     /// (`.optional()` turns that into `None`).
     pub(crate) fn query_row<T, P: Params>(
@@ -852,7 +842,7 @@ mod tests {
         assert_eq!(db.query("SELECT * FROM t", params![]).unwrap().len(), 0);
         let tx = db.transaction().unwrap();
         let id: i64 = tx
-            .query_one(
+            .query_row(
                 "INSERT INTO t (v, n) VALUES (?1, ?2) RETURNING id",
                 params!["a", 5_i64],
                 |r| r.get(0),
@@ -860,7 +850,7 @@ mod tests {
             .unwrap();
         tx.commit().unwrap();
         let (v, n): (String, Option<i64>) = db
-            .query_one("SELECT v, n FROM t WHERE id = ?1", params![id], |r| {
+            .query_row("SELECT v, n FROM t WHERE id = ?1", params![id], |r| {
                 Ok((r.get(0)?, r.get(1)?))
             })
             .unwrap();

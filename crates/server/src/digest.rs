@@ -452,7 +452,7 @@ async fn flush_due(state: &AppState) -> Result<Option<i64>, AppError> {
         .call_background(move |c| {
             let now = now_ms();
             let next_held = |c: &Db<'_>| -> Result<Option<i64>, DbError> {
-                c.query_one(
+                c.query_row(
                     "SELECT MIN(held_until) FROM push_digests WHERE held_until IS NOT NULL",
                     params![],
                     |r| r.get(0),

@@ -178,7 +178,7 @@ pub(crate) fn forget_member(tx: &Db<'_>, room_id: i64, user_id: i64) -> Result<(
 
 /// Members not yet expanded, over every row.
 pub(crate) fn backlog(conn: &Db<'_>) -> Result<u64, DbError> {
-    conn.query_one(
+    conn.query_row(
         "SELECT CAST(COALESCE(SUM(member_count), 0) AS BIGINT) FROM push_fanout",
         params![],
         |r| r.get::<_, i64>(0),

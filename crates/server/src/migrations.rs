@@ -150,7 +150,7 @@ CREATE INDEX push_handoff_by_age ON push_handoff(created_at);
 pub(crate) fn apply_postgres(db: &Db<'_>) -> Result<(), DbError> {
     // The lock first: two instances creating `schema_migrations` at once collide
     // in PostgreSQL's catalog even with `IF NOT EXISTS` (seen in CI).
-    db.query_one(
+    db.query_row(
         "SELECT pg_advisory_lock(?1)::text",
         params![MIGRATION_LOCK],
         |_| Ok(()),
@@ -164,7 +164,7 @@ pub(crate) fn apply_postgres(db: &Db<'_>) -> Result<(), DbError> {
              )",
         )
         .and_then(|()| apply_locked(db));
-    let unlocked = db.query_one(
+    let unlocked = db.query_row(
         "SELECT pg_advisory_unlock(?1)::text",
         params![MIGRATION_LOCK],
         |_| Ok(()),
@@ -173,7 +173,7 @@ pub(crate) fn apply_postgres(db: &Db<'_>) -> Result<(), DbError> {
 }
 
 fn apply_locked(db: &Db<'_>) -> Result<(), DbError> {
-    let current: i64 = db.query_one(
+    let current: i64 = db.query_row(
         "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
         params![],
         |r| r.get(0),

@@ -634,7 +634,7 @@ pub(crate) fn limit_reached(code: &'static str, what: String) -> AppError {
 
 /// Rooms `user_id` is a member of.
 pub(crate) fn memberships(conn: &Db<'_>, user_id: i64) -> Result<i64, DbError> {
-    conn.query_one(
+    conn.query_row(
         "SELECT COUNT(*) FROM members WHERE user_id = ?1",
         params![user_id],
         |r| r.get(0),
@@ -643,7 +643,7 @@ pub(crate) fn memberships(conn: &Db<'_>, user_id: i64) -> Result<i64, DbError> {
 
 /// Members of `room_id`.
 pub(crate) fn member_count(conn: &Db<'_>, room_id: i64) -> Result<i64, DbError> {
-    conn.query_one(
+    conn.query_row(
         "SELECT COUNT(*) FROM members WHERE room_id = ?1",
         params![room_id],
         |r| r.get(0),

@@ -104,38 +104,6 @@ impl Drop for Instance {
     }
 }
 
-fn needed(var: &str) -> Option<String> {
-    match std::env::var(var) {
-        Ok(v) if !v.is_empty() => Some(v),
-        _ if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("{var} is not set: under CI the multi-instance tests must run")
-        }
-        _ => {
-            eprintln!("SKIPPED: {var} not set (run scripts/test)");
-            None
-        }
-    }
-}
-
-async fn fresh_database(admin: &str) -> String {
-    let (client, conn) = tokio_postgres::connect(admin, tokio_postgres::NoTls)
-        .await
-        .expect("connect to the test cluster");
-    tokio::spawn(conn);
-    let name = format!(
-        "mesh_inst_{}",
-        mesh_notify::core::NotificationId::new()
-            .to_string()
-            .replace('-', "")
-    );
-    client
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .expect("create database");
-    let (base, _) = admin.rsplit_once('/').expect("URL with a database");
-    format!("{base}/{name}")
-}
-
 /// Nothing more reaches the fake for a while.
 async fn no_more_pushes(gotify: &FakeGotify, expected: usize) {
     tokio::time::sleep(Duration::from_millis(800)).await;
@@ -152,7 +120,7 @@ async fn two_instances_one_room_presence_and_a_crash() {
     let (Some(admin), Some(redis)) = (needed("MESH_TEST_POSTGRES_URL"), needed("REDIS_URL")) else {
         return;
     };
-    let database = fresh_database(&admin).await;
+    let database = create_database(&admin).await;
     let gotify = FakeGotify::start(&[(TOKEN, 1)]).await.expect("fake gotify");
     let prefix = format!("inst-{}", mesh_notify::core::NotificationId::new());
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());

@@ -21,41 +21,12 @@ async fn fake() -> FakeGotify {
         .expect("fake gotify")
 }
 
-/// An environment variable a test needs: under CI it must be set (scripts/test
-/// sets it); elsewhere the test is skipped, saying so.
-fn needed(var: &str) -> Option<String> {
-    match std::env::var(var) {
-        Ok(v) if !v.is_empty() => Some(v),
-        _ if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("{var} is not set: under CI the PostgreSQL tests must run")
-        }
-        _ => {
-            eprintln!("SKIPPED: {var} not set (run scripts/test)");
-            None
-        }
-    }
-}
-
-/// A new, empty PostgreSQL database on the test cluster: its URL.
+/// A new, empty PostgreSQL database on the test cluster (which needs Redis too):
+/// its URL.
 async fn fresh_database() -> Option<String> {
     let admin = needed("MESH_TEST_POSTGRES_URL")?;
     needed("REDIS_URL")?;
-    let (client, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
-        .await
-        .expect("connect to the test cluster");
-    tokio::spawn(conn);
-    let name = format!(
-        "mesh_test_{}",
-        mesh_notify::core::NotificationId::new()
-            .to_string()
-            .replace('-', "")
-    );
-    client
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .expect("create database");
-    let (base, _) = admin.rsplit_once('/').expect("URL with a database");
-    Some(format!("{base}/{name}"))
+    Some(create_database(&admin).await)
 }
 
 /// The configuration of an instance on `database_url`, sharing Redis under `prefix`.
@@ -406,13 +377,7 @@ async fn bad_postgres_settings_name_the_key() {
             "outbox.backend",
         ),
     ] {
-        let fig = figment(&gotify.url(), dir.path(), extra);
-        let config = mesh_notify::Config::from_figment(&fig).expect("dispatcher config");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let err = mesh_server::start(config, &fig, Some(listener))
-            .await
-            .expect_err(extra)
-            .to_string();
+        let err = start_err(&figment(&gotify.url(), dir.path(), extra), extra).await;
         assert!(err.contains(key), "{extra}: {err}");
         assert!(!err.contains("hunter2"), "the password is never shown: {err}");
     }
@@ -432,12 +397,7 @@ async fn production_wants_tls_to_a_remote_database() {
         dir.path(),
         &format!("{base}database_url = \"postgres://mesh@db.example.internal:5432/mesh\"\n"),
     );
-    let config = mesh_notify::Config::from_figment(&fig).expect("dispatcher config");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let err = mesh_server::start(config, &fig, Some(listener))
-        .await
-        .expect_err("plain TCP to a remote database in production")
-        .to_string();
+    let err = start_err(&fig, "plain TCP to a remote database in production").await;
     assert!(err.contains("server.database_url"), "{err}");
     assert!(err.contains("sslmode=require"), "{err}");
 }
@@ -453,12 +413,7 @@ async fn tls_required_but_not_offered_fails_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let extra = postgres_extra(&format!("{db}?sslmode=require"), &prefix());
     let fig = figment(&gotify.url(), dir.path(), &extra);
-    let config = mesh_notify::Config::from_figment(&fig).expect("dispatcher config");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let err = mesh_server::start(config, &fig, Some(listener))
-        .await
-        .expect_err("the test cluster has no TLS")
-        .to_string();
+    let err = start_err(&fig, "the test cluster has no TLS").await;
     assert!(err.contains("server.database_url"), "{err}");
 }
 

@@ -71,6 +71,54 @@ pub async fn start(figment: &Figment) -> ServerHandle {
         .expect("server starts")
 }
 
+/// Starts a server that must refuse to start: its error, as text.
+pub async fn start_err(figment: &Figment, why: &str) -> String {
+    let config = Config::from_figment(figment).expect("dispatcher config");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    mesh_server::start(config, figment, Some(listener))
+        .await
+        .expect_err(why)
+        .to_string()
+}
+
+/// An environment variable naming a server a test needs (scripts/test sets
+/// them): under CI it must be set; elsewhere the test is skipped, saying so.
+pub fn needed(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(v) if !v.is_empty() => Some(v),
+        _ if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("{var} is not set: under CI these tests must run (scripts/test sets it)")
+        }
+        _ => {
+            eprintln!("SKIPPED: {var} not set (run scripts/test)");
+            None
+        }
+    }
+}
+
+/// A new, empty database on the PostgreSQL server at `admin` (a URL naming a
+/// database): the new database's URL.
+pub async fn create_database(admin: &str) -> String {
+    let (client, conn) = tokio_postgres::connect(admin, tokio_postgres::NoTls)
+        .await
+        .expect("connect to the test cluster");
+    tokio::spawn(conn);
+    let name = format!(
+        "mesh_test_{}",
+        mesh_notify::core::NotificationId::new()
+            .to_string()
+            .replace('-', "")
+    );
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .expect("create database");
+    let (base, _) = admin.rsplit_once('/').expect("URL with a database");
+    format!("{base}/{name}")
+}
+
 /// Polls `f` every 20 ms until it is true; panics with `what` after 10 s.
 pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
